@@ -1,0 +1,102 @@
+"""The few types every stage consumes: a corpus, queries, qrels, and a collection of them.
+
+A corpus is random-access by doc id and iterable in a stable order, but it does not have to
+hold its documents as Python objects: a 21M-passage corpus is backed by ir_datasets' docstore
+(or any other object implementing the same three methods).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    title: str
+    text: str
+
+    @property
+    def contents(self) -> str:
+        """What the encoder sees: ``title + " " + text`` (DPR / BEIR convention)."""
+        return f"{self.title} {self.text}".strip() if self.title else self.text
+
+
+@dataclass(frozen=True)
+class Query:
+    query_id: str
+    text: str
+    answers: Tuple[str, ...] = ()
+
+
+#: TREC-style graded judgments: {query_id: {doc_id: grade}}; the layout ranx.Qrels.from_dict takes.
+Qrels = Dict[str, Dict[str, int]]
+
+
+class Corpus:
+    """Ordered, random-access document collection.
+
+    Subclasses backed by on-disk stores override ``__len__``, ``__iter__``, ``get`` and
+    ``doc_ids``; the base class is the in-memory version used for the sample collections.
+    """
+
+    def __init__(self, documents: Sequence[Document], source: str = "<memory>"):
+        self._docs: List[Document] = list(documents)
+        self._index: Dict[str, int] = {}
+        for position, doc in enumerate(self._docs):
+            if doc.doc_id in self._index:
+                raise ValueError(f"{source}: duplicate doc id {doc.doc_id!r} (entries {self._index[doc.doc_id]} and {position})")
+            self._index[doc.doc_id] = position
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __iter__(self) -> Iterator[Document]:
+        return iter(self._docs)
+
+    def __getitem__(self, position: int) -> Document:
+        return self._docs[position]
+
+    def get(self, doc_id: str) -> Document:
+        try:
+            return self._docs[self._index[doc_id]]
+        except KeyError:
+            raise KeyError(f"{self.source}: unknown doc id {doc_id!r}") from None
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._index
+
+    def doc_ids(self) -> List[str]:
+        return [d.doc_id for d in self._docs]
+
+
+@dataclass
+class Collection:
+    """A corpus with its evaluation queries and judgments.
+
+    ``eval_queries`` are the questions this collection evaluates on: the leakage guard refuses
+    any training pool that contains one of them.
+    """
+
+    name: str
+    corpus: Corpus
+    queries: List[Query]
+    qrels: Qrels = field(default_factory=dict)
+    train_queries: List[Query] = field(default_factory=list)
+    train_positives: Dict[str, List[str]] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def eval_queries(self) -> List[Query]:
+        return self.queries
+
+    def summary(self) -> Mapping[str, int]:
+        return {
+            "documents": len(self.corpus),
+            "queries": len(self.queries),
+            "queries_with_answers": sum(1 for q in self.queries if q.answers),
+            "qrels": sum(len(v) for v in self.qrels.values()),
+            "judged_queries": len(self.qrels),
+            "train_queries": len(self.train_queries),
+        }

@@ -1,0 +1,5 @@
+import sys
+
+from elasticdenser.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runs, qrels, metrics (ranx), answer-match accuracy, reports and load simulation."""

@@ -1,0 +1,1 @@
+"""Corpus encoding, the embedding store, and one FAISS index per embedding width."""
