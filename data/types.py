@@ -86,10 +86,25 @@ class Collection:
     train_queries: List[Query] = field(default_factory=list)
     train_positives: Dict[str, List[str]] = field(default_factory=dict)
     description: str = ""
+    #: Evaluation questions beyond ``queries`` that must stay out of training too. nq-sample
+    #: evaluates on 2,655 NQ test questions but holds out all 3,610 (NQ-open dev = DPR's NQ test).
+    held_out_questions: List[str] = field(default_factory=list)
+    #: Things skipped on purpose while loading, counted by reason (e.g. duplicate passages),
+    #: so nothing disappears silently; ``data show`` prints them.
+    skipped: Dict[str, int] = field(default_factory=dict)
 
     @property
     def eval_queries(self) -> List[Query]:
         return self.queries
+
+    def evaluation_questions(self) -> List[str]:
+        """Every question text the leakage guard must keep out of training pools."""
+        return [q.text for q in self.queries] + list(self.held_out_questions)
+
+    def _distinct_evaluation_questions(self) -> int:
+        from elasticdenser.data.leakage import normalize_question  # leakage imports this module
+
+        return len({normalize_question(t) for t in self.evaluation_questions()})
 
     def summary(self) -> Mapping[str, int]:
         return {
@@ -99,4 +114,6 @@ class Collection:
             "qrels": sum(len(v) for v in self.qrels.values()),
             "judged_queries": len(self.qrels),
             "train_queries": len(self.train_queries),
+            "train_positives": sum(len(v) for v in self.train_positives.values()),
+            "held_out_questions": self._distinct_evaluation_questions(),
         }

@@ -1,0 +1,614 @@
+"""Named sample collections assembled from the real data in ``$ELASTICDENSER_DATA``.
+
+Every collection here is built from files described in the data folder's README, with stable
+ids, so experiments, indexes and reports can refer to documents and queries across runs.
+
+Ids and deduplication (why they look the way they do):
+
+* ``nq-sample`` joins three sources whose ids would collide, so doc ids carry the source:
+  ``nqgold-<n>`` (n = position of the passage among the distinct gold passages, in file order;
+  several questions share a gold passage, 2,655 questions -> 2,600 passages),
+  ``wiki-<id>`` (FlashRAG's id in dpr-wiki-sample), ``dpr-<passage_id>`` (DPR psgs_w100 id).
+  Identical (title, text) pairs *within* nq-gold are one document (that is how the qrels find
+  the gold passage). DPR passages are keyed by their psgs_w100 id: two ids with the same text are
+  two passages in DPR's corpus too, so both are kept (the sample's 751 ids carry 749 distinct
+  texts). A passage from a later source whose (title, text) equals an earlier document's is
+  merged into it (train positives follow) and counted in ``skipped`` (none in the shipped data:
+  2,600 + 1,000 + 751 = 4,351).
+  Query ids are the 0-based line index in ``nq-open-oracle.jsonl.gz``.
+* ``squad-sample`` ids: ``squad-<article>-<paragraph>`` and SQuAD's own question ids.
+* ``trec-dl`` / ``scifact`` keep the original MS MARCO / SciFact ids (qids are unique across
+  TREC DL 2019 and 2020).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import tokenize
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from tqdm.auto import tqdm
+
+from elasticdenser.data.formats import (
+    check_qrels,
+    dpr_examples_to_collection,
+    iter_jsonl,
+    load_dpr_biencoder,
+    load_nq_open,
+    load_qa_pairs,
+    load_squad,
+    load_trec_qrels,
+    load_tsv_queries,
+    open_text,
+)
+from elasticdenser.data.leakage import check_leakage, normalize_question
+from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
+
+log = logging.getLogger(__name__)
+
+# File locations inside the data directory (README of the data folder).
+NQ_GOLD = "nq-gold-passages/nq-open-oracle.jsonl.gz"
+DPR_WIKI = "dpr-wiki-sample/sample_data.jsonl"
+DPR_NQ_DEV = "dpr-nq-dev-sample/sample.json"
+NQ_OPEN_DEV = "nq-open/NQ-open.dev.jsonl"
+DPR_NQ_TEST = "dpr-qa-topics/topics.dpr.nq.test.txt"
+DPR_NQ_DEV_TOPICS = "dpr-qa-topics/topics.dpr.nq.dev.txt"
+DPR_TQA_DEV_TOPICS = "dpr-qa-topics/topics.dpr.trivia.dev.txt.gz"
+DPR_TQA_TEST_TOPICS = "dpr-qa-topics/topics.dpr.trivia.test.txt.gz"
+SQUAD_DEV = "squad-v1.1/dev-v1.1.json.gz"
+SCIFACT_ZIP = "scifact/scifact.zip"
+SCIFACT_TOPICS = "scifact/topics.beir-v1.0.0-scifact.test.tsv.gz"
+SCIFACT_QRELS = "scifact/qrels.beir-v1.0.0-scifact.test.txt"
+TREC_DL = "msmarco-passage-trec-dl"
+TREC_DL_RETRIEVERS = ("BM25", "BM25_RM3", "D_BERT_KD_TASB", "OPEN_AI_ADA2", "SPLADE_P_P_ENSEMBLE_DISTIL")
+TREC_DL_YEARS = {"dl19": ("topics.dl19-passage.txt", "qrels.dl19-passage.txt"),
+                 "dl20": ("topics.dl20.txt", "qrels.dl20-passage.txt")}
+
+
+def _file(data_dir: Path, relative: str) -> Path:
+    path = data_dir / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing from the data directory {data_dir} (see its README.md)")
+    return path
+
+
+# --------------------------------------------------------------------------- nq-sample
+
+def nq_test_questions(data_dir: Path) -> List[str]:
+    """All 3,610 NQ test questions (NQ-open dev, and DPR's tokenised copy of the same set)."""
+    texts = [q.text for q in load_nq_open(_file(data_dir, NQ_OPEN_DEV))]
+    dpr = data_dir / DPR_NQ_TEST
+    if dpr.is_file():
+        texts += [q.text for q in load_qa_pairs(dpr)]
+    return texts
+
+
+def load_nq_sample(data_dir: Path) -> Collection:
+    """NQ test questions with gold passages, plus DPR-style distractors (see module docstring)."""
+    gold_path = _file(data_dir, NQ_GOLD)
+    docs: List[Document] = []
+    by_content: Dict[Tuple[str, str], str] = {}
+    queries: List[Query] = []
+    qrels: Qrels = {}
+    shared_gold = 0
+    for index, (lineno, rec) in enumerate(iter_jsonl(gold_path, desc="nq gold")):
+        where = f"{gold_path}:{lineno}"
+        question = rec.get("question")
+        answers = rec.get("answers")
+        ctxs = rec.get("ctxs")
+        if not isinstance(question, str) or not isinstance(answers, list) or not isinstance(ctxs, list) or len(ctxs) != 1:
+            raise ValueError(f"{where}: expected question (str), answers (list) and ctxs (exactly one passage)")
+        ctx = ctxs[0]
+        if not isinstance(ctx, dict) or not isinstance(ctx.get("title"), str) or not isinstance(ctx.get("text"), str):
+            raise ValueError(f"{where}: ctxs[0] must have string title and text")
+        key = (ctx["title"], ctx["text"])
+        doc_id = by_content.get(key)
+        if doc_id is None:
+            doc_id = f"nqgold-{len(docs)}"
+            by_content[key] = doc_id
+            docs.append(Document(doc_id, ctx["title"], ctx["text"]))
+        else:
+            shared_gold += 1
+        qid = str(index)
+        queries.append(Query(qid, question, tuple(dict.fromkeys(answers))))
+        qrels[qid] = {doc_id: 1}
+
+    skipped: Dict[str, int] = {}
+    if shared_gold:
+        skipped["gold passages repeated by a later question (one document, both qrels point to it)"] = shared_gold
+
+    alias: Dict[str, str] = {}  # dropped duplicate id -> the kept document's id
+
+    def add(doc: Document, source: str) -> None:
+        key = (doc.title, doc.text)
+        if key in by_content:
+            reason = f"{source} passages identical to an earlier document (merged into it)"
+            skipped[reason] = skipped.get(reason, 0) + 1
+            alias[doc.doc_id] = by_content[key]
+            return
+        by_content[key] = doc.doc_id
+        docs.append(doc)
+
+    wiki_path = _file(data_dir, DPR_WIKI)
+    for lineno, rec in iter_jsonl(wiki_path, desc="dpr wiki sample"):
+        where = f"{wiki_path}:{lineno}"
+        if not isinstance(rec.get("id"), str) or not isinstance(rec.get("contents"), str) or "\n" not in rec["contents"]:
+            raise ValueError(f"{where}: expected id (str) and contents '\"Title\"\\ntext'")
+        title, text = rec["contents"].split("\n", 1)
+        add(Document(f"wiki-{rec['id']}", title.strip().strip('"'), text), "dpr-wiki-sample")
+
+    examples = load_dpr_biencoder(_file(data_dir, DPR_NQ_DEV), id_prefix="dpr-")
+    dpr = dpr_examples_to_collection(examples, "dpr-nq-dev-sample", str(data_dir / DPR_NQ_DEV))
+    known_dpr_ids = set()
+    for doc in dpr.corpus:
+        if doc.doc_id in known_dpr_ids:
+            continue
+        known_dpr_ids.add(doc.doc_id)
+        # Same text under two DPR ids = two psgs_w100 passages: keep both (see module docstring).
+        key = (doc.title, doc.text)
+        if key in by_content and by_content[key].startswith("dpr-"):
+            docs.append(doc)
+            continue
+        add(doc, "dpr-nq-dev-sample")
+    for reason, count in dpr.skipped.items():
+        skipped[f"dpr-nq-dev-sample: {reason}"] = count
+    corpus = Corpus(docs, source=str(data_dir))
+
+    # The 5 biencoder questions (DPR NQ dev = NQ train) with their positives, for training.
+    train_queries = [Query(f"dpr-nq-dev-{q.query_id}", q.text, q.answers) for q in dpr.queries]
+    train_positives = {f"dpr-nq-dev-{qid}": list(dict.fromkeys(alias.get(d, d) for d in docs_))
+                       for qid, docs_ in dpr.qrels.items()}
+    missing = [d for ids in train_positives.values() for d in ids if d not in corpus]
+    if missing:  # cannot happen by construction; guards the alias bookkeeping above
+        raise RuntimeError(f"nq-sample: train positives {missing[:5]} are not in the corpus")
+    coll = Collection(
+        "nq-sample", corpus, queries, qrels,
+        train_queries=train_queries, train_positives=train_positives,
+        description="NQ test (NQ-open dev) questions with their gold passages, plus 1,000 DPR-wiki and "
+                    "751 DPR NQ-dev passages as distractors; qrels = gold passage; answers for answer match",
+        held_out_questions=nq_test_questions(data_dir),
+        skipped=skipped,
+    )
+    check_leakage(coll.train_queries, [coll], pool_name="nq-sample train_queries")
+    return coll
+
+
+# --------------------------------------------------------------------------- squad-sample
+
+def load_squad_sample(data_dir: Path) -> Collection:
+    """SQuAD v1.1 dev: 2,067 paragraphs, 10,570 questions, qrels = the question's paragraph."""
+    coll = load_squad(_file(data_dir, SQUAD_DEV), name="squad-sample")
+    dpr_copy = data_dir / "dpr-qa-topics/topics.dpr.squad.test.txt.gz"
+    if dpr_copy.is_file():  # DPR's copy of the same questions: guard it too
+        coll.held_out_questions = [q.text for q in load_qa_pairs(dpr_copy)]
+    return coll
+
+
+# --------------------------------------------------------------------------- scifact
+
+def _numpy_list(raw: str, where: str, what: str = "abstract") -> List[str]:
+    """Parse a numpy-printed list (``['s1'\n 's2' ...]`` or ``[ 5152028 11705328]``, no commas)
+    with Python's tokenizer; items come back as strings.
+
+    ``ast.literal_eval`` would concatenate adjacent string literals into one (losing sentence
+    boundaries) and rejects comma-less numbers, so each token is read on its own.
+    """
+    import ast
+
+    raw = raw.strip()
+    if not (raw.startswith("[") and raw.endswith("]")):
+        raise ValueError(f"{where}: {what} must be a bracketed list, got {raw!r:.60}")
+    items: List[str] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(raw).readline):
+            if tok.type == tokenize.STRING:
+                items.append(ast.literal_eval(tok.string))
+            elif tok.type == tokenize.NUMBER:
+                items.append(tok.string)
+            elif tok.type not in (tokenize.OP, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.INDENT, tokenize.DEDENT):
+                raise ValueError(f"unexpected token {tok.string!r}")
+    except (tokenize.TokenError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{where}: cannot parse {what} list ({exc})") from None
+    return items
+
+
+def _csv_rows(archive: zipfile.ZipFile, member: str, zip_path: Path) -> List[Tuple[int, Dict[str, str]]]:
+    with archive.open(member) as raw:
+        reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+        return [(reader.line_num, row) for row in reader]
+
+
+def load_scifact(data_dir: Path) -> Collection:
+    """BEIR SciFact test (300 claims, 339 qrels over 5,183 abstracts) + the 809 train claims.
+
+    Document text = the abstract's sentences joined by spaces; train positives = a claim's
+    ``cited_doc_ids`` plus any ``evidence_doc_id`` (union over the claim's rows).
+    """
+    zip_path = _file(data_dir, SCIFACT_ZIP)
+    docs: List[Document] = []
+    with zipfile.ZipFile(zip_path) as archive:
+        for line, row in tqdm(_csv_rows(archive, "corpus_train.csv", zip_path), desc="scifact corpus", disable=None, leave=False):
+            where = f"{zip_path}!corpus_train.csv:{line}"
+            if not row.get("doc_id") or row.get("abstract") is None:
+                raise ValueError(f"{where}: missing doc_id or abstract")
+            docs.append(Document(row["doc_id"], row.get("title") or "", " ".join(_numpy_list(row["abstract"], where))))
+        train_rows = _csv_rows(archive, "claims_train.csv", zip_path)
+    corpus = Corpus(docs, source=str(zip_path))
+    queries = load_tsv_queries(_file(data_dir, SCIFACT_TOPICS))
+    qrels = load_trec_qrels(_file(data_dir, SCIFACT_QRELS))
+    check_qrels(qrels, queries, corpus, str(data_dir / SCIFACT_QRELS))
+
+    train: Dict[str, Query] = {}
+    positives: Dict[str, List[str]] = {}
+    for line, row in train_rows:
+        where = f"{zip_path}!claims_train.csv:{line}"
+        if not row.get("id") or not row.get("claim"):
+            raise ValueError(f"{where}: missing id or claim")
+        qid = f"train-{row['id']}"
+        if qid in train and train[qid].text != row["claim"]:
+            raise ValueError(f"{where}: claim id {row['id']} repeated with a different text")
+        train.setdefault(qid, Query(qid, row["claim"]))
+        cited = _numpy_list(row.get("cited_doc_ids") or "[]", where, "cited_doc_ids")
+        if row.get("evidence_doc_id"):
+            cited.append(row["evidence_doc_id"])
+        for doc_id in cited:
+            if doc_id not in corpus:
+                raise ValueError(f"{where}: doc id {doc_id!r} is not in the SciFact corpus")
+            if doc_id not in positives.setdefault(qid, []):
+                positives[qid].append(doc_id)
+    coll = Collection("scifact", corpus, [q for q in queries if q.query_id in qrels], qrels,
+                      train_queries=list(train.values()), train_positives=positives,
+                      description="BEIR SciFact test (nDCG@10), plus SciFact train claims with cited abstracts")
+    unjudged = len(queries) - len(coll.queries)
+    if unjudged:
+        coll.skipped["test topics without qrels"] = unjudged
+    # Two SciFact train claims repeat test claims word for word (train-871, train-1291): they are
+    # removed from training, counted, and logged; evaluation keeps them.
+    kept, dropped = check_leakage(coll.train_queries, [coll], drop_overlap=True, pool_name="scifact train claims")
+    if dropped:
+        coll.train_queries = kept
+        for query, _ in dropped:
+            coll.train_positives.pop(query.query_id, None)
+        coll.skipped["train claims identical to a test claim (removed from training)"] = len(dropped)
+    return coll
+
+
+# --------------------------------------------------------------------------- trec-dl
+
+def trec_dl_pool_files(data_dir: Path) -> Dict[str, Path]:
+    """``{"<RETRIEVER>.<year>": path}`` for the ten candidate-pool files."""
+    return {f"{r}.{year}": _file(data_dir, f"{TREC_DL}/{r}.retrieve_results_{year}.json.gz")
+            for year in TREC_DL_YEARS for r in TREC_DL_RETRIEVERS}
+
+
+def load_trec_dl_pools(data_dir: Path) -> Tuple[Dict[str, Document], Dict[str, Dict[str, Dict[str, float]]]]:
+    """Passages and first-stage runs from the rank_llm pool files.
+
+    Returns (docs by id, runs ``{"<RETRIEVER>.<year>": {qid: {docid: score}}}``; ready for
+    ``ranx.Run.from_dict``). A passage id seen with two different texts raises.
+    """
+    docs: Dict[str, Document] = {}
+    runs: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for name, path in tqdm(trec_dl_pool_files(data_dir).items(), desc="trec-dl pools", disable=None, leave=False):
+        with open_text(path) as handle:
+            try:
+                entries = json.load(handle)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+        run: Dict[str, Dict[str, float]] = {}
+        for e, entry in enumerate(entries):
+            for h, hit in enumerate(entry.get("hits", [])):
+                where = f"{path}: [{e}].hits[{h}]"
+                try:
+                    qid, did, text, score = str(hit["qid"]), str(hit["docid"]), hit["content"], float(hit["score"])
+                except (KeyError, TypeError, ValueError):
+                    raise ValueError(f"{where}: expected qid, docid, content and numeric score") from None
+                old = docs.get(did)
+                if old is None:
+                    docs[did] = Document(did, "", text)
+                elif old.text != text:
+                    raise ValueError(f"{where}: passage {did} has a different text than in an earlier pool file")
+                run.setdefault(qid, {})[did] = score
+        runs[name] = run
+    return docs, runs
+
+
+def load_trec_dl(data_dir: Path) -> Collection:
+    """TREC DL 2019 + 2020 passage: judged topics (43 + 54), graded qrels (0-3), corpus = the
+    union of the candidate pools (24,884 passages). Judged passages missing from the pools stay in
+    the qrels (they count against recall, as they should) and are reported in ``skipped``.
+    """
+    docs, _ = load_trec_dl_pools(data_dir)
+    corpus = Corpus(sorted(docs.values(), key=lambda d: int(d.doc_id) if d.doc_id.isdigit() else d.doc_id),
+                    source=str(data_dir / TREC_DL))
+    queries: List[Query] = []
+    qrels: Qrels = {}
+    unjudged = 0
+    for year, (topics, qrels_file) in TREC_DL_YEARS.items():
+        year_topics = load_tsv_queries(_file(data_dir, f"{TREC_DL}/{topics}"))
+        year_qrels = load_trec_qrels(_file(data_dir, f"{TREC_DL}/{qrels_file}"))
+        check_qrels(year_qrels, year_topics, None, str(data_dir / TREC_DL / qrels_file))
+        for q in year_topics:
+            if q.query_id in year_qrels:
+                queries.append(q)
+            else:
+                unjudged += 1
+        overlap = set(qrels) & set(year_qrels)
+        if overlap:
+            raise ValueError(f"{qrels_file}: query ids {sorted(overlap)[:5]} are also judged in another year")
+        qrels.update(year_qrels)
+    missing = check_qrels(qrels, queries, corpus, str(data_dir / TREC_DL), allow_unknown_docs=True)
+    coll = Collection("trec-dl", corpus, queries, qrels,
+                      description="TREC DL 2019+2020 passage: judged topics, graded qrels, closed corpus = the 5 retrievers' top-100 pools")
+    coll.skipped["topics without judgments (dl20 has 200 topics, 54 judged)"] = unjudged
+    coll.skipped["judgments whose passage has no text in the pools (kept in qrels)"] = missing
+    return coll
+
+
+# --------------------------------------------------------------------------- cranfield / climate-fever
+
+CRANFIELD = "cranfield"
+CLIMATE_FEVER_ZIP = "climate-fever/climate-fever.zip"
+
+
+class _PlainFile:
+    """``dlc`` interface over a local file, so ir_datasets' Cranfield parsers read our copy."""
+
+    def __init__(self, path: Path):
+        self._path = path
+
+    def stream(self):
+        return open(self._path, "rb")
+
+    def path(self, force: bool = True) -> Path:
+        return self._path
+
+
+def load_cranfield(data_dir: Path) -> Collection:
+    """Cranfield 1400, parsed by ir_datasets' Cranfield classes (SMART ``.I/.T/.A/.B/.W``).
+
+    Query ids are 1..225 in file order (``cranqrel`` numbers them so, not by ``.I``; ir_datasets
+    does the same). Grades: code 1..4 -> 5 - code (4 = complete answer); the 225 code ``-1``
+    judgments, which the readme does not explain, are kept as grade 0 and counted in ``skipped``.
+    """
+    from ir_datasets.datasets.cranfield import CranfieldDocs, CranfieldQrels, CranfieldQueries
+
+    root = data_dir / CRANFIELD
+    docs_file = _file(data_dir, f"{CRANFIELD}/cran.all.1400")
+    qry_file = _file(data_dir, f"{CRANFIELD}/cran.qry")
+    qrels_file = _file(data_dir, f"{CRANFIELD}/cranqrel")
+    # ``docs_iter`` is wrapped to prefer a docstore under $IR_DATASETS_HOME; call the parser itself.
+    raw_docs = CranfieldDocs.docs_iter.__wrapped__(CranfieldDocs(_PlainFile(docs_file)))
+    corpus = Corpus([Document(d.doc_id, d.title, d.text) for d in raw_docs], source=str(root))
+    queries = [Query(q.query_id, " ".join(q.text.split())) for q in CranfieldQueries(_PlainFile(qry_file)).queries_iter()]
+    qrels: Qrels = {}
+    minus_one = 0
+    try:
+        judgments = list(CranfieldQrels(_PlainFile(qrels_file)).qrels_iter())
+    except RuntimeError as exc:
+        raise ValueError(f"{qrels_file}: expected 'qid docid code' lines ({exc})") from None
+    for j in judgments:
+        if j.relevance == -1:
+            grade, minus_one = 0, minus_one + 1
+        elif 1 <= j.relevance <= 4:
+            grade = 5 - j.relevance
+        else:
+            raise ValueError(f"{qrels_file}: query {j.query_id} doc {j.doc_id}: code {j.relevance} is not 1-4 or -1")
+        judged = qrels.setdefault(j.query_id, {})
+        if j.doc_id in judged:
+            raise ValueError(f"{qrels_file}: query {j.query_id} doc {j.doc_id} is judged twice")
+        judged[j.doc_id] = grade
+    check_qrels(qrels, queries, corpus, str(qrels_file))
+    coll = Collection("cranfield", corpus, [q for q in queries if q.query_id in qrels], qrels,
+                      description="Cranfield 1400 (aeronautics abstracts), graded qrels 5 - code")
+    coll.skipped["code -1 judgments kept as grade 0 (non-relevant)"] = minus_one
+    if len(coll.queries) != len(queries):
+        coll.skipped["queries without judgments"] = len(queries) - len(coll.queries)
+    return coll
+
+
+def load_climate_fever(data_dir: Path) -> Collection:
+    """CLIMATE-FEVER as a re-ranking-like retrieval task over its candidate evidence sentences.
+
+    Corpus = the distinct evidence sentences (id = ``evidence_id`` "Article:idx", title = article;
+    an id seen twice must carry the same sentence). Queries = claims with at least one SUPPORTS or
+    REFUTES evidence (grade 1); the others are counted in ``skipped``.
+    """
+    zip_path = _file(data_dir, CLIMATE_FEVER_ZIP)
+    docs: Dict[str, Document] = {}
+    queries: List[Query] = []
+    qrels: Qrels = {}
+    unlabelled = 0
+    with zipfile.ZipFile(zip_path) as archive:
+        with archive.open("climate-fever.jsonl") as raw:
+            for lineno, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), start=1):
+                where = f"{zip_path}!climate-fever.jsonl:{lineno}"
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    qid, claim, evidences = str(rec["claim_id"]), rec["claim"], rec["evidences"]
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{where}: malformed JSON line ({exc.msg})") from None
+                except KeyError as exc:
+                    raise ValueError(f"{where}: missing field {exc.args[0]!r}") from None
+                positives = {}
+                for k, ev in enumerate(evidences):
+                    try:
+                        doc = Document(ev["evidence_id"], ev["article"], ev["evidence"])
+                        label = ev["evidence_label"]
+                    except (KeyError, TypeError):
+                        raise ValueError(f"{where}: evidences[{k}] needs evidence_id, article, evidence, evidence_label") from None
+                    old = docs.setdefault(doc.doc_id, doc)
+                    if old != doc:
+                        raise ValueError(f"{where}: evidence id {doc.doc_id!r} has two different sentences")
+                    if label in ("SUPPORTS", "REFUTES"):
+                        positives[doc.doc_id] = 1
+                if positives:
+                    queries.append(Query(qid, claim))
+                    qrels[qid] = positives
+                else:
+                    unlabelled += 1
+    coll = Collection("climate-fever", Corpus(list(docs.values()), source=str(zip_path)), queries, qrels,
+                      description="CLIMATE-FEVER claims over their 5,240 candidate evidence sentences")
+    coll.skipped["claims without SUPPORTS/REFUTES evidence (not evaluable)"] = unlabelled
+    return coll
+
+
+CACM = "cacm"
+
+
+def load_cacm(data_dir: Path) -> Collection:
+    """CACM: 3,204 abstracts (one ``<html><pre>`` file each), 64 topics, 796 binary judgments.
+
+    Doc ids are ``CACM-<n>`` without zero padding, as in the qrels (files are ``CACM-0046.html``).
+    Title = the first paragraph of the ``<pre>`` block; text = the rest (abstract when present,
+    date, authors, ids, citation lines), whitespace-normalised, nothing removed. Topics are
+    ``<DOC><DOCNO>`` blocks of bare text (no tag a TREC parser reads as content). Only the 52 judged
+    topics are evaluation queries; the 12 others are counted in ``skipped``.
+    """
+    import html
+    import re
+    import tarfile
+
+    tar_path = _file(data_dir, f"{CACM}/cacm.tar.gz")
+    docs: List[Document] = []
+    with tarfile.open(tar_path, "r:gz") as archive:
+        members = sorted((m for m in archive.getmembers() if m.isfile() and m.name.endswith(".html")), key=lambda m: m.name)
+        for member in tqdm(members, desc="cacm", disable=None, leave=False):
+            raw = archive.extractfile(member).read().decode("utf-8", errors="strict")
+            match = re.search(r"<pre>(.*)</pre>", raw, re.S | re.I)
+            if not match:
+                raise ValueError(f"{tar_path}!{member.name}: expected <html><pre>...</pre>")
+            blocks = [" ".join(b.split()) for b in re.split(r"\n\s*\n", html.unescape(match.group(1)))]
+            blocks = [b for b in blocks if b]
+            if not blocks:
+                raise ValueError(f"{tar_path}!{member.name}: empty document")
+            stem = Path(member.name).stem  # CACM-0046; the qrels write CACM-46, so ids drop the padding
+            prefix, _, number = stem.partition("-")
+            if not number.isdigit():
+                raise ValueError(f"{tar_path}!{member.name}: expected a name like CACM-0001.html")
+            docs.append(Document(f"{prefix}-{int(number)}", blocks[0], " ".join(blocks[1:])))
+    corpus = Corpus(docs, source=str(tar_path))
+    topics_file = _file(data_dir, f"{CACM}/topics.cacm.txt")
+    content = topics_file.read_text(encoding="utf-8")
+    # ir_datasets' TrecDocs/TrecQueries expect <TEXT>/<top> tags; these topics are bare text in <DOC>.
+    topics = [Query(m.group(1), " ".join(m.group(2).split()))
+              for m in re.finditer(r"<DOC>\s*<DOCNO>\s*(\S+)\s*</DOCNO>(.*?)</DOC>", content, re.S)]
+    if len(topics) != content.count("<DOC>") or any(not q.text for q in topics):
+        raise ValueError(f"{topics_file}: expected <DOC><DOCNO> n </DOCNO> text </DOC> blocks with text")
+    qrels = load_trec_qrels(_file(data_dir, f"{CACM}/qrels.cacm.txt"))
+    check_qrels(qrels, topics, corpus, str(data_dir / CACM / "qrels.cacm.txt"))
+    coll = Collection("cacm", corpus, [q for q in topics if q.query_id in qrels], qrels,
+                      description="CACM abstracts (1958-1979), 52 judged topics, binary qrels")
+    coll.skipped["topics without judgments"] = len(topics) - len(coll.queries)
+    return coll
+
+
+# --------------------------------------------------------------------------- query pool
+
+class QueryPool(list):
+    """A ``list[Query]`` that also reports what building it removed, so nothing vanishes silently.
+
+    ``dropped``: (query, collection) pairs removed as evaluation questions (``drop_overlap``);
+    ``skipped``: counts by reason (e.g. duplicate questions within the pool).
+    """
+
+    def __init__(self, queries: Iterable[Query] = (), dropped: Sequence[Tuple[Query, str]] = (),
+                 skipped: Optional[Dict[str, int]] = None):
+        super().__init__(queries)
+        self.dropped: List[Tuple[Query, str]] = list(dropped)
+        self.skipped: Dict[str, int] = dict(skipped or {})
+
+
+#: Pool sources: DPR's NQ dev (drawn from NQ *train*) and TriviaQA dev. NQ test is never a source.
+QUERY_POOL_SOURCES = {"nq-dev": DPR_NQ_DEV_TOPICS, "tqa-dev": DPR_TQA_DEV_TOPICS}
+
+
+NQ_TEST_OWNER = "NQ test (NQ-open dev)"
+
+
+@functools.lru_cache(maxsize=4)
+def _pool_candidates(data_dir: Path, stamp: tuple) -> Tuple[Tuple[Query, ...], int, Tuple[str, ...]]:
+    """Parsed pool sources (deduplicated) and the normalised NQ test questions.
+
+    Cached per data directory and file stamp (path, mtime, size): several collections and the
+    trainer ask for the pool in one process, and parsing 17,594 QA lines is the slow part.
+    Queries are frozen dataclasses, so sharing them is safe.
+    """
+    seen: set = set()
+    queries: List[Query] = []
+    duplicates = 0
+    for prefix, relative in QUERY_POOL_SOURCES.items():
+        for q in load_qa_pairs(_file(data_dir, relative), id_prefix=f"{prefix}-"):
+            key = normalize_question(q.text)
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            queries.append(q)
+    nq_keys = tuple(dict.fromkeys(normalize_question(t) for t in nq_test_questions(data_dir)))
+    return tuple(queries), duplicates, nq_keys
+
+
+def build_query_pool(data_dir: Path, protected: Dict[str, str], *, drop_overlap: bool = False) -> QueryPool:
+    """Unlabeled training questions for distillation: DPR NQ dev + TriviaQA dev (17,594 lines).
+
+    Query ids are ``nq-dev-<line>`` / ``tqa-dev-<line>``; answers are kept (handy for checks,
+    ignored by distillation). Repeated questions (same normalised text) are kept once and
+    counted in ``skipped``.
+
+    Two steps, deliberately different:
+
+    1. NQ test questions are *always* removed: keeping NQ test out of training is part of what
+       this pool is. DPR's NQ dev (from NQ train) repeats 2 NQ test questions up to
+       tokenisation (``it 's`` / ``it's``), so the removal is not hypothetical; the removed
+       questions are listed in ``dropped``, counted in ``skipped`` and logged.
+    2. Overlap with ``protected`` (the evaluation questions of the collections you evaluate on)
+       raises ``LeakageError`` unless ``drop_overlap`` (then also listed in ``dropped``).
+    """
+    files = [_file(data_dir, relative) for relative in QUERY_POOL_SOURCES.values()]
+    stamp = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    queries, duplicates, nq_keys = _pool_candidates(data_dir, stamp)
+    queries = list(queries)
+    nq_test = dict.fromkeys(nq_keys, NQ_TEST_OWNER)
+    queries, nq_dropped = check_leakage(queries, nq_test, drop_overlap=True, pool_name="query-pool (NQ test rule)")
+    kept, dropped = check_leakage(queries, protected, drop_overlap=drop_overlap, pool_name="query-pool")
+    skipped = {}
+    if duplicates:
+        skipped["repeated questions (same normalised text) kept once"] = duplicates
+    if nq_dropped:
+        skipped["NQ test questions removed (always)"] = len(nq_dropped)
+    if dropped:
+        skipped["evaluation questions of excluded collections removed (drop_overlap)"] = len(dropped)
+    return QueryPool(kept, nq_dropped + dropped, skipped)
+
+
+# --------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class SampleSpec:
+    name: str
+    loader: Callable[[Path], Collection]
+    description: str
+
+
+SAMPLES: Dict[str, SampleSpec] = {
+    s.name: s
+    for s in (
+        SampleSpec("nq-sample", load_nq_sample,
+                   "NQ test questions (2,655) over their gold passages + DPR distractors (4,351 passages)"),
+        SampleSpec("squad-sample", load_squad_sample, "SQuAD v1.1 dev: 10,570 questions over 2,067 paragraphs"),
+        SampleSpec("scifact", load_scifact, "BEIR SciFact test (300 claims, 5,183 abstracts) + 809 train claims"),
+        SampleSpec("trec-dl", load_trec_dl, "TREC DL 2019+2020 passage: 97 judged topics, graded qrels, 24,884-passage pool"),
+        SampleSpec("cacm", load_cacm, "CACM: 52 judged topics, binary qrels, 3,204 abstracts"),
+        SampleSpec("cranfield", load_cranfield, "Cranfield 1400: 225 queries, graded qrels (5 - code), 1,400 abstracts"),
+        SampleSpec("climate-fever", load_climate_fever, "CLIMATE-FEVER: 1,061 claims with labelled evidence over 5,240 sentences"),
+    )
+}
