@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 _POINT_RE = re.compile(r"^L(\d+)-H(\d+)-F(\d+)-D(\d+)$")
 
@@ -101,6 +101,31 @@ class ElasticSpace:
             self.scaled(4 / 6, 4 / 6, 4 / 6, 2 / 3),
             self.scaled(0.5, 0.5, 0.5, 0.5),
         ]
+
+    def grid(
+        self,
+        layers: Optional[Iterable[int]] = None,
+        heads: Optional[Iterable[int]] = None,
+        ffn: Optional[Iterable[int]] = None,
+        widths: Optional[Iterable[int]] = None,
+    ) -> List[OperatingPoint]:
+        """Every combination of the given per-axis values, validated, largest first.
+
+        An axis left as ``None`` takes the values it has in :meth:`default_points`, so
+        ``grid()`` crosses the default depths, head counts, FFN sizes and widths.
+        """
+        defaults = self.default_points()
+        axes = [
+            sorted(set(layers if layers is not None else (p.layers for p in defaults))),
+            sorted(set(heads if heads is not None else (p.heads for p in defaults))),
+            sorted(set(ffn if ffn is not None else (p.ffn for p in defaults))),
+            sorted(set(widths if widths is not None else (p.width for p in defaults))),
+        ]
+        points = {
+            self.validate(OperatingPoint(l, h, f, w))
+            for l in axes[0] for h in axes[1] for f in axes[2] for w in axes[3]
+        }
+        return sorted(points, reverse=True)
 
     def widths(self, points: Iterable[OperatingPoint]) -> List[int]:
         return sorted({p.width for p in points}, reverse=True)
