@@ -1,0 +1,81 @@
+"""`elasticdenser profile`: measure every operating point's cost and quality on this machine."""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+
+from elasticdenser.profile import DEFAULT_BATCH_SIZES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="measure latency (batch 1..64) and quality of every operating point; store it in the manifest",
+        description=(
+            "Measures, on this machine, query encoding + search latency (median, p90) of every operating point "
+            "at each batch size, and its quality on a validation query set (Recall@k with qrels, answer-match "
+            "accuracy@k with answer strings). Marks points off the Pareto frontier. Writes the table under "
+            "'profile' in EXP_DIR/manifest.json (atomic replace); the router uses only these numbers."
+        ),
+    )
+    p.add_argument("exp_dir", help="experiment directory (manifest.json, model/, index-d*.faiss)")
+    p.add_argument("--collection", help="validation queries (default: the experiment's collection)")
+    p.add_argument("--data-dir", help="data directory (default: $ELASTICDENSER_DATA)")
+    p.add_argument("--max-queries", type=int, default=300, help="validation queries sampled (seeded; default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=10, help="quality at k (default 10)")
+    p.add_argument("--metric", help="router quality metric, e.g. recall@10 or accuracy@10 (default: recall if qrels)")
+    p.add_argument("--points", help="comma-separated points (default: all the experiment serves)")
+    p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per batch size (default 5, plus 1 warm-up)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads while measuring (default: torch's)")
+    p.add_argument("--output", help="also write the profile JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from elasticdenser.data import load_collection
+    from elasticdenser.operating_point import parse_points
+    from elasticdenser.profile import atomic_write_json, measure_profile, save_profile
+    from elasticdenser.searcher import Searcher
+
+    if args.max_queries < 1 or args.repeats < 1 or args.k < 1:
+        raise ValueError("--max-queries, --repeats and --k must be >= 1")
+    try:
+        batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()})
+    except ValueError:
+        raise ValueError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+    if not batch_sizes or batch_sizes[0] < 1:
+        raise ValueError("--batch-sizes needs positive integers")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    searcher = Searcher.open(args.exp_dir)
+    name = args.collection or searcher.manifest.get("collection", {}).get("name")
+    if not name:
+        raise ValueError("the manifest names no collection; pass --collection")
+    coll = load_collection(name, args.data_dir)
+    queries = list(coll.queries)
+    random.Random(args.seed).shuffle(queries)
+    queries = queries[: args.max_queries]
+    points = parse_points(args.points) if args.points else None
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    prof = measure_profile(searcher, queries, coll.qrels, k=args.k, metric=args.metric, points=points,
+                           batch_sizes=batch_sizes, repeats=args.repeats, space=searcher.encoder.space, log=log)
+    path = save_profile(args.exp_dir, prof)
+    if args.output:
+        atomic_write_json(args.output, prof.to_json())
+    print(f"profile of {len(prof.points)} points written to {path} (metric {prof.metric})")
+    print(f"{'point':<22} {'b=1 med':>8} {'b=1 p90':>8} {'b=64 med':>9} {prof.metric:>12}  pareto")
+    for p in sorted(prof.points.values(), key=lambda x: -x.cost()):
+        b1, bl = p.latency_ms[min(p.latency_ms)], p.latency_ms[max(p.latency_ms)]
+        print(f"{p.name:<22} {b1['median']:8.1f} {b1['p90']:8.1f} {bl['median']:9.1f} "
+              f"{p.quality[prof.metric]:12.4f}  {'yes' if p.pareto else 'no (not routed to)'}")
+    return 0

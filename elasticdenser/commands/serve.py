@@ -1,0 +1,65 @@
+"""`elasticdenser serve`: the HTTP search server with the router (needs the `serve` extra)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_router_args(p: argparse.ArgumentParser) -> None:
+    """Router / batching / queue flags shared by `serve` and `simulate`."""
+    g = p.add_argument_group("router")
+    g.add_argument("--slo-ms", type=float, default=50.0, help="latency target in ms (default 50)")
+    g.add_argument("--max-batch", type=int, default=64, help="largest batch encoded at once (default 64)")
+    g.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill (default 2)")
+    g.add_argument("--margin", type=float, default=0.6, help="use at most this share of a point's SLO capacity")
+    g.add_argument("--step-up-margin", type=float, default=0.5, help="stricter share required before stepping up")
+    g.add_argument("--step-up-after", type=float, default=5.0, help="seconds a better point must stay feasible")
+    g.add_argument("--rate-tau", type=float, default=1.0, help="EWMA time constant of the QPS estimate (s)")
+    g.add_argument("--slow-rate-tau", type=float, default=5.0, help="time constant of the step-up QPS estimate (s)")
+    g.add_argument("--max-queue", type=int, help="bounded queue (default: what the cheapest point drains in the SLO)")
+
+
+def router_config(args: argparse.Namespace):
+    from elasticdenser.router import RouterConfig
+
+    return RouterConfig(
+        slo_ms=args.slo_ms, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, margin=args.margin,
+        step_up_margin=args.step_up_margin, step_up_after_s=args.step_up_after, rate_tau_s=args.rate_tau,
+        slow_rate_tau_s=args.slow_rate_tau,
+        max_queue=args.max_queue,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="HTTP server: POST /search, GET /health, GET /metrics (router picks the point per batch)",
+        description="Serve an experiment over HTTP. Needs a profile in the manifest (run `elasticdenser profile`).",
+    )
+    p.add_argument("exp_dir", help="experiment directory with a profiled manifest")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (use what `profile --threads` used)")
+    add_router_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise RuntimeError("`elasticdenser serve` needs the serve extra: pip install 'elasticdenser[serve]'") from None
+    from elasticdenser.profile import load_profile
+    from elasticdenser.searcher import Searcher
+    from elasticdenser.server import serve
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    searcher = Searcher.open(args.exp_dir)
+    profile = load_profile(args.exp_dir)
+    serve(searcher, host=args.host, port=args.port, profile=profile, config=router_config(args),
+          log_level=args.log_level)
+    return 0

@@ -1,0 +1,449 @@
+"""Operating-point profile: the measured cost and quality of every operating point.
+
+The router only ever uses numbers from this table, measured on the machine that serves:
+
+* ``latency_ms[batch_size] = {"median": ..., "p90": ...}`` -- wall time of one
+  ``Searcher.search_texts(batch, k, point)`` call (query encoding + FAISS search) for batch
+  sizes 1, 2, 4, ..., 64;
+* ``quality = {metric: value}`` -- Recall@k (with qrels) or answer-match accuracy@k (answer
+  strings) of the point on a validation query set;
+* ``pareto`` -- False for points that another point beats on both cost and quality; the router
+  never routes to those.
+
+Stored as JSON under ``"profile"`` in the experiment's ``manifest.json``::
+
+    {"profile": {"version": 1, "created": "...", "machine": {...}, "k": 10,
+                 "metric": "recall@10", "batch_sizes": [1, 2, ..., 64],
+                 "points": {"L6-H12-F1536-D384": {"params": ..., "flops": ...,
+                            "latency_ms": {"1": {"median": 9.1, "p90": 9.8}, ...},
+                            "quality": {"recall@10": 0.81}, "pareto": true}, ...}}}
+
+Batched service time between measured batch sizes is interpolated linearly in the batch size
+(and extrapolated from the last two sizes above the largest); see :meth:`PointProfile.service_ms`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from elasticdenser.operating_point import OperatingPoint
+
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+PROFILE_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class PointProfile:
+    """Measured cost and quality of one operating point."""
+
+    name: str
+    latency_ms: Dict[int, Dict[str, float]]  # batch size -> {"median": ms, "p90": ms}
+    quality: Dict[str, float]
+    params: Optional[float] = None
+    flops: Optional[float] = None
+    pareto: bool = True
+
+    def __post_init__(self) -> None:
+        self.latency_ms = {int(b): {s: float(v) for s, v in d.items()} for b, d in self.latency_ms.items()}
+        if not self.latency_ms:
+            raise ValueError(f"profile of {self.name} has no latency measurements")
+        for b, d in self.latency_ms.items():
+            if b < 1 or "median" not in d or "p90" not in d:
+                raise ValueError(f"profile of {self.name}: latency_ms[{b}] needs 'median' and 'p90' (batch size >= 1)")
+        self._sizes = sorted(self.latency_ms)
+
+    @property
+    def point(self) -> OperatingPoint:
+        return OperatingPoint.parse(self.name)
+
+    @property
+    def batch_sizes(self) -> List[int]:
+        return list(self._sizes)
+
+    def service_ms(self, batch: float, stat: str = "median") -> float:
+        """Service time (ms) of one batch of ``batch`` queries, interpolated from the table.
+
+        Linear in the batch size between measured sizes; below the smallest measured size the
+        smallest size's time; above the largest, extrapolated along the last segment (never
+        below the largest measured value).
+        """
+        sizes = self._sizes
+        batch = max(float(batch), 1.0)
+        vals = [self.latency_ms[b][stat] for b in sizes]
+        if batch <= sizes[0]:
+            return vals[0]
+        for i in range(1, len(sizes)):
+            if batch <= sizes[i]:
+                b0, b1 = sizes[i - 1], sizes[i]
+                return vals[i - 1] + (vals[i] - vals[i - 1]) * (batch - b0) / (b1 - b0)
+        if len(sizes) == 1:
+            return vals[0] * batch / sizes[0]
+        b0, b1 = sizes[-2], sizes[-1]
+        slope = max(0.0, (vals[-1] - vals[-2]) / (b1 - b0))
+        return vals[-1] + slope * (batch - b1)
+
+    def throughput_qps(self, batch: int, stat: str = "median") -> float:
+        return 1000.0 * batch / self.service_ms(batch, stat)
+
+    def cost(self) -> float:
+        """Scalar cost used for the Pareto test: mean median latency over the measured batch sizes."""
+        return statistics.fmean(self.latency_ms[b]["median"] for b in self._sizes)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "params": self.params,
+            "flops": self.flops,
+            "latency_ms": {str(b): dict(self.latency_ms[b]) for b in self._sizes},
+            "quality": dict(self.quality),
+            "pareto": bool(self.pareto),
+        }
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any]) -> "PointProfile":
+        return cls(
+            name=name,
+            latency_ms=data["latency_ms"],
+            quality=dict(data.get("quality", {})),
+            params=data.get("params"),
+            flops=data.get("flops"),
+            pareto=bool(data.get("pareto", True)),
+        )
+
+
+@dataclass
+class Profile:
+    """The operating-point table of one experiment on one machine."""
+
+    points: Dict[str, PointProfile]
+    metric: str
+    k: int = 10
+    batch_sizes: List[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
+    machine: Dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.points:
+            raise ValueError("a profile needs at least one operating point")
+        for p in self.points.values():
+            if self.metric not in p.quality:
+                raise ValueError(f"profile of {p.name} has no quality value for metric {self.metric!r}")
+
+    # --- queries -------------------------------------------------------------------------
+    def quality(self, name: str) -> float:
+        return float(self.points[name].quality[self.metric])
+
+    def ordered(self, pareto_only: bool = True) -> List[PointProfile]:
+        """Points by quality, best first (ties: cheaper first)."""
+        pts = [p for p in self.points.values() if p.pareto or not pareto_only]
+        return sorted(pts, key=lambda p: (-p.quality[self.metric], p.cost(), p.name))
+
+    @property
+    def best(self) -> PointProfile:
+        return self.ordered()[0]
+
+    @property
+    def cheapest(self) -> PointProfile:
+        return min((p for p in self.points.values() if p.pareto), key=lambda p: (p.cost(), p.name))
+
+    def __getitem__(self, name: Union[str, OperatingPoint]) -> PointProfile:
+        return self.points[str(name)]
+
+    def __contains__(self, name: object) -> bool:
+        return str(name) in self.points
+
+    # --- JSON ----------------------------------------------------------------------------
+    def to_json(self) -> Dict[str, Any]:
+        out = {
+            "version": PROFILE_VERSION,
+            "created": self.created,
+            "machine": dict(self.machine),
+            "k": self.k,
+            "metric": self.metric,
+            "batch_sizes": list(self.batch_sizes),
+            "points": {name: p.to_json() for name, p in self.points.items()},
+        }
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Profile":
+        known = {"version", "created", "machine", "k", "metric", "batch_sizes", "points"}
+        if "points" not in data or "metric" not in data:
+            raise ValueError("not an operating-point profile: needs 'points' and 'metric'")
+        return cls(
+            points={name: PointProfile.from_json(name, d) for name, d in data["points"].items()},
+            metric=str(data["metric"]),
+            k=int(data.get("k", 10)),
+            batch_sizes=[int(b) for b in data.get("batch_sizes", DEFAULT_BATCH_SIZES)],
+            machine=dict(data.get("machine", {})),
+            created=str(data.get("created", "")),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+def mark_pareto(points: Iterable[PointProfile], metric: str) -> None:
+    """Set ``pareto=False`` on every point that another point dominates.
+
+    ``q`` dominates ``p`` when ``q`` is no more costly (mean median latency over batch sizes,
+    :meth:`PointProfile.cost`) and no worse in quality, and strictly better in at least one.
+    """
+    pts = list(points)
+    for p in pts:
+        pc, pq = p.cost(), p.quality[metric]
+        p.pareto = not any(
+            q is not p
+            and q.cost() <= pc
+            and q.quality[metric] >= pq
+            and (q.cost() < pc or q.quality[metric] > pq)
+            for q in pts
+        )
+
+
+# --- manifest I/O ----------------------------------------------------------------------------
+def _manifest_path(exp_dir: Union[str, Path]) -> Path:
+    path = Path(exp_dir)
+    return path if path.name.endswith(".json") else path / MANIFEST
+
+
+def atomic_write_json(path: Union[str, Path], data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, fsync, then ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_profile(exp_dir: Union[str, Path], profile: Profile) -> Path:
+    """Store ``profile`` under ``"profile"`` in the experiment's manifest (atomic replace)."""
+    path = _manifest_path(exp_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest at {path}; is {Path(exp_dir)} an experiment directory?")
+    with open(path) as f:
+        manifest = json.load(f)
+    manifest["profile"] = profile.to_json()
+    atomic_write_json(path, manifest)
+    return path
+
+
+def load_profile(source: Union[str, Path, Mapping[str, Any]]) -> Profile:
+    """The profile from an experiment dir, a manifest/profile JSON file, or a dict."""
+    if isinstance(source, Mapping):
+        data = source
+    else:
+        path = Path(source)
+        if path.is_dir():
+            path = path / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"no manifest or profile file at {path}")
+        with open(path) as f:
+            data = json.load(f)
+    if isinstance(data.get("profile"), Mapping):  # a manifest (which also has a "points" list)
+        data = data["profile"]
+    elif not isinstance(data.get("points"), Mapping):
+        raise ValueError(
+            f"{source} holds no operating-point profile; run `elasticdenser profile EXP_DIR` first "
+            "(the router uses measured numbers only)"
+        )
+    return Profile.from_json(data)
+
+
+# --- measuring ------------------------------------------------------------------------------
+def _quantile(values: Sequence[float], q: float) -> float:
+    vals = sorted(values)
+    if len(vals) == 1:
+        return vals[0]
+    pos = q * (len(vals) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(vals) - 1)
+    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
+
+
+def machine_info() -> Dict[str, Any]:
+    info: Dict[str, Any] = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    import sys
+
+    torch = sys.modules.get("torch")  # report torch only if the searcher loaded it (importing it is slow)
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return info
+
+
+def _normalize_answer(text: str) -> str:
+    import re
+    import string
+    import unicodedata
+
+    text = unicodedata.normalize("NFD", text).lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def has_answer(passage: str, answers: Sequence[str]) -> bool:
+    """DPR answer match (``elasticdenser.eval.answers``), else a normalised-substring test."""
+    try:
+        from elasticdenser.eval.answers import has_answer as dpr_has_answer
+    except ImportError:
+        dpr_has_answer = None
+    if dpr_has_answer is not None:
+        return dpr_has_answer(answers, passage)
+    norm = " " + _normalize_answer(passage) + " "
+    return any((a := _normalize_answer(ans)) and f" {a} " in norm for ans in answers)
+
+
+def quality_of_hits(
+    hits: Sequence[Sequence[Any]],
+    queries: Sequence[Any],
+    qrels: Optional[Mapping[str, Mapping[str, int]]],
+    k: int,
+) -> Dict[str, float]:
+    """Recall@k (if qrels cover the queries) and answer-match accuracy@k (if answers exist).
+
+    ``hits[i]`` are the ranked ``Hit``s of ``queries[i]`` (objects with ``doc_id`` and ``text``,
+    optionally ``title``); ``queries[i]`` has ``query_id`` and ``answers``.
+    """
+    out: Dict[str, float] = {}
+    if qrels:
+        recalls = []
+        for q, hs in zip(queries, hits):
+            rel = {d for d, g in qrels.get(q.query_id, {}).items() if g > 0}
+            if rel:
+                got = {h.doc_id for h in list(hs)[:k]}
+                recalls.append(len(rel & got) / len(rel))
+        if recalls:
+            out[f"recall@{k}"] = statistics.fmean(recalls)
+    answered = [(q, hs) for q, hs in zip(queries, hits) if getattr(q, "answers", None)]
+    if answered:
+        out[f"accuracy@{k}"] = statistics.fmean(
+            float(any(has_answer(f"{getattr(h, 'title', '') or ''} {h.text}", q.answers) for h in list(hs)[:k]))
+            for q, hs in answered
+        )
+    return out
+
+
+def measure_latency(
+    search_texts: Callable[[List[str], int, Any], Any],
+    point: Any,
+    texts: Sequence[str],
+    k: int,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    repeats: int = 5,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Dict[int, Dict[str, float]]:
+    """Median and p90 wall time (ms) of ``search_texts(batch, k, point)`` per batch size.
+
+    Each repeat uses a different slice of ``texts`` (cycled), so caches do not flatter the numbers.
+    """
+    if not texts:
+        raise ValueError("latency measurement needs at least one query text")
+    out: Dict[int, Dict[str, float]] = {}
+    offset = 0
+    for b in batch_sizes:
+        times = []
+        for r in range(warmup + repeats):
+            batch = [texts[(offset + i) % len(texts)] for i in range(b)]
+            offset += b
+            t0 = clock()
+            search_texts(batch, k, point)
+            dt = (clock() - t0) * 1000.0
+            if r >= warmup:
+                times.append(dt)
+        out[int(b)] = {"median": statistics.median(times), "p90": _quantile(times, 0.9)}
+    return out
+
+
+def measure_profile(
+    searcher: Any,
+    queries: Sequence[Any],
+    qrels: Optional[Mapping[str, Mapping[str, int]]] = None,
+    *,
+    k: int = 10,
+    metric: Optional[str] = None,
+    points: Optional[Sequence[Union[str, OperatingPoint]]] = None,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    repeats: int = 5,
+    space: Any = None,
+    seq_len: int = 32,
+    log: Callable[[str], None] = lambda msg: None,
+) -> Profile:
+    """Measure every operating point of ``searcher`` on this machine.
+
+    ``searcher`` needs ``points`` and ``search_texts(texts, k, point) -> list[list[Hit]]``.
+    Quality is computed from the same searcher's hits on ``queries`` (Recall@k with ``qrels``,
+    answer-match accuracy@k otherwise); ``metric`` picks which one the router uses.
+    """
+    names = [str(p) for p in (points or searcher.points)]
+    if not names:
+        raise ValueError("no operating points to profile")
+    texts = [q.text for q in queries]
+    if not texts:
+        raise ValueError("profiling needs a validation query set with at least one query")
+    if space is None:
+        encoder = getattr(searcher, "encoder", None)
+        space = getattr(encoder, "space", None)
+    table: Dict[str, PointProfile] = {}
+    for name in names:
+        point = OperatingPoint.parse(name)
+        log(f"profiling {name}: quality on {len(texts)} queries")
+        hits: List[Any] = []
+        for i in range(0, len(texts), 64):
+            hits.extend(searcher.search_texts(texts[i : i + 64], k, point))
+        quality = quality_of_hits(hits, queries, qrels, k)
+        if not quality:
+            raise ValueError("validation queries have neither qrels nor answer strings; cannot measure quality")
+        log(f"profiling {name}: latency at batch sizes {list(batch_sizes)}")
+        latency = measure_latency(searcher.search_texts, point, texts, k, batch_sizes, repeats)
+        flops = params = None
+        if space is not None:
+            try:
+                flops = space.flops(point, seq_len)
+                head_dim = space.hidden_size // space.num_heads
+                attn = point.heads * head_dim
+                params = float(point.layers * (4 * space.hidden_size * attn + 2 * space.hidden_size * point.ffn))
+            except Exception:
+                pass
+        table[name] = PointProfile(name, latency, quality, params=params, flops=flops)
+    available = set.intersection(*(set(p.quality) for p in table.values()))
+    if metric is None:
+        metric = f"recall@{k}" if f"recall@{k}" in available else f"accuracy@{k}"
+    if metric not in available:
+        raise ValueError(f"metric {metric!r} not measurable on this query set; available: {sorted(available)}")
+    mark_pareto(table.values(), metric)
+    return Profile(
+        points=table,
+        metric=metric,
+        k=k,
+        batch_sizes=[int(b) for b in batch_sizes],
+        machine=machine_info(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        extra={"num_queries": len(texts), "repeats": repeats, "seq_len_for_flops": seq_len},
+    )

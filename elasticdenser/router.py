@@ -1,0 +1,387 @@
+"""The router: pure decision logic, shared by the real service and the load simulator.
+
+Nothing here sleeps, spawns threads or reads the wall clock on its own: every method takes
+``now`` (seconds) or calls the injected ``clock``. The discrete-event simulator drives the very
+same object with simulated time, so simulating the router tests the production router.
+
+Model (all service times come from the measured :class:`~elasticdenser.profile.Profile`):
+
+* ``S_p(b)``: service time of one batch of ``b`` queries at point ``p`` (median for throughput,
+  p90 for latency), linearly interpolated from the measured table.
+* Arrival rate: an exponentially decayed counter (EWMA with time constant ``rate_tau_s``, 1 s;
+  a second one with ``slow_rate_tau_s``, 5 s, for stepping up): every
+  arrival adds 1 to ``s``, which decays as ``exp(-dt / tau)``; ``qps = s / tau``. For a steady
+  Poisson load of rate ``r`` the mean is ``r`` and the relative noise ``1 / sqrt(2 r tau)``.
+  Rejected requests count (they are offered load).
+* Steady state at rate ``r``: with dynamic batching the worker serves back to back, and the next
+  batch is whatever arrived during the current one: ``b* = r * S_p(b*)`` (fixed point, capped at
+  ``max_batch``; no fixed point below ``max_batch`` means overload). A request waits for the
+  batch in service (<= ``S(b*)``) and then its own batch, so the predicted p95-ish latency is
+  ``max_wait + 2 * S_p90(b*)``.
+* SLO capacity of a point: the largest rate whose steady latency meets the SLO,
+  ``cap_p = max_b { 1000 b / S_p(b) : max_wait + 2 S_p90(b) <= slo }``.
+* Backlog: when the worker is free and ``q`` requests wait, the last of them is answered after
+  ``drain_p(q)`` (full batches of ``max_batch``, then the remainder); a request *arriving* behind
+  them also waits for the batch in service (:meth:`Router.predict_ms`).
+* A point is *feasible* for the next batch when ``qps <= margin * cap_p`` (utilisation margin)
+  and ``drain_p(q)`` meets the SLO.
+
+Calibration: every served batch reports its measured time (:meth:`Router.observe_service`); an
+EWMA of measured / profiled time becomes a ``scale`` on all profiled service times, so a machine
+that got busier (or quieter) since ``elasticdenser profile`` ran is modelled as it is now.
+
+Decision for the next batch (:meth:`Router.choose`): the *routed* point is the highest-quality
+Pareto point whose SLO capacity covers the load with the margin (``qps <= margin * cap_p``); if
+none does, the cheapest. Stepping *down* happens at once. Stepping *up* to a better point needs
+``slow_qps <= step_up_margin * cap_p`` continuously for ``step_up_after_s`` seconds, where
+``slow_qps`` is a slower, less noisy estimate (``slow_rate_tau_s``) -- hysteresis; a steady load
+near a boundary does not flap. A burst -- a queue the routed point cannot drain
+within the SLO -- sends that one batch to the best cheaper point that can, without changing the
+routed point.
+
+Admission: a bounded queue of ``max_queue`` requests; beyond it :meth:`Router.admit` says no and
+the caller answers 'overloaded' immediately. Default ``max_queue``: the most requests the cheapest
+point can drain within the SLO.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from elasticdenser.operating_point import OperatingPoint
+from elasticdenser.profile import PointProfile, Profile
+
+
+class Overloaded(RuntimeError):
+    """A request refused because the bounded queue is full (answer 503 / 'overloaded')."""
+
+    def __init__(self, message: str = "overloaded: the request queue is full", retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class RouterConfig:
+    slo_ms: float = 50.0  #: latency target (p95 of request latency)
+    max_batch: int = 64  #: largest batch the worker encodes at once
+    max_wait_ms: float = 2.0  #: how long a non-full batch may wait for company
+    margin: float = 0.6  #: use at most this fraction of a point's SLO capacity
+    step_up_margin: float = 0.5  #: stricter fraction a better point must meet before stepping up
+    step_up_after_s: float = 5.0  #: ... continuously for this long (hysteresis)
+    rate_tau_s: float = 1.0  #: EWMA time constant of the arrival-rate estimate (step-down decisions)
+    slow_rate_tau_s: float = 5.0  #: a slower, less noisy estimate for step-up decisions
+    max_queue: Optional[int] = None  #: bounded queue; None = what the cheapest point drains in the SLO
+    calibrate: bool = True  #: scale the profile by observed/profiled batch time (EWMA), see observe_service
+    calibration_alpha: float = 0.05  #: EWMA weight of one batch in that scale
+    calibration_bounds: Tuple[float, float] = (0.5, 4.0)  #: the scale stays within these
+    latency_stat: str = "p90"  #: profile statistic used for latency predictions
+    throughput_stat: str = "median"  #: profile statistic used for capacity / steady batch size
+
+    def __post_init__(self) -> None:
+        if self.slo_ms <= 0:
+            raise ValueError(f"slo_ms must be > 0, got {self.slo_ms}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 0 < self.step_up_margin <= self.margin <= 1.5:
+            raise ValueError("need 0 < step_up_margin <= margin <= 1.5")
+        if self.step_up_after_s < 0 or self.rate_tau_s <= 0 or self.slow_rate_tau_s <= 0:
+            raise ValueError("step_up_after_s must be >= 0 and rate_tau_s, slow_rate_tau_s > 0")
+        if not 0 < self.calibration_alpha <= 1:
+            raise ValueError("calibration_alpha must be in (0, 1]")
+        if self.max_queue is not None and self.max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+
+
+@dataclass
+class Decision:
+    point: str
+    qps: float
+    queue_len: int
+    predicted_ms: float
+
+
+class RateEstimator:
+    """Exponentially decayed arrival counter: ``qps = s / tau``; see module docstring."""
+
+    def __init__(self, tau_s: float = 1.0):
+        self.tau = float(tau_s)
+        self._s = 0.0
+        self._t: Optional[float] = None
+
+    def observe(self, now: float, n: int = 1) -> None:
+        if self._t is not None and now > self._t:
+            self._s *= math.exp(-(now - self._t) / self.tau)
+        if self._t is None or now > self._t:
+            self._t = now
+        self._s += n
+
+    def rate(self, now: float) -> float:
+        if self._t is None:
+            return 0.0
+        dt = max(0.0, now - self._t)
+        return self._s * math.exp(-dt / self.tau) / self.tau
+
+
+class Router:
+    """Chooses the operating point of each batch; see the module docstring for the model.
+
+    ``points`` restricts routing to names the searcher actually serves. ``fixed`` makes a static
+    policy (always that point) with the same queue and batching, for baselines.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        config: Optional[RouterConfig] = None,
+        clock: Callable[[], float] = time.monotonic,
+        points: Optional[Sequence[Union[str, OperatingPoint]]] = None,
+        fixed: Optional[Union[str, OperatingPoint]] = None,
+    ):
+        self.profile = profile
+        self.config = config or RouterConfig()
+        self.clock = clock
+        allowed = None if points is None else {str(p) for p in points}
+        ladder = [p for p in profile.ordered(pareto_only=True) if allowed is None or p.name in allowed]
+        if not ladder:
+            raise ValueError("no profiled Pareto operating point is served by this searcher; re-run `elasticdenser profile`")
+        if fixed is not None:
+            fixed = str(fixed)
+            if fixed not in profile:
+                raise ValueError(f"point {fixed} is not in the profile; known: {', '.join(profile.points)}")
+            ladder = [profile[fixed]]
+        self.fixed = fixed
+        self._tables: Dict[Tuple[str, str], List[float]] = {}
+        self.scale = 1.0  # observed / profiled service time (1 = the machine is as profiled)
+        self._scale_ewma = 1.0
+        self.ladder: List[PointProfile] = ladder  # best quality first
+        self.capacity: Dict[str, float] = {}
+        self.max_queue = 1
+        self._index = {p.name: i for i, p in enumerate(ladder)}
+        self._refresh()
+        self.rate = RateEstimator(self.config.rate_tau_s)
+        self.slow_rate = RateEstimator(self.config.slow_rate_tau_s)
+        self.current = ladder[0].name
+        self._ok_since: Dict[str, Optional[float]] = {p.name: None for p in ladder}
+        self.switches: List[Tuple[float, str, str]] = []
+        self.accepted = 0
+        self.rejected = 0
+        self.burst_batches = 0  # batches sent below the routed point because of a queue burst
+        self.last: Optional[Decision] = None
+
+    # --- convenience constructors ---------------------------------------------------------
+    @classmethod
+    def static(cls, profile: Profile, point: Union[str, OperatingPoint], config: Optional[RouterConfig] = None,
+               clock: Callable[[], float] = time.monotonic) -> "Router":
+        return cls(profile, config, clock, fixed=point)
+
+    @property
+    def best(self) -> PointProfile:
+        return self.ladder[0]
+
+    @property
+    def cheapest(self) -> PointProfile:
+        return self.ladder[-1]
+
+    # --- model ----------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Recompute capacities and the default queue bound for the current ``scale``."""
+        self.capacity = {p.name: self._capacity(p) for p in self.ladder}
+        self.max_queue = self.config.max_queue or self._default_max_queue(self.cheapest)
+
+    def observe_service(self, point: str, batch: int, ms: float) -> None:
+        """Feed back a measured batch service time (ms); keeps the profile honest online.
+
+        The ratio observed / profiled median (same point, same batch size) is averaged with an EWMA
+        (``calibration_alpha`` per batch) into one ``scale`` that multiplies every profiled service
+        time -- e.g. when other work on the machine slows every point down alike. Capacities and
+        the default queue bound follow the scale (recomputed when it moves by more than 3%).
+        """
+        c = self.config
+        if not c.calibrate or batch < 1 or ms <= 0 or point not in self.profile:
+            return
+        base = self.profile[point].service_ms(batch, c.throughput_stat)
+        lo, hi = c.calibration_bounds
+        # one outlier (a page fault, a GC pause) moves the scale at most as much as a 2x reading
+        ratio = min(2 * self._scale_ewma, max(0.5 * self._scale_ewma, ms / base))
+        self._scale_ewma = min(hi, max(lo, self._scale_ewma + c.calibration_alpha * (ratio - self._scale_ewma)))
+        if abs(self._scale_ewma - self.scale) > 0.03 * self.scale:
+            self.scale = self._scale_ewma
+            self._refresh()
+
+    def _s(self, p: PointProfile, b: float, stat: Optional[str] = None) -> float:
+        stat = stat or self.config.latency_stat
+        key = (p.name, stat)
+        tab = self._tables.get(key)
+        if tab is None:  # service time at integer batch sizes 0..max_batch (0 mirrors 1)
+            tab = [p.service_ms(max(1, b), stat) for b in range(self.config.max_batch + 1)]
+            self._tables[key] = tab
+        if b >= len(tab) - 1:
+            return self.scale * (tab[-1] if b == len(tab) - 1 else p.service_ms(b, stat))
+        lo = int(b)
+        return self.scale * (tab[lo] + (tab[lo + 1] - tab[lo]) * (b - lo))
+
+    def _capacity(self, p: PointProfile) -> float:
+        c = self.config
+        best = 0.0
+        for b in range(1, c.max_batch + 1):
+            if c.max_wait_ms + 2 * self._s(p, b) <= c.slo_ms:
+                best = max(best, 1000.0 * b / self._s(p, b, c.throughput_stat))
+        return best
+
+    def drain_ms(self, p: PointProfile, n: int) -> float:
+        """Time to serve ``n`` queued requests at ``p`` in batches of at most ``max_batch``."""
+        if n <= 0:
+            return 0.0
+        full, rest = divmod(int(n), self.config.max_batch)
+        return full * self._s(p, self.config.max_batch) + (self._s(p, rest) if rest else 0.0)
+
+    def _default_max_queue(self, p: PointProfile) -> int:
+        c = self.config
+        best = 1
+        for n in range(1, 64 * c.max_batch):
+            if c.max_wait_ms + self._s(p, min(n, c.max_batch)) + self.drain_ms(p, n) <= c.slo_ms:
+                best = n
+            else:
+                break
+        return max(1, best)
+
+    def steady_batch(self, p: PointProfile, qps: float) -> Optional[float]:
+        """Fixed point ``b = qps * S(b)``; ``None`` if the point cannot keep up at ``max_batch``."""
+        c = self.config
+        if qps * self._s(p, c.max_batch, c.throughput_stat) / 1000.0 > c.max_batch:
+            return None
+        b = 1.0
+        for _ in range(30):
+            nb = min(c.max_batch, max(1.0, qps * self._s(p, b, c.throughput_stat) / 1000.0))
+            if abs(nb - b) < 1e-2:
+                break
+            b = nb
+        return b
+
+    def predict_ms(self, point: Union[str, PointProfile], qps: float, queue_len: int = 0) -> float:
+        """Predicted latency (ms) of a request arriving now, at ``qps``, behind ``queue_len``."""
+        p = point if isinstance(point, PointProfile) else self.profile[point]
+        b = self.steady_batch(p, qps)
+        if b is None:
+            return math.inf
+        in_service = self._s(p, b)
+        steady = self.config.max_wait_ms + 2 * in_service
+        backlog = in_service + self.drain_ms(p, queue_len + 1)
+        return max(steady, backlog)
+
+    def feasible(self, p: PointProfile, qps: float, queue_len: int, margin: Optional[float] = None) -> bool:
+        """Can ``p`` serve the next batch? The load is within ``margin`` of its SLO capacity, and the
+        ``queue_len`` requests waiting now (this batch included; the worker is free) drain within the SLO."""
+        margin = self.config.margin if margin is None else margin
+        return qps <= margin * self.capacity[p.name] and self.drain_ms(p, queue_len) <= self.config.slo_ms
+
+    # --- online interface -------------------------------------------------------------------
+    def _now(self, now: Optional[float]) -> float:
+        return self.clock() if now is None else now
+
+    def qps(self, now: Optional[float] = None) -> float:
+        return self.rate.rate(self._now(now))
+
+    def admit(self, queue_len: int, now: Optional[float] = None) -> bool:
+        """Record an arrival; ``False`` if the queue (``queue_len`` waiting) is full: reject it."""
+        now = self._now(now)
+        self.rate.observe(now)
+        self.slow_rate.observe(now)
+        if queue_len >= self.max_queue:
+            self.rejected += 1
+            return False
+        self.accepted += 1
+        return True
+
+    def route(self, n: int = 1, now: Optional[float] = None) -> str:
+        """Synchronous callers (``Searcher.search`` with no point): record ``n`` arrivals, choose.
+
+        There is no queue in a synchronous call, so nothing is rejected; ``n`` is the batch.
+        """
+        now = self._now(now)
+        self.rate.observe(now, n)
+        self.slow_rate.observe(now, n)
+        self.accepted += n
+        return self.choose(n, now)
+
+    def retry_after_s(self) -> float:
+        """A hint for rejected clients: time for the cheapest point to drain a full queue (>= 1 s)."""
+        return max(1.0, math.ceil(self.drain_ms(self.cheapest, self.max_queue) / 1000.0))
+
+    def batch_wait_s(self, queue_len: int, oldest_arrival: float, now: Optional[float] = None) -> float:
+        """Dynamic batching: 0 = dispatch a batch now; else how long to wait for more requests."""
+        if queue_len <= 0:
+            return math.inf
+        if queue_len >= self.config.max_batch:
+            return 0.0
+        now = self._now(now)
+        return max(0.0, oldest_arrival + self.config.max_wait_ms / 1000.0 - now)
+
+    def choose(self, queue_len: int, now: Optional[float] = None) -> str:
+        """The point for the next batch, given ``queue_len`` requests waiting (incl. that batch).
+
+        Two layers: the *routed* point (``self.current``) follows the load with hysteresis (down at
+        once when ``qps > margin * capacity``; up only after the better point has had
+        ``slow_qps <= step_up_margin * capacity`` for ``step_up_after_s``). Then, for this batch only, if
+        the waiting queue cannot drain within the SLO at the routed point (a burst), the batch goes
+        to the best cheaper point that can drain it (the cheapest if none); ``current`` is unchanged,
+        so a burst does not cost ``step_up_after_s`` of lower quality.
+        """
+        now = self._now(now)
+        qps = self.rate.rate(now)
+        if self.fixed is not None:
+            self.last = Decision(self.fixed, qps, queue_len, self.drain_ms(self.ladder[0], queue_len))
+            return self.fixed
+        c = self.config
+        slow = self.slow_rate.rate(now)
+        target = None
+        for p in self.ladder:
+            cap = self.capacity[p.name]
+            if slow <= c.step_up_margin * cap and qps <= c.margin * cap:  # hysteresis: how long has p been comfortable?
+                if self._ok_since[p.name] is None:
+                    self._ok_since[p.name] = now
+            else:
+                self._ok_since[p.name] = None
+            if target is None and qps <= c.margin * cap:
+                target = p
+        if target is None:
+            target = self.cheapest
+        cur = self._index[self.current]
+        new = self.current
+        if self._index[target.name] > cur:
+            new = target.name  # load beyond the current point's capacity: step down at once
+        else:
+            for p in self.ladder[:cur]:  # better points, best first
+                since = self._ok_since[p.name]
+                if since is not None and now - since >= c.step_up_after_s:
+                    new = p.name
+                    break
+        if new != self.current:
+            self.switches.append((now, self.current, new))
+            self.current = new
+        chosen = self.cheapest
+        for p in self.ladder[self._index[new]:]:
+            if self.drain_ms(p, queue_len) <= c.slo_ms:
+                chosen = p
+                break
+        if chosen.name != new:
+            self.burst_batches += 1
+        self.last = Decision(chosen.name, qps, queue_len, self.drain_ms(chosen, queue_len))
+        return chosen.name
+
+    def describe(self) -> List[Dict[str, float]]:
+        """Per point: quality, SLO capacity (qps) and service time at batch 1 and ``max_batch``."""
+        return [
+            {
+                "point": p.name,
+                "quality": self.profile.quality(p.name),
+                "capacity_qps": self.capacity[p.name],
+                "s1_ms": self._s(p, 1),
+                "smax_ms": self._s(p, self.config.max_batch),
+            }
+            for p in self.ladder
+        ]

@@ -1,0 +1,120 @@
+"""End to end on a tiny real experiment: `elasticdenser profile`, the server, and both real-run modes."""
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from elasticdenser.cli import main
+from elasticdenser.eval import simulate as sim
+from elasticdenser.index import build
+from elasticdenser.profile import load_profile
+from elasticdenser.router import RouterConfig
+
+
+
+def small_collection(data_dir, n_docs):
+    """The first gold passages of nq-sample (real text)."""
+    from elasticdenser.data import load_collection
+    from elasticdenser.data.types import Corpus
+
+    return Corpus([d for d in load_collection("nq-sample", data_dir).corpus][:n_docs])
+
+
+@contextlib.contextmanager
+def running_server(app):
+    """uvicorn on 127.0.0.1 (a free port) in a thread; stopped on exit."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        end = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < end, "uvicorn did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_bert_dir):
+    from elasticdenser.encoder import ElasticEncoder
+
+    return ElasticEncoder.from_pretrained(str(tiny_bert_dir))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread while this module runs (restored after): on a busy 2-core machine torch's
+    spinning thread pool turns every op of the tiny model into a scheduler time slice."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory, tiny_encoder, data_dir):
+    corpus = small_collection(data_dir, n_docs=60)
+    out = tmp_path_factory.mktemp("exp")
+    build.build_experiment(tiny_encoder, corpus, out, collection="nq-sample", chunk_size=64, progress=False)
+    rc = main(["profile", str(out), "--data-dir", str(data_dir), "--max-queries", "6", "--batch-sizes", "1,2,4",
+               "--repeats", "1", "--metric", "accuracy@10", "--threads", "1"])
+    assert rc == 0
+    return out
+
+
+def test_profile_is_stored_in_the_manifest(exp, tiny_encoder):
+    m = json.loads((exp / "manifest.json").read_text())
+    assert "indexes" in m and "model" in m  # the rest of the manifest is kept
+    prof = load_profile(exp)
+    assert prof.metric == "accuracy@10" and prof.batch_sizes == [1, 2, 4]
+    assert set(prof.points) == {p.name for p in tiny_encoder.default_points()}
+    for p in prof.points.values():
+        assert set(p.latency_ms) == {1, 2, 4}
+        assert all(0 < v["median"] <= v["p90"] for v in p.latency_ms.values())
+        assert 0.0 <= p.quality["accuracy@10"] <= 1.0 and "recall@10" in p.quality
+        assert p.flops and p.flops > 0
+    assert any(p.pareto for p in prof.points.values())
+    assert prof.machine["cpu_count"] >= 1
+
+
+def test_real_searcher_behind_http_and_both_real_run_modes(exp, data_dir):
+    from elasticdenser.searcher import Searcher
+    from elasticdenser.server import create_app
+
+    searcher = Searcher.open(exp)
+    prof = load_profile(exp)
+    texts = ["who wrote the declaration of independence", "when did the titanic sink", "largest planet"]
+    cfg = RouterConfig(slo_ms=1000)  # a loose SLO: this checks wiring, not speed
+    times = np.arange(12) * 0.05  # 12 requests over 0.6 s
+    res = sim.run_real_inprocess(times, searcher, prof, "router", texts, cfg, k=3)
+    assert res.summary["served"] == 12 and res.summary["rejected"] == 0
+    assert all(r["point"] in prof.points for r in res.series if r["point"])
+    app = create_app(searcher, profile=prof, config=cfg)
+    with running_server(app) as url:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            r = c.post("/search", json={"query": texts[0], "k": 3})
+            assert r.status_code == 200
+            body = r.json()
+            assert body["point"] in [str(p) for p in searcher.points] and len(body["hits"]) == 3
+            assert body["hits"][0]["doc_id"] in set(searcher.doc_ids)
+        small = sim.smallest_point(prof)
+        res = sim.run_real_http(times, url, prof, f"static:{small}", texts, slo_ms=1000, k=3)
+        assert res.summary["served"] == 12
+        assert {r["point"] for r in res.series if r["point"]} == {small}

@@ -1,0 +1,242 @@
+"""Router logic driven with an injected (simulated) clock: no sleeps, no timed assertions."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from elasticdenser.profile import (PointProfile, Profile, load_profile, mark_pareto, measure_latency,
+                                   measure_profile, save_profile)
+from elasticdenser.router import Overloaded, RateEstimator, Router, RouterConfig
+
+FULL, P2, P3, SMALL = "L6-H12-F1536-D384", "L5-H10-F1280-D384", "L4-H8-F1024-D256", "L3-H6-F768-D192"
+
+
+def point(name, base, per, q, p90=1.15):
+    lat = {b: {"median": base + per * b, "p90": p90 * (base + per * b)} for b in (1, 2, 4, 8, 16, 32, 64)}
+    return PointProfile(name, lat, {"recall@10": q})
+
+
+def fake_profile():
+    pts = [point(FULL, 8, 1.2, 0.80), point(P2, 7, 0.95, 0.79), point(P3, 6, 0.7, 0.76), point(SMALL, 5, 0.45, 0.70)]
+    mark_pareto(pts, "recall@10")
+    return Profile({p.name: p for p in pts}, "recall@10")
+
+
+def drive(router, rate_fn, t0, t1, dt_batch=0.01, queue_len=1):
+    """Deterministic arrivals at rate_fn(t) (evenly spaced) and one choice per dt_batch; returns choices."""
+    t, next_arrival, choices = t0, t0, []
+    while t < t1:
+        while next_arrival <= t:
+            router.admit(0, next_arrival)
+            next_arrival += 1.0 / rate_fn(next_arrival)
+        choices.append((t, router.choose(queue_len, t)))
+        t += dt_batch
+    return choices
+
+
+# --- profile --------------------------------------------------------------------------------
+def test_service_time_interpolates_the_measured_table():
+    p = point(FULL, 8, 1.0, 0.8)
+    assert p.service_ms(1) == pytest.approx(9.0)
+    assert p.service_ms(3) == pytest.approx(11.0)  # between 2 (10) and 4 (12)
+    assert p.service_ms(48) == pytest.approx(56.0)
+    assert p.service_ms(128) == pytest.approx(136.0)  # extrapolated along the last segment
+    assert p.service_ms(0.2) == pytest.approx(9.0)
+    assert p.service_ms(1, "p90") == pytest.approx(9.0 * 1.15)
+
+
+def test_pareto_marks_dominated_points_and_router_skips_them():
+    pts = [point(FULL, 8, 1.2, 0.80), point(P2, 9, 1.3, 0.75), point(SMALL, 5, 0.45, 0.70)]  # P2: slower AND worse
+    mark_pareto(pts, "recall@10")
+    assert [p.pareto for p in pts] == [True, False, True]
+    prof = Profile({p.name: p for p in pts}, "recall@10")
+    r = Router(prof)
+    assert [p.name for p in r.ladder] == [FULL, SMALL]
+    chosen = {c for _, c in drive(r, lambda t: 50 if t < 10 else 900, 0, 20)}
+    assert P2 not in chosen and chosen == {FULL, SMALL}
+
+
+def test_profile_roundtrip_and_atomic_manifest_update(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 1, "indexes": {"384": {}}}))
+    prof = fake_profile()
+    save_profile(tmp_path, prof)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["format"] == 1 and m["indexes"] == {"384": {}}  # other sections kept
+    assert set(m["profile"]["points"][FULL]["latency_ms"]) == {"1", "2", "4", "8", "16", "32", "64"}
+    assert [f.name for f in tmp_path.iterdir()] == ["manifest.json"]  # no temp file left behind
+    back = load_profile(tmp_path)
+    assert back.to_json()["points"] == prof.to_json()["points"]
+    assert back[SMALL].service_ms(5) == pytest.approx(prof[SMALL].service_ms(5))
+
+
+def test_missing_profile_is_a_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match="elasticdenser profile"):
+        load_profile(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        save_profile(tmp_path / "nope", fake_profile())
+
+
+def test_measure_profile_with_a_fake_searcher():
+    from types import SimpleNamespace as NS
+
+    docs = {"d1": "Paris is the capital of France", "d2": "Berlin is in Germany", "d3": "cats"}
+
+    class FakeSearcher:
+        points = [FULL, SMALL]
+
+        def search_texts(self, texts, k, point):
+            good = str(point) == FULL  # the full point ranks the right doc first, the small one does not
+            out = []
+            for t in texts:
+                want = "d1" if "France" in t else "d2"
+                order = [want, "d3"] if good else ["d3", want]
+                out.append([NS(doc_id=d, text=docs[d], title="") for d in order][:k])
+            return out
+
+    qs = [NS(query_id="q1", text="capital of France", answers=["Paris"]),
+          NS(query_id="q2", text="where is Berlin", answers=["Germany"])]
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    prof = measure_profile(FakeSearcher(), qs, qrels, k=1, batch_sizes=[1, 2], repeats=2)
+    assert prof.metric == "recall@1"
+    assert prof.quality(FULL) == 1.0 and prof.quality(SMALL) == 0.0
+    assert prof[FULL].quality["accuracy@1"] == 1.0 and prof[SMALL].quality["accuracy@1"] == 0.0
+    assert set(prof[FULL].latency_ms) == {1, 2}
+
+
+def test_measure_latency_uses_median_and_p90():
+    ticks = iter([0, 0.001, 0, 0.010, 0, 0.002, 0, 0.003, 0, 0.004, 0, 0.005])  # warm-up 1 ms, then 10,2,3,4,5
+    out = measure_latency(lambda t, k, p: None, FULL, ["q"], 10, [1], repeats=5, clock=lambda: next(ticks))
+    assert out[1]["median"] == pytest.approx(4.0)
+    assert out[1]["p90"] == pytest.approx(8.0)
+
+
+# --- rate estimate and model -----------------------------------------------------------------
+def test_rate_estimate_tracks_a_steady_rate_and_decays():
+    est = RateEstimator(tau_s=1.0)
+    for i in range(2000):  # 200 qps for 10 s
+        est.observe(i / 200.0)
+    assert est.rate(10.0) == pytest.approx(200, rel=0.02)
+    assert est.rate(13.0) < 200 * math.exp(-2.9)
+
+
+def test_capacity_and_predictions_are_consistent():
+    prof = fake_profile()
+    r = Router(prof, RouterConfig(slo_ms=50))
+    caps = [r.capacity[p.name] for p in r.ladder]
+    assert caps == sorted(caps) and caps[0] > 0  # cheaper points serve more
+    full = prof[FULL]
+    assert r.predict_ms(full, 1.0) < r.predict_ms(full, 0.9 * caps[0]) <= 50
+    assert r.predict_ms(full, 0.9 * caps[0], queue_len=200) > 50  # a backlog predicts a violation
+    assert r.steady_batch(full, 10_000) is None and r.predict_ms(full, 10_000) == math.inf
+
+
+# --- the routing behaviour the issue asks for ------------------------------------------------
+def test_steps_down_at_once_and_returns_to_full_only_after_the_hold_time():
+    prof = fake_profile()
+    cfg = RouterConfig(slo_ms=50, step_up_after_s=5.0)
+    r = Router(prof, cfg, clock=lambda: pytest.fail("the router must use the given times"))
+    cap = r.capacity[FULL]
+    rate = lambda t: 0.3 * cap if t < 20 or t >= 40 else 1.5 * cap  # full cannot serve 1.5x
+    choices = drive(r, rate, 0.0, 70.0)
+    low1 = [c for t, c in choices if t < 20]
+    high = [c for t, c in choices if 23 <= t < 40]
+    assert set(low1) == {FULL}
+    assert FULL not in high and all(r.capacity[c] * cfg.margin >= 1.5 * cap * 0.95 for c in high)
+    first_down = next(t for t, c in choices if t >= 20 and c != FULL)
+    assert first_down < 22.0  # steps down within ~ the rate estimate's time constant
+    back = next(t for t, c in choices if t >= 40 and c == FULL)
+    assert back >= 40 + cfg.step_up_after_s  # hysteresis: not before the hold time
+    assert back < 40 + cfg.step_up_after_s + 15  # ... but it does return (slow estimate + hold)
+    assert {c for t, c in choices if t >= back} == {FULL}
+
+
+def test_no_flapping_on_a_steady_load_near_a_boundary():
+    prof = fake_profile()
+    rng = np.random.default_rng(3)
+
+    def run(cfg):
+        r = Router(prof, cfg)
+        boundary = cfg.margin * r.capacity[FULL]
+        t, nxt = 0.0, 0.0
+        while t < 60.0:  # Poisson arrivals exactly at the full point's routing boundary
+            while nxt <= t:
+                r.admit(0, nxt)
+                nxt += rng.exponential(1.0 / boundary)
+            r.choose(2, t)
+            t += 0.02
+        return len(r.switches)
+
+    with_hysteresis = run(RouterConfig(slo_ms=50))
+    without = run(RouterConfig(slo_ms=50, step_up_after_s=0.0, step_up_margin=0.6, slow_rate_tau_s=1.0))
+    assert without > 20  # the boundary really is crossed all the time
+    assert with_hysteresis <= 3  # steps down once; does not step back up while the load stays there
+
+
+def test_overload_rejects_instead_of_queueing_forever():
+    prof = fake_profile()
+    r = Router(prof, RouterConfig(slo_ms=50))
+    assert 1 <= r.max_queue < 200
+    assert r.admit(r.max_queue - 1, 0.0) is True
+    assert r.admit(r.max_queue, 0.0) is False and r.rejected == 1
+    assert Router(prof, RouterConfig(max_queue=3)).max_queue == 3
+    assert r.retry_after_s() >= 1
+    exc = Overloaded("overloaded", 2.0)
+    assert isinstance(exc, RuntimeError) and exc.retry_after_s == 2.0
+
+
+def test_static_router_always_chooses_its_point():
+    prof = fake_profile()
+    r = Router.static(prof, SMALL)
+    assert {c for _, c in drive(r, lambda t: 5000, 0, 3)} == {SMALL}
+    with pytest.raises(ValueError, match="not in the profile"):
+        Router.static(prof, "L1-H1-F1-D8")
+
+
+def test_batching_waits_for_company_only_up_to_max_wait():
+    r = Router(fake_profile(), RouterConfig(max_batch=4, max_wait_ms=2.0))
+    assert r.batch_wait_s(0, 0.0, 0.0) == math.inf
+    assert r.batch_wait_s(1, 10.0, 10.0005) == pytest.approx(0.0015)
+    assert r.batch_wait_s(2, 10.0, 10.003) == 0.0
+    assert r.batch_wait_s(4, 10.0, 10.0) == 0.0  # a full batch goes at once
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        RouterConfig(slo_ms=0)
+    with pytest.raises(ValueError):
+        RouterConfig(margin=0.5, step_up_margin=0.6)
+
+
+def test_calibration_follows_a_slower_machine():
+    prof = fake_profile()
+    r = Router(prof, RouterConfig(slo_ms=50))
+    cap0, q0 = r.capacity[FULL], r.max_queue
+    load = 0.5 * cap0
+    assert r.feasible(prof[FULL], load, 1)
+    for _ in range(200):  # every batch takes twice the profiled time
+        r.observe_service(FULL, 8, 2 * prof[FULL].service_ms(8))
+    assert r.scale == pytest.approx(2.0, rel=0.05)
+    assert r.capacity[FULL] < 0.6 * cap0 and r.max_queue < q0
+    assert not r.feasible(prof[FULL], load, 1)  # the same load is now too much for the full point
+    for _ in range(200):
+        r.observe_service(SMALL, 4, prof[SMALL].service_ms(4))
+    assert r.scale == pytest.approx(1.0, rel=0.05) and r.capacity[FULL] == pytest.approx(cap0, rel=0.05)
+    off = Router(prof, RouterConfig(calibrate=False))
+    off.observe_service(FULL, 8, 1000.0)
+    assert off.scale == 1.0
+
+
+def test_a_queue_burst_moves_one_batch_down_without_changing_the_routed_point():
+    prof = fake_profile()
+    r = Router(prof, RouterConfig(slo_ms=50))
+    drive(r, lambda t: 20.0, 0.0, 2.0)  # low load: routed point is full
+    burst = 40  # the full point cannot drain 40 queued requests within 50 ms; the smallest can
+    assert r.drain_ms(prof[FULL], burst) > 50 >= r.drain_ms(prof[SMALL], burst)
+    chosen = r.choose(burst, 2.0)
+    assert chosen != FULL and r.drain_ms(prof[chosen], burst) <= 50
+    assert r.current == FULL and r.switches == [] and r.burst_batches == 1
+    assert r.choose(1, 2.01) == FULL
