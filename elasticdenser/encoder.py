@@ -444,6 +444,7 @@ class ElasticEncoder(nn.Module):
         progress: bool = False,
         bf16: bool = False,
         materialized: Optional[bool] = None,
+        backend: Optional[str] = None,
     ) -> np.ndarray:
         """Embed texts with operating point ``point`` -> float32 array ``(N, point.width)``.
 
@@ -451,7 +452,17 @@ class ElasticEncoder(nn.Module):
         matrix multiplications under ``torch.autocast`` (bfloat16). ``materialized`` (default
         :attr:`serve_materialized`) runs a cached :meth:`materialize` copy of the point instead of
         slicing the shared weights on the fly; the cache is rebuilt whenever a weight changes.
+        ``backend`` (default :attr:`serve_backend`): ``"eager"`` (this reference path), ``"jit"``,
+        ``"onnx"`` or ``"auto"`` (see :mod:`elasticdenser.fastpath`); fast backends run fp32 on CPU
+        only, so ``bf16=True``, a training-mode encoder or a non-CPU device fall back to eager.
         """
+        name = self.serve_backend if backend is None else backend
+        if name is not None and str(name).lower() != "eager":
+            from elasticdenser import fastpath
+
+            resolved = fastpath.resolve_backend(name)
+            if resolved != "eager" and not bf16 and not self.training and self.device.type == "cpu":
+                return fastpath.encode_fast(self, texts, point, batch_size, max_length, progress, backend=resolved)
         p = self.resolve_point(point)
         if isinstance(texts, str):
             texts = [texts]
@@ -646,6 +657,10 @@ class ElasticEncoder(nn.Module):
     #: the smaller points (6-15 % at batch 1; -4..+10 % at batch 32; fused QKV, contiguous weights),
     #: so serving uses them for every point but the full one.
     serve_materialized: bool = True
+    #: encode() default backend: "eager" (reference), "jit", "onnx" or "auto" (see elasticdenser.fastpath).
+    #: Kept "eager" at the class level so training / evaluation loops that update weights do not pay an
+    #: export per update; serving code (Searcher, server, index command) sets "auto" on its encoder.
+    serve_backend: str = "eager"
 
     def _weights_version(self) -> tuple:
         return tuple((id(q), q._version) for q in self.model.parameters())

@@ -1,0 +1,246 @@
+"""Fast serving paths for operating points (issue 8).
+
+The eager path (:meth:`ElasticEncoder.encode` with ``backend="eager"``) stays the reference. A fast
+path runs the *materialised* module of a point (:meth:`ElasticEncoder.materialize`: physically sliced
+weights, fused QKV, pooling + truncation + normalisation inside) through a graph runtime, which removes
+the per-operator Python / dispatcher overhead that dominates a single query:
+
+* ``"onnx"``: the point is exported to ONNX (``torch.onnx.export``, legacy TorchScript exporter, opset
+  17, dynamic batch and sequence axes) and run by ONNX Runtime (CPU provider, all graph optimisations:
+  fused LayerNorm / GELU / MatMul+Add). Fastest on the measured CPU at every batch size
+  (see ``benchmarks/fastpath.md``). Needs the optional ``onnxruntime`` package (``pip install
+  elasticdenser[bench]`` or ``pip install onnxruntime``).
+* ``"jit"``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the materialised module: needs only torch,
+  builds in < 0.5 s, ~5-10 % faster than eager. The fallback when onnxruntime is missing.
+* ``"eager"``: the reference (``ElasticEncoder.forward`` / cached materialised module).
+* ``"auto"``: ``"onnx"`` if onnxruntime imports, else ``"jit"``.
+
+Not kept (measured, see ``benchmarks/fastpath.md``): ``torch.compile`` (tens of seconds of compile
+per point and per dynamic-shape recompile on a loaded 2-core machine, for no gain over ONNX
+Runtime), bf16 (the measured CPU has AVX2 only -- no AVX-512-BF16/AMX -- so bf16 GEMMs run ~10x
+*slower* than fp32; ``encode(..., bf16=True)`` stays an opt-in of the eager path).
+
+Compiled artefacts are built lazily, per point, on first use, and cached on the encoder; the cache
+key includes every weight's version counter, so training updates (optimizer steps, reordering)
+rebuild on next use. ONNX files are additionally cached on disk under
+``$ELASTICDENSER_CACHE/onnx/<fingerprint>/`` (default ``~/.cache/elasticdenser``) so a CLI run pays the
+export (2-4 s per point on the loaded machine) once per model; set ``ELASTICDENSER_CACHE=off`` to keep
+them in memory only.
+
+Threads: a runner's intra-op thread count is ``threads`` (default: 1 for batches of up to
+``SMALL_BATCH`` texts, ``torch.get_num_threads()`` for larger ones; measured in
+``benchmarks/fastpath.md``).
+"""
+from __future__ import annotations
+
+import io
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "SMALL_BATCH",
+    "available_backends",
+    "resolve_backend",
+    "get_runner",
+    "FastRunner",
+    "encode_fast",
+]
+
+BACKENDS = ("auto", "eager", "jit", "onnx")
+#: batches up to this size run with ``small_batch_threads`` threads (see module docstring).
+SMALL_BATCH = 4
+#: threads for small batches (batch 1 latency); measured in benchmarks/fastpath.md.
+small_batch_threads: int = 1
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_lock = threading.RLock()
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def available_backends() -> Tuple[str, ...]:
+    """Backends usable here (``"onnx"`` only when onnxruntime is installed)."""
+    return tuple(b for b in BACKENDS if b != "onnx" or _has_onnxruntime())
+
+
+def resolve_backend(backend: Optional[str]) -> str:
+    """``None``/``"auto"`` -> ``"onnx"`` if onnxruntime imports, else ``"jit"``; validates names."""
+    name = (backend or "auto").lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown encoder backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "onnx" if _has_onnxruntime() else "jit"
+    if name == "onnx" and not _has_onnxruntime():
+        raise RuntimeError("backend 'onnx' needs onnxruntime (pip install onnxruntime); use 'jit' or 'auto'")
+    return name
+
+
+def _threads_for(batch: int, threads: Optional[int]) -> int:
+    if threads:
+        return max(1, int(threads))
+    if batch <= SMALL_BATCH:
+        return max(1, int(small_batch_threads))
+    return max(1, torch.get_num_threads())
+
+
+def _cache_root() -> Optional[Path]:
+    value = os.environ.get("ELASTICDENSER_CACHE")
+    if value and value.lower() in ("off", "0", "none", "false"):
+        return None
+    return Path(value) if value else Path.home() / ".cache" / "elasticdenser"
+
+
+def _example_inputs(encoder):
+    b = encoder.tokenizer(["an example query to trace the graph", "and a second one"], padding=True,
+                          return_tensors="pt")
+    ids = b["input_ids"]
+    tt = b.get("token_type_ids")
+    return ids, b["attention_mask"], (torch.zeros_like(ids) if tt is None else tt)
+
+
+def _onnx_bytes(module: torch.nn.Module, example) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, example, buf, dynamo=False, opset_version=17,
+            input_names=list(_INPUTS), output_names=["embedding"],
+            dynamic_axes={k: {0: "batch", 1: "seq"} for k in _INPUTS} | {"embedding": {0: "batch"}},
+        )
+    return buf.getvalue()
+
+
+class FastRunner:
+    """One operating point on one backend: ``runner(input_ids, attention_mask, token_type_ids)`` ->
+    float32 numpy ``(B, width)``. Inputs may be numpy int arrays or torch tensors."""
+
+    def __init__(self, encoder, point, backend: str):
+        self.point = point
+        self.backend = backend
+        self.width = point.width
+        self._sessions: Dict[int, object] = {}
+        self._onnx: Optional[bytes | str] = None
+        self._module = None
+        module = encoder.materialize(point).eval()
+        example = _example_inputs(encoder)
+        if backend == "jit":
+            with torch.no_grad():
+                self._module = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
+        elif backend == "onnx":
+            self._onnx = self._onnx_model(encoder, point, module, example)
+        elif backend == "eager":
+            self._module = module
+        else:  # pragma: no cover - resolve_backend validates
+            raise ValueError(backend)
+
+    @staticmethod
+    def _onnx_model(encoder, point, module, example):
+        root = _cache_root()
+        if root is not None:
+            try:
+                key = f"{encoder.fingerprint()[:24]}-{encoder.pooling}-{int(encoder.normalize)}"
+                path = root / "onnx" / key / f"{point.name}.onnx"
+                if path.is_file() and path.stat().st_size > 0:
+                    return str(path)
+                data = _onnx_bytes(module, example)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+                return str(path)
+            except OSError:
+                pass
+        return _onnx_bytes(module, example)
+
+    def _session(self, threads: int):
+        sess = self._sessions.get(threads)
+        if sess is not None:
+            return sess
+        with _lock:
+            return self._sessions.get(threads) or self._new_session(threads)
+
+    def _new_session(self, threads: int):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        sess = self._sessions[threads] = ort.InferenceSession(self._onnx, so, providers=["CPUExecutionProvider"])
+        return sess
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, threads: Optional[int] = None) -> np.ndarray:
+        if token_type_ids is None:
+            token_type_ids = (np.zeros_like(input_ids) if isinstance(input_ids, np.ndarray)
+                              else torch.zeros_like(input_ids))
+        n = _threads_for(int(input_ids.shape[0]), threads)
+        if self.backend == "onnx":
+            feeds = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.int64, copy=False)
+                     for k, v in zip(_INPUTS, (input_ids, attention_mask, token_type_ids))}
+            return self._session(n).run(None, feeds)[0]
+        args = tuple(torch.as_tensor(v, dtype=torch.long) for v in (input_ids, attention_mask, token_type_ids))
+        prev = torch.get_num_threads()
+        if n != prev:
+            torch.set_num_threads(n)
+        try:
+            with torch.inference_mode():
+                return self._module(*args).float().numpy()
+        finally:
+            if n != prev:
+                torch.set_num_threads(prev)
+
+
+def get_runner(encoder, point=None, backend: Optional[str] = "auto") -> FastRunner:
+    """The cached :class:`FastRunner` of ``point`` (lazily built; rebuilt when any weight changed)."""
+    p = encoder.resolve_point(point)
+    name = resolve_backend(backend)
+    cache = encoder.__dict__.setdefault("_fast_cache", {})
+    key = (p, name, encoder.pooling, encoder.normalize, encoder._weights_version())
+    with _lock:
+        entry = cache.get((p, name))
+        if entry is None or entry[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # export / trace refuse inference tensors
+                cache[(p, name)] = entry = (key, FastRunner(encoder, p, name))
+    return entry[1]
+
+
+def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32, max_length: Optional[int] = None,
+                progress: bool = False, backend: Optional[str] = "auto", threads: Optional[int] = None) -> np.ndarray:
+    """:meth:`ElasticEncoder.encode` on a fast backend (fp32): same batching (longest first), same output."""
+    p = encoder.resolve_point(point)
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    out = np.zeros((len(texts), p.width), dtype=np.float32)
+    if not texts:
+        return out
+    runner = get_runner(encoder, p, backend)
+    bs = max(1, int(batch_size))
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i])) if len(texts) > 1 else [0]
+    tensors = "np" if runner.backend == "onnx" else "pt"
+    ml = int(max_length or encoder.max_length)
+    batches = range(0, len(texts), bs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"encode {p.name} [{runner.backend}]", unit="batch")
+    for start in batches:
+        idx = order[start : start + bs]
+        b = encoder.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=ml,
+                              return_tensors=tensors)
+        out[idx] = runner(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), threads=threads)
+    return out

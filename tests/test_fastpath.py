@@ -1,0 +1,138 @@
+"""Fast serving paths (issue 8): every backend against the eager fp32 reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from elasticdenser import fastpath
+from elasticdenser.encoder import ElasticEncoder
+
+TEXTS = [
+    "who sang the song i will always love you",
+    "what is the capital city of australia",
+    "a",
+    "",
+    "The first Nobel Prize in Physics was awarded in 1901 to Wilhelm Conrad Roentgen, of Germany, "
+    "who received 150,782 SEK, which is equal to 7,731,004 SEK in December 2007.",
+    "how many episodes are in season 5 of game of thrones",
+    "Maria Sklodowska-Curie also won two Nobel Prizes, for physics in 1903 and chemistry in 1911.",
+]
+FAST = [b for b in fastpath.available_backends() if b not in ("auto", "eager")]
+
+
+@pytest.fixture(autouse=True)
+def _no_disk_cache(monkeypatch):
+    monkeypatch.setenv("ELASTICDENSER_CACHE", "off")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_bert_dir):
+    return ElasticEncoder.from_pretrained(tiny_bert_dir)
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_path):
+    return ElasticEncoder.from_pretrained(minilm_path)
+
+
+def _cos(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_tiny_every_default_point_matches_eager(tiny, backend):
+    for p in tiny.default_points():
+        ref = tiny.encode(TEXTS, p, batch_size=3, backend="eager")
+        fast = tiny.encode(TEXTS, p, batch_size=3, backend=backend)
+        assert fast.shape == ref.shape == (len(TEXTS), p.width) and fast.dtype == np.float32
+        assert _cos(fast, ref).min() >= 0.999
+        assert np.abs(fast - ref).max() < 1e-4
+        one = tiny.encode(TEXTS[0], p, backend=backend)  # batch 1, a bare string
+        assert _cos(one, ref[:1]).min() >= 0.999
+
+
+def test_switch_default_and_validation(tiny, monkeypatch):
+    assert ElasticEncoder.serve_backend == "eager"  # the reference stays the default of the class
+    with pytest.raises(ValueError, match="unknown encoder backend"):
+        tiny.encode(TEXTS, backend="tensorrt")
+    assert fastpath.resolve_backend("auto") in ("onnx", "jit")
+    monkeypatch.setattr(fastpath, "_has_onnxruntime", lambda: False)
+    assert fastpath.resolve_backend("auto") == "jit"  # clean fallback without onnxruntime
+    assert "onnx" not in fastpath.available_backends()
+    with pytest.raises(RuntimeError, match="onnxruntime"):
+        fastpath.resolve_backend("onnx")
+    ref = tiny.encode(TEXTS, None, backend="eager")
+    assert _cos(tiny.encode(TEXTS, None, backend="auto"), ref).min() >= 0.999
+    assert tiny.encode([], None, backend="auto").shape == (0, tiny.space.hidden_size)
+
+
+def test_encoder_attribute_switch_and_bf16_fallback(tiny, monkeypatch):
+    ref = tiny.encode(TEXTS, None)
+    monkeypatch.setattr(tiny, "serve_backend", "auto", raising=False)
+    calls = []
+    real = fastpath.encode_fast
+    monkeypatch.setattr(fastpath, "encode_fast", lambda *a, **k: calls.append(k["backend"]) or real(*a, **k))
+    got = tiny.encode(TEXTS, None)
+    assert calls and _cos(got, ref).min() >= 0.999
+    calls.clear()
+    tiny.encode(TEXTS, None, bf16=True)  # bf16 is an opt-in of the eager path
+    tiny.encode(TEXTS, None, backend="eager")
+    assert not calls
+
+
+@pytest.mark.skipif("onnx" not in FAST, reason="onnxruntime not installed")
+def test_runner_cache_rebuilds_after_weight_update(tiny_bert_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ELASTICDENSER_CACHE", str(tmp_path))
+    enc = ElasticEncoder.from_pretrained(tiny_bert_dir)
+    p = enc.default_points()[-1]
+    r1 = fastpath.get_runner(enc, p, "onnx")
+    assert fastpath.get_runner(enc, p, "onnx") is r1
+    assert list(tmp_path.rglob(f"{p.name}.onnx"))  # cached on disk, keyed by the fingerprint
+    with torch.no_grad():
+        enc.model.encoder.layer[0].intermediate.dense.weight.mul_(1.5)
+    r2 = fastpath.get_runner(enc, p, "onnx")
+    assert r2 is not r1
+    assert len(list(tmp_path.rglob(f"{p.name}.onnx"))) == 2
+    assert _cos(enc.encode(TEXTS, p, backend="onnx"), enc.encode(TEXTS, p, backend="eager")).min() >= 0.999
+    # explicit thread counts give the same embeddings
+    b = enc.tokenizer(TEXTS, padding=True, return_tensors="np")
+    a1 = r2(b["input_ids"], b["attention_mask"], b["token_type_ids"], threads=1)
+    a2 = r2(b["input_ids"], b["attention_mask"], b["token_type_ids"], threads=2)
+    assert np.abs(a1 - a2).max() < 1e-5
+
+
+def test_minilm_smallest_point_retrieval_matches_eager(minilm, data_dir):
+    """Real MiniLM, smallest default point, real nq-sample text: cosine and MRR@10 / nDCG@10."""
+    from ranx import Qrels, Run, evaluate
+
+    from elasticdenser.data import load_collection
+
+    col = load_collection("nq-sample", data_dir)
+    queries = [q for q in col.queries if q.query_id in col.qrels][:32]
+    gold = {d for q in queries for d in col.qrels[q.query_id]}
+    docs = [d for d in col.corpus if d.doc_id in gold]
+    docs += [d for d in list(col.corpus)[:400] if d.doc_id not in gold][: 64 - len(docs)]
+    p = minilm.default_points()[-1]
+    qtexts = [q.text for q in queries]
+    dref = minilm.encode([d.contents for d in docs], p, batch_size=16, max_length=96, backend="eager")
+    backend = fastpath.resolve_backend("auto")
+    dfast = minilm.encode([d.contents for d in docs], p, batch_size=16, max_length=96, backend=backend)
+    assert _cos(dfast, dref).min() >= 0.999
+    qref = minilm.encode(qtexts, p, batch_size=16, backend="eager")
+    qfast = minilm.encode(qtexts, p, batch_size=16, backend=backend)
+    assert _cos(qfast, qref).min() >= 0.999
+    qone = np.concatenate([minilm.encode(t, p, backend=backend) for t in qtexts[:8]])
+    assert _cos(qone, qref[:8]).min() >= 0.999
+
+    ids = [d.doc_id for d in docs]
+    qrels = Qrels({q.query_id: {d: int(g) for d, g in col.qrels[q.query_id].items()} for q in queries})
+
+    def score(q):
+        s = q @ dref.T
+        return evaluate(qrels, Run({qq.query_id: {ids[j]: float(s[i, j]) for j in np.argsort(-s[i])[:10]}
+                                    for i, qq in enumerate(queries)}), ["mrr@10", "ndcg@10"])
+
+    ref, fast = score(qref), score(qfast)
+    for m in ("mrr@10", "ndcg@10"):
+        assert abs(ref[m] - fast[m]) <= 0.002, (m, ref, fast)
