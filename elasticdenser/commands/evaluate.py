@@ -1,0 +1,46 @@
+"""``elasticdenser evaluate``: metrics table for a list of operating points + ranx comparison."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate operating points of an experiment on a collection (ranx + answer match)")
+    p.add_argument("exp_dir")
+    p.add_argument("collection", help="collection whose queries/qrels/answers to evaluate (normally the indexed one)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--points", default="default", help="comma-separated points, 'full', or 'default'")
+    p.add_argument("-k", "--k", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", default=None, help="where to write metrics.json/.md (default: EXP)")
+    p.add_argument("--stat-test", default="student", choices=["student", "fisher", "tukey"])
+    p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
+    p.add_argument("--allow-model-mismatch", action="store_true")
+    p.add_argument("--device", default=None, help="torch device for the query encoder (default: cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from elasticdenser.commands._common import resolve_points
+    from elasticdenser.data import load_collection
+    from elasticdenser.eval.evaluate import compare_points, evaluate_points
+    from elasticdenser.eval.report import markdown_table, save_report
+    from elasticdenser.searcher import Searcher
+
+    searcher = Searcher.open(args.exp_dir, allow_mismatch=args.allow_model_mismatch, device=args.device)
+    coll = load_collection(args.collection, args.data_dir)
+    if coll.name != searcher.manifest.get("collection", {}).get("name"):
+        print(f"note: evaluating {coll.name} queries against the {searcher.manifest['collection']['name']} index")
+    if args.max_queries:
+        coll.queries = coll.queries[: args.max_queries]
+    points = resolve_points(args.points, searcher.encoder, searcher.points)
+    rows, runs = evaluate_points(searcher, coll, points, k=args.k, batch_size=args.batch_size)
+    print(markdown_table(rows))
+    cmp_ = compare_points(coll, runs, stat_test=args.stat_test)
+    if cmp_ is not None:
+        print(cmp_)
+    paths = save_report(Path(args.out or args.exp_dir), rows, {"collection": coll.name, "k": args.k,
+                        "batch_size": args.batch_size}, cmp_)
+    print(f"saved {paths['json']} and {paths['md']}")
+    return 0

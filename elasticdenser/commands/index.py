@@ -1,0 +1,70 @@
+"""``elasticdenser index``: encode a corpus once (full model, full width), merge, build one FAISS index per width.
+
+Sharded use: run ``--shard i --num-shards n`` for every i (any machines, same --out folder or
+copy ``chunks/`` together), then ``--merge`` once. A killed run resumes when re-run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from elasticdenser.commands._common import add_data_dir, add_device, load_encoder
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="encode a corpus once and build one FAISS index per embedding width",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("collection", help="collection name (nq-sample, squad-sample, scifact, trec-dl, an ir_datasets id, or a path)")
+    p.add_argument("--out", required=True, help="experiment directory")
+    add_data_dir(p)
+    p.add_argument("--model", default=None, help="encoder directory (default: all-MiniLM-L6-v2)")
+    p.add_argument("--widths", default=None, help="comma-separated widths to index (default: the widths of the default points)")
+    p.add_argument("--index-type", action="append", default=None, metavar="[WIDTH=]FACTORY",
+                   help="FAISS factory string, for all widths or one (repeatable): Flat (default), HNSW32, 'IVF4096,PQ96'")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="embedding store dtype")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast while encoding")
+    p.add_argument("--chunk-size", type=int, default=16384, help="documents per resumable chunk")
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--merge", action="store_true", help="only merge the shards' chunks and build the indexes")
+    p.add_argument("--train-size", type=int, default=262144, help="training sample for IVF/PQ indexes")
+    p.add_argument("--force", action="store_true", help="rebuild the indexes even if present")
+    p.add_argument("--remove-chunks", action="store_true", help="delete chunks/ after a successful merge (halves peak disk)")
+    p.add_argument("--no-progress", action="store_true")
+    add_device(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from elasticdenser.index import build
+    from elasticdenser.index import faiss_index as fi
+
+    encoder = load_encoder(args.model, args.device)
+    if not args.merge:
+        from elasticdenser.data import load_collection
+
+        coll = load_collection(args.collection, args.data_dir)
+        stats = build.encode_stage(encoder, coll.corpus, args.out, collection=coll.name, shard=args.shard,
+                                   num_shards=args.num_shards, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                                   dtype=args.dtype, bf16=args.bf16, progress=not args.no_progress)
+        print(f"shard {args.shard}/{args.num_shards}: encoded {stats['encoded_chunks']} chunk(s), "
+              f"{stats['skipped_chunks']} already done, {stats['passages']} passages in {stats['seconds']:.1f}s")
+        if args.num_shards > 1:
+            print(f"run the other shards, then: elasticdenser index {args.collection} --out {args.out} --merge", file=sys.stderr)
+            return 0
+        name = coll.name
+    else:
+        name = args.collection
+    build.merge_stage(encoder, args.out, collection=name, remove_chunks=args.remove_chunks)
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else encoder.space.widths(encoder.default_points())
+    for w in widths:
+        if not 8 <= w <= encoder.space.hidden_size:
+            raise ValueError(f"width {w} is outside 8..{encoder.space.hidden_size}")
+    m = build.index_stage(args.out, widths, fi.parse_index_types(args.index_type, widths), force=args.force,
+                          train_size=args.train_size)
+    for w in widths:
+        info = m["indexes"][str(w)]
+        print(f"{info['file']}: {info['factory']}, {info['ntotal']} vectors, {info['bytes'] / 1e6:.1f} MB, "
+              f"{info['build_seconds']:.1f}s")
+    return 0

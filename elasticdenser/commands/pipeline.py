@@ -1,0 +1,129 @@
+"""``elasticdenser pipeline``: the main job, end to end on one collection.
+
+load collection -> load encoder -> encode corpus once + one index per width -> batch-search every
+operating point -> metrics table (printed, saved as metrics.json / metrics.md in --out).
+
+The job is a list of stage functions, ``STAGES``, each ``stage(ctx) -> None`` reading and
+writing the shared :class:`Context`. Other stages slot in by position, e.g. a training stage
+before ``build_index`` (set ``ctx.encoder``) or a simulation summary after ``report``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    out: Path
+    collection: Any = None
+    encoder: Any = None
+    searcher: Any = None
+    points: List[Any] = field(default_factory=list)
+    rows: List[dict] = field(default_factory=list)
+    runs: Dict[str, Any] = field(default_factory=dict)
+    comparison: Any = None
+    timings: Dict[str, float] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def log(self, msg: str) -> None:
+        if not getattr(self.args, "quiet", False):
+            print(msg, flush=True)
+
+
+def load_data(ctx: Context) -> None:
+    from elasticdenser.data import load_collection
+
+    ctx.collection = load_collection(ctx.args.collection, ctx.args.data_dir)
+    if ctx.args.max_queries:
+        ctx.collection.queries = ctx.collection.queries[: ctx.args.max_queries]
+    s = ctx.collection.summary()
+    ctx.log(f"[data] {ctx.collection.name}: {s['documents']} passages, {s['queries']} queries")
+
+
+def load_model(ctx: Context) -> None:
+    from elasticdenser.commands._common import load_encoder
+
+    ctx.encoder = load_encoder(ctx.args.model, ctx.args.device)
+    ctx.log(f"[model] {ctx.encoder.space.full.name}, default points: "
+            + ", ".join(p.name for p in ctx.encoder.default_points()))
+
+
+def build_index(ctx: Context) -> None:
+    from elasticdenser.index import build
+    from elasticdenser.index import faiss_index as fi
+
+    from elasticdenser.commands._common import resolve_points
+
+    enc = ctx.encoder
+    # every default width is indexed, whichever points this run then evaluates
+    widths = enc.space.widths(list(enc.default_points()) + resolve_points(ctx.args.points, enc))
+    ctx.points = resolve_points(ctx.args.points, enc)
+    build.encode_stage(enc, ctx.collection.corpus, ctx.out, collection=ctx.collection.name,
+                       batch_size=ctx.args.batch_size, dtype=ctx.args.dtype, bf16=ctx.args.bf16,
+                       progress=not ctx.args.quiet)
+    build.merge_stage(enc, ctx.out, collection=ctx.collection.name)
+    m = build.index_stage(ctx.out, widths, fi.parse_index_types(ctx.args.index_type, widths))
+    ctx.log("[index] " + ", ".join(f"{m['indexes'][str(w)]['file']} ({m['indexes'][str(w)]['factory']})" for w in widths))
+
+
+def search_points(ctx: Context) -> None:
+    from elasticdenser.eval.evaluate import compare_points, evaluate_points
+    from elasticdenser.searcher import Searcher
+
+    ctx.searcher = Searcher.open(ctx.out, encoder=ctx.encoder)
+    ctx.rows, ctx.runs = evaluate_points(
+        ctx.searcher, ctx.collection, ctx.points, k=ctx.args.k, batch_size=32,
+        progress=lambda r: ctx.log(f"[search] {r['point']}: nDCG@10 {r.get('ndcg@10', float('nan')):.4f}, "
+                                   f"{r['latency_ms']:.1f} ms / batch of 32"))
+    ctx.comparison = compare_points(ctx.collection, ctx.runs)
+
+
+def report(ctx: Context) -> None:
+    from elasticdenser.eval.report import markdown_table, save_report
+
+    cols = ["point", "params_m", "latency_ms", "ndcg@10", "mrr@10", "recall@20", "recall@100", "answer@20", "answer@100"]
+    cols = [c for c in cols if any(c in r for r in ctx.rows)]
+    ctx.log("\n" + markdown_table(ctx.rows, cols))
+    if ctx.comparison is not None:
+        ctx.log(str(ctx.comparison))
+    meta = {"collection": ctx.collection.name, "k": ctx.args.k, "batch_size": 32, "stage_seconds": ctx.timings}
+    paths = save_report(ctx.out, ctx.rows, meta, ctx.comparison)
+    ctx.log(f"[report] {paths['json']} {paths['md']}")
+
+
+#: The stages, in order; other modules may insert theirs (keep each small and single-purpose).
+STAGES: List[Callable[[Context], None]] = [load_data, load_model, build_index, search_points, report]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="main job: encode, index per width, search every default point, metrics table",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("collection", nargs="?", default="nq-sample")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True, help="experiment directory")
+    p.add_argument("--model", default=None, help="encoder directory (default: all-MiniLM-L6-v2)")
+    p.add_argument("--index-type", action="append", default=None, metavar="[WIDTH=]FACTORY")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--batch-size", type=int, default=64, help="corpus encoding batch size")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--points", default="default", help="points to evaluate: 'default' (all default points), 'full', or names")
+    p.add_argument("-k", "--k", type=int, default=100)
+    p.add_argument("--max-queries", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, stages: Optional[List[Callable[[Context], None]]] = None) -> int:
+    ctx = Context(args=args, out=Path(args.out))
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    for stage in stages or STAGES:
+        t0 = time.perf_counter()
+        stage(ctx)
+        ctx.timings[stage.__name__] = round(time.perf_counter() - t0, 2)
+    return 0

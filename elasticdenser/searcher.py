@@ -1,0 +1,244 @@
+"""``Searcher``: an experiment directory opened for retrieval at any operating point.
+
+Thread-safe: encoder calls are serialised by a lock (torch modules are not re-entrant under
+concurrent ``train()``/``eval()`` toggles, and the CPU is saturated by one call anyway); FAISS
+searches release the GIL and run concurrently; passage lookups use ``os.pread``.
+
+Input handling (documented behaviour):
+* an empty or whitespace-only query raises ``ValueError`` (``search``), or, in ``batch_search`` /
+  ``search_texts``, raises ``ValueError`` naming the offending query ids unless
+  ``skip_empty=True``, which drops them (they then score 0 for every metric);
+* a query longer than the encoder's ``max_length`` tokens is truncated, never an error; the
+  number truncated is counted in ``searcher.truncated_queries`` and reported once per call with
+  a ``UserWarning``;
+* a width with no ``index-d{w}.faiss`` raises ``FileNotFoundError`` naming the file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from elasticdenser.operating_point import OperatingPoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hit:
+    doc_id: str
+    score: float
+    title: str
+    text: str
+
+
+@dataclass
+class SearchResult:
+    query: str
+    point: OperatingPoint
+    hits: List[Hit] = field(default_factory=list)
+
+
+class Searcher:
+    def __init__(self, exp_dir: Path, manifest: dict, encoder, doc_ids: List[str], docstore=None,
+                 use_gpu: Optional[bool] = None):
+        self.exp_dir = Path(exp_dir)
+        self.manifest = manifest
+        self.encoder = encoder
+        self.doc_ids = doc_ids
+        self.docstore = docstore
+        self.use_gpu = use_gpu
+        self._indexes: Dict[int, object] = {}
+        self._encoder_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.truncated_queries = 0
+        self.points: List[OperatingPoint] = [OperatingPoint.parse(p) for p in manifest.get("points", [])] or list(
+            encoder.default_points())
+        self.points = [p for p in self.points if str(p.width) in manifest.get("indexes", {})] or self.points
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, exp_dir: "str | os.PathLike", allow_mismatch: bool = False, encoder=None,
+             use_gpu: Optional[bool] = None, device: Optional[str] = None) -> "Searcher":
+        """Open ``exp_dir``; the encoder is ``exp_dir/model`` unless one is given.
+
+        A given encoder whose fingerprint differs from the manifest's is refused
+        (``ManifestMismatchError``) unless ``allow_mismatch=True``.
+        """
+        from elasticdenser.index import encode as enc
+        from elasticdenser.index import manifest as mf
+        from elasticdenser.index.docstore import DocStore
+
+        exp_dir = Path(exp_dir)
+        manifest = mf.load(exp_dir)
+        if encoder is None:
+            model_dir = exp_dir / "model"
+            if not model_dir.is_dir():
+                raise FileNotFoundError(f"{model_dir} not found: pass an encoder or rebuild the experiment")
+            from elasticdenser.encoder import ElasticEncoder
+
+            encoder = ElasticEncoder.from_pretrained(str(model_dir))
+            if device:
+                encoder = encoder.to(device)
+        msg = mf.check_model(manifest, encoder, allow_mismatch=allow_mismatch)
+        if msg:
+            warnings.warn(msg + " (allowed by allow_mismatch)", UserWarning, stacklevel=2)
+        doc_ids = enc.read_doc_ids(exp_dir)
+        n = manifest.get("collection", {}).get("num_docs")
+        if n is not None and n != len(doc_ids):
+            raise RuntimeError(f"{exp_dir}: doc_ids.txt has {len(doc_ids)} ids but the manifest says {n}")
+        try:
+            docstore = DocStore(exp_dir)
+        except FileNotFoundError:
+            docstore = None
+        return cls(exp_dir, manifest, encoder, doc_ids, docstore, use_gpu=use_gpu)
+
+    # ------------------------------------------------------------------ helpers
+    def resolve_point(self, point: "OperatingPoint | str | None") -> OperatingPoint:
+        if point is None:
+            return self.encoder.space.full
+        return self.encoder.space.validate(OperatingPoint.parse(point))
+
+    def index(self, width: int):
+        """The FAISS index for ``width`` (loaded on first use)."""
+        width = int(width)
+        with self._index_lock:
+            if width not in self._indexes:
+                from elasticdenser.index import faiss_index as fi
+
+                index = fi.load_index(self.exp_dir / fi.index_file(width), use_gpu=self.use_gpu)
+                info = self.manifest.get("indexes", {}).get(str(width), {})
+                fi.set_search_params(index, info.get("search_params"))
+                if index.ntotal != len(self.doc_ids):
+                    raise RuntimeError(f"{fi.index_file(width)} holds {index.ntotal} vectors, doc_ids.txt {len(self.doc_ids)}")
+                self._indexes[width] = index
+            return self._indexes[width]
+
+    def _count_truncated(self, texts: Sequence[str]) -> int:
+        limit = int(getattr(self.encoder, "max_length", 0) or 0)
+        tok = getattr(self.encoder, "tokenizer", None)
+        if not limit or tok is None:
+            return 0
+        # every token covers >= 1 character, so only texts longer than limit - 2 characters can overflow
+        long = [t for t in texts if len(t) > limit - 2]
+        if not long:
+            return 0
+        lengths = [len(ids) for ids in tok(long, add_special_tokens=True, truncation=False)["input_ids"]]
+        return sum(1 for n in lengths if n > limit)
+
+    def encode(self, texts: Sequence[str], point: "OperatingPoint | str | None" = None, batch_size: int = 32) -> np.ndarray:
+        p = self.resolve_point(point)
+        n_long = self._count_truncated(texts)
+        if n_long:
+            with self._stats_lock:
+                self.truncated_queries += n_long
+            warnings.warn(f"{n_long} quer{'y' if n_long == 1 else 'ies'} longer than {self.encoder.max_length} tokens "
+                          "truncated", UserWarning, stacklevel=3)
+        with self._encoder_lock:
+            return self.encoder.encode(list(texts), point=p, batch_size=batch_size)
+
+    def _check_texts(self, ids: Sequence[str], texts: Sequence[str], skip_empty: bool) -> List[int]:
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if bad and not skip_empty:
+            shown = ", ".join(repr(ids[i]) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            raise ValueError(f"{len(bad)} empty or whitespace-only quer{'y' if len(bad) == 1 else 'ies'} ({shown}); "
+                             "remove them or pass skip_empty=True")
+        badset = set(bad)
+        return [i for i in range(len(texts)) if i not in badset]
+
+    def _raw_search(self, texts: Sequence[str], k: int, point, batch_size: int = 32,
+                    timings: Optional[List[float]] = None) -> Tuple[np.ndarray, np.ndarray]:
+        from elasticdenser.index import faiss_index as fi
+
+        p = self.resolve_point(point)
+        index = self.index(p.width)
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        scores = np.empty((len(texts), k), dtype=np.float32)
+        ids = np.empty((len(texts), k), dtype=np.int64)
+        for lo in range(0, len(texts), batch_size):
+            t0 = time.perf_counter()
+            q = self.encode(texts[lo : lo + batch_size], p, batch_size=batch_size)
+            s, i = fi.search(index, q, k)
+            if timings is not None:
+                timings.append(time.perf_counter() - t0)
+            scores[lo : lo + len(q)], ids[lo : lo + len(q)] = s, i
+        return scores, ids
+
+    def _hit(self, row: int, score: float) -> Hit:
+        if self.docstore is not None:
+            d = self.docstore.get(row)
+            return Hit(d.doc_id, float(score), d.title, d.text)
+        return Hit(self.doc_ids[row], float(score), "", "")
+
+    # ------------------------------------------------------------------ public API
+    def search(self, query: str, k: int = 10, point: "OperatingPoint | str | None" = None) -> SearchResult:
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("empty query: give some text to search for")
+        p = self.resolve_point(point)
+        scores, ids = self._raw_search([query], k, p)
+        return SearchResult(query, p, [self._hit(int(r), s) for r, s in zip(ids[0], scores[0]) if r >= 0])
+
+    def search_texts(self, texts: Sequence[str], k: int = 10, point=None, batch_size: int = 32,
+                     skip_empty: bool = False) -> List[List[Hit]]:
+        texts = list(texts)
+        keep = self._check_texts([str(i) for i in range(len(texts))], texts, skip_empty)
+        scores, ids = self._raw_search([texts[i] for i in keep], k, point, batch_size)
+        out: List[List[Hit]] = [[] for _ in texts]
+        for row, i in enumerate(keep):
+            out[i] = [self._hit(int(r), s) for r, s in zip(ids[row], scores[row]) if r >= 0]
+        return out
+
+    def batch_search(self, queries, k: int = 100, point=None, batch_size: int = 32, skip_empty: bool = False,
+                     timings: Optional[List[float]] = None, return_rows: bool = False):
+        """A ``ranx.Run`` named after the point. ``queries``: ``Query`` objects, ``{qid: text}``, or
+        ``(qid, text)`` pairs. ``timings`` collects seconds per batch (encode + search).
+        With ``return_rows=True`` returns ``(run, {qid: [row, ...]})`` (ranked corpus positions)."""
+        from elasticdenser.eval.metrics import make_run
+
+        pairs = _as_pairs(queries)
+        ids_, texts = [q for q, _ in pairs], [t for _, t in pairs]
+        keep = self._check_texts(ids_, texts, skip_empty)
+        p = self.resolve_point(point)
+        scores, rows = self._raw_search([texts[i] for i in keep], k, p, batch_size, timings)
+        results, ranked = {}, {}
+        for j, i in enumerate(keep):
+            valid = rows[j] >= 0
+            r, s = rows[j][valid], scores[j][valid]
+            # ranx sorts by score; identical scores are ordered by doc id there
+            results[ids_[i]] = {self.doc_ids[int(x)]: float(y) for x, y in zip(r, s)}
+            ranked[ids_[i]] = [int(x) for x in r]
+        run = make_run(results, name=p.name) if results else None
+        return (run, ranked) if return_rows else run
+
+    def passage(self, row: int):
+        if self.docstore is None:
+            raise FileNotFoundError(f"{self.exp_dir} has no passage text store (docs.jsonl)")
+        return self.docstore.get(row)
+
+
+def _as_pairs(queries) -> List[Tuple[str, str]]:
+    if isinstance(queries, dict):
+        return [(str(k), v) for k, v in queries.items()]
+    out = []
+    for q in queries:
+        if hasattr(q, "query_id"):
+            out.append((str(q.query_id), q.text))
+        else:
+            qid, text = q
+            out.append((str(qid), text))
+    seen = set()
+    for qid, _ in out:
+        if qid in seen:
+            raise ValueError(f"duplicate query id {qid!r}")
+        seen.add(qid)
+    return out

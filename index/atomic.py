@@ -1,0 +1,52 @@
+"""Atomic file writes: write to a temporary name in the same folder, fsync, then rename.
+
+An interrupted run can leave ``*.tmp-*`` files behind but never a file under its final name
+that looks complete and is not.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def tmp_name(path: "str | os.PathLike") -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
+    """Yield a temporary path; on success it is renamed onto ``path``, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: "str | os.PathLike", text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: "str | os.PathLike", obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def clean_stale_tmp(folder: "str | os.PathLike") -> int:
+    """Remove temporary files that a killed run left in ``folder``; returns how many."""
+    n = 0
+    for p in Path(folder).glob(".*.tmp-*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n

@@ -1,0 +1,106 @@
+"""The indexing stages over an experiment directory: save model, encode (sharded), merge, index.
+
+Each stage is idempotent: it skips work whose result already exists, so re-running a killed
+``elasticdenser index`` picks up where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+from elasticdenser.index import encode as enc
+from elasticdenser.index import faiss_index as fi
+from elasticdenser.index import manifest as mf
+from elasticdenser.index.store import EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+
+
+def save_model(encoder, exp_dir: "str | os.PathLike") -> Path:
+    """``encoder.save_pretrained(exp_dir/model)`` via a temporary folder (skipped if present)."""
+    target = Path(exp_dir) / MODEL_DIR
+    if target.is_dir():
+        return target
+    tmp = Path(exp_dir) / f".{MODEL_DIR}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(str(tmp))
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():  # another shard worker saved it first: keep theirs
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def encode_stage(encoder, corpus, exp_dir, *, collection: str, shard: int = 0, num_shards: int = 1,
+                 chunk_size: int = enc.DEFAULT_CHUNK_SIZE, batch_size: int = 64, dtype: str = "float32",
+                 bf16: bool = False, progress: bool = True, save_model_dir: bool = True, **kw) -> dict:
+    if len(corpus) == 0:
+        raise ValueError(f"collection {collection!r} has no documents to encode")
+    if save_model_dir:
+        save_model(encoder, exp_dir)
+    return enc.encode_corpus(encoder, corpus, exp_dir, shard=shard, num_shards=num_shards, chunk_size=chunk_size,
+                             batch_size=batch_size, dtype=dtype, bf16=bf16, collection=collection,
+                             progress=progress, **kw)
+
+
+def merge_stage(encoder, exp_dir, *, collection: str, force: bool = False, remove_chunks: bool = False) -> dict:
+    """Merge chunks into the store and write a fresh manifest (no indexes yet)."""
+    exp_dir = Path(exp_dir)
+    if (exp_dir / enc.EMBEDDINGS).is_file() and (exp_dir / mf.MANIFEST).is_file() and not force:
+        m = mf.load(exp_dir)
+        mf.check_model(m, encoder)
+        return m
+    meta = enc.merge_chunks(exp_dir, remove_chunks=remove_chunks)
+    if meta["model_fingerprint"] != encoder.fingerprint():
+        raise mf.ManifestMismatchError(f"the chunks in {exp_dir} were encoded by another model")
+    m = mf.new_manifest(encoder, collection, meta["num_docs"], meta["dtype"])
+    mf.save(exp_dir, m)
+    return m
+
+
+def index_stage(exp_dir, widths: Iterable[int], index_types: Optional[Dict[int, str]] = None, *,
+                force: bool = False, train_size: int = fi.DEFAULT_TRAIN_SIZE, use_gpu: Optional[bool] = None) -> dict:
+    """Build ``index-d{w}.faiss`` for each width (skipping existing ones) and record them in the manifest."""
+    exp_dir = Path(exp_dir)
+    m = mf.load(exp_dir)
+    store = EmbeddingStore.open(exp_dir / enc.EMBEDDINGS)
+    widths = sorted({int(w) for w in widths}, reverse=True)
+    types = index_types or {w: fi.DEFAULT_FACTORY for w in widths}
+    indexes = dict(m.get("indexes", {}))
+    for w in widths:
+        factory = types.get(w, fi.DEFAULT_FACTORY)
+        path = exp_dir / fi.index_file(w)
+        old = indexes.get(str(w))
+        if path.is_file() and old and old.get("factory") == factory and not force:
+            continue
+        t0 = time.perf_counter()
+        index = fi.build_index(store, w, factory, train_size=train_size, use_gpu=use_gpu)
+        size = fi.save_index(index, path)
+        indexes[str(w)] = {
+            "file": path.name, "factory": factory, "ntotal": int(index.ntotal), "bytes": size,
+            "build_seconds": round(time.perf_counter() - t0, 3), "search_params": fi.default_search_params(factory),
+        }
+        log.info("built %s (%s, %d vectors, %.1f MB)", path.name, factory, index.ntotal, size / 1e6)
+    all_widths = sorted({int(k) for k in indexes}, reverse=True)
+    return mf.update(exp_dir, indexes=indexes, widths=all_widths)
+
+
+def build_experiment(encoder, corpus, exp_dir, *, collection: str, widths: Optional[List[int]] = None,
+                     index_types: Optional[Dict[int, str]] = None, dtype: str = "float32", batch_size: int = 64,
+                     bf16: bool = False, chunk_size: int = enc.DEFAULT_CHUNK_SIZE, progress: bool = True) -> dict:
+    """Unsharded encode -> merge -> one index per width (default: the widths of the default points)."""
+    if widths is None:
+        widths = encoder.space.widths(encoder.default_points())
+    encode_stage(encoder, corpus, exp_dir, collection=collection, chunk_size=chunk_size, batch_size=batch_size,
+                 dtype=dtype, bf16=bf16, progress=progress)
+    merge_stage(encoder, exp_dir, collection=collection)
+    return index_stage(exp_dir, widths, index_types)

@@ -1,0 +1,212 @@
+"""Corpus encoding: once, by the full model, in chunks that make it sharded and resumable.
+
+The corpus is cut into fixed chunks of ``chunk_size`` consecutive documents (chunk ``j`` holds
+positions ``[j*chunk_size, (j+1)*chunk_size)``). Shard ``i`` of ``n`` owns a contiguous range of
+chunks, so a sharded run computes exactly the batches an unsharded one does, and the merged
+store is identical. Each finished chunk is written atomically to ``chunks/chunk-JJJJJJ.npy``
+(+ ``.jsonl`` with its passages); a killed run restarts at the first missing chunk. ``merge``
+assembles ``embeddings.npy``, ``doc_ids.txt`` and the passage store once every chunk exists.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from elasticdenser.index import docstore
+from elasticdenser.index.atomic import atomic_path, clean_stale_tmp, write_json, write_text
+from elasticdenser.index.store import EmbeddingStore, check_dtype
+
+log = logging.getLogger(__name__)
+
+CHUNKS = "chunks"
+EMBEDDINGS = "embeddings.npy"
+DOC_IDS = "doc_ids.txt"
+DEFAULT_CHUNK_SIZE = 16384
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    num_docs: int
+    chunk_size: int
+
+    @property
+    def num_chunks(self) -> int:
+        return max(1, math.ceil(self.num_docs / self.chunk_size)) if self.num_docs else 0
+
+    def bounds(self, chunk: int) -> "tuple[int, int]":
+        lo = chunk * self.chunk_size
+        return lo, min(lo + self.chunk_size, self.num_docs)
+
+    def shard_chunks(self, shard: int, num_shards: int) -> range:
+        if num_shards < 1 or not 0 <= shard < num_shards:
+            raise ValueError(f"--shard must be in 0..{num_shards - 1} (got shard {shard} of {num_shards})")
+        c = self.num_chunks
+        return range(shard * c // num_shards, (shard + 1) * c // num_shards)
+
+
+def chunk_path(exp_dir: Path, chunk: int, suffix: str) -> Path:
+    return Path(exp_dir) / CHUNKS / f"chunk-{chunk:06d}{suffix}"
+
+
+def _meta(exp_dir: Path, plan: ChunkPlan, encoder, dtype: str, collection: str) -> dict:
+    return {
+        "num_docs": plan.num_docs,
+        "chunk_size": plan.chunk_size,
+        "model_fingerprint": encoder.fingerprint(),
+        "dim": int(encoder.space.hidden_size),
+        "dtype": dtype,
+        "collection": collection,
+    }
+
+
+def _check_or_write_meta(exp_dir: Path, meta: dict) -> None:
+    path = Path(exp_dir) / CHUNKS / "meta.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+        if diff:
+            raise RuntimeError(
+                f"{path} belongs to a different encoding run ({diff}); "
+                "use a fresh --out directory or delete the chunks/ folder"
+            )
+    else:
+        write_json(path, meta)
+
+
+def _length_sorted_batches(texts: Sequence[str], batch_size: int) -> List[np.ndarray]:
+    """Indices of ``texts`` cut into batches of similar length (longest first), so padding is minimal."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def encode_texts(encoder, texts: Sequence[str], batch_size: int = 64, bf16: bool = False,
+                 max_length: Optional[int] = None, on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    """Full-model, full-width embeddings of ``texts`` (float32), computed in length-sorted batches."""
+    dim = int(encoder.space.hidden_size)
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for idx in _length_sorted_batches(texts, batch_size):
+        emb = encoder.encode([texts[i] for i in idx], point=None, batch_size=len(idx), max_length=max_length, bf16=bf16)
+        out[idx] = emb
+        if on_batch:
+            on_batch(len(idx))
+    return out
+
+
+def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int = 0, num_shards: int = 1,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 64, dtype: str = "float32",
+                  bf16: bool = False, max_length: Optional[int] = None, collection: str = "",
+                  progress: bool = True, stop_after_chunks: Optional[int] = None) -> dict:
+    """Encode this shard's missing chunks; returns counts ``{"encoded", "skipped", "seconds", ...}``.
+
+    ``stop_after_chunks`` (tests and benchmarks) stops after that many new chunks, as if killed.
+    """
+    check_dtype(dtype)
+    exp_dir = Path(exp_dir)
+    (exp_dir / CHUNKS).mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(exp_dir / CHUNKS)
+    plan = ChunkPlan(len(corpus), int(chunk_size))
+    _check_or_write_meta(exp_dir, _meta(exp_dir, plan, encoder, dtype, collection))
+    mine = plan.shard_chunks(shard, num_shards)
+    todo = [c for c in mine if not chunk_path(exp_dir, c, ".npy").is_file()]
+    todo_docs = sum(plan.bounds(c)[1] - plan.bounds(c)[0] for c in todo)
+    bar = None
+    if progress and todo_docs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=todo_docs, unit="passage", desc=f"encode shard {shard}/{num_shards}", smoothing=0.1)
+    t0 = time.perf_counter()
+    done = 0
+    try:
+        for c in todo:
+            if stop_after_chunks is not None and done >= stop_after_chunks:
+                break
+            lo, hi = plan.bounds(c)
+            docs = [corpus[p] for p in range(lo, hi)]
+            emb = encode_texts(encoder, [d.contents for d in docs], batch_size=batch_size, bf16=bf16,
+                               max_length=max_length, on_batch=bar.update if bar else None)
+            # passages first, embeddings last: a chunk counts as done once its .npy exists
+            with atomic_path(chunk_path(exp_dir, c, ".jsonl")) as tmp:
+                tmp.write_bytes(b"".join(docstore.doc_line(d) for d in docs))
+            with atomic_path(chunk_path(exp_dir, c, ".npy")) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, emb.astype(dtype))
+            done += 1
+    finally:
+        if bar:
+            bar.close()
+    return {"encoded_chunks": done, "skipped_chunks": len(mine) - len(todo), "shard_chunks": len(mine),
+            "remaining_chunks": len(todo) - done, "seconds": time.perf_counter() - t0,
+            "passages": sum(plan.bounds(c)[1] - plan.bounds(c)[0] for c in todo[:done])}
+
+
+def missing_chunks(exp_dir: "str | os.PathLike") -> List[int]:
+    exp_dir = Path(exp_dir)
+    meta_path = exp_dir / CHUNKS / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: no encoding run in {exp_dir}")
+    meta = json.loads(meta_path.read_text())
+    plan = ChunkPlan(meta["num_docs"], meta["chunk_size"])
+    return [c for c in range(plan.num_chunks) if not chunk_path(exp_dir, c, ".npy").is_file()]
+
+
+def merge_chunks(exp_dir: "str | os.PathLike", remove_chunks: bool = False) -> dict:
+    """Assemble ``embeddings.npy``, ``doc_ids.txt`` and the passage store from every chunk.
+
+    Streams chunk by chunk into a memory-mapped temporary file, then renames; refuses if any
+    chunk is missing (naming the shards still to run).
+    """
+    exp_dir = Path(exp_dir)
+    missing = missing_chunks(exp_dir)
+    meta = json.loads((exp_dir / CHUNKS / "meta.json").read_text())
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise RuntimeError(f"cannot merge {exp_dir}: {len(missing)} chunk(s) not encoded yet ({shown}); "
+                           "run the remaining shards first")
+    plan = ChunkPlan(meta["num_docs"], meta["chunk_size"])
+    with atomic_path(exp_dir / EMBEDDINGS) as tmp:
+        store = EmbeddingStore.create(tmp, plan.num_docs, meta["dim"], meta["dtype"])
+        for c in range(plan.num_chunks):
+            lo, hi = plan.bounds(c)
+            block = np.load(str(chunk_path(exp_dir, c, ".npy")), mmap_mode="r")
+            if block.shape != (hi - lo, meta["dim"]):
+                raise RuntimeError(f"chunk {c} has shape {block.shape}, expected {(hi - lo, meta['dim'])}")
+            store.array[lo:hi] = block
+        store.flush()
+        del store
+
+    def lines():
+        for c in range(plan.num_chunks):
+            with open(chunk_path(exp_dir, c, ".jsonl"), "rb") as fh:
+                yield from fh
+
+    n = docstore.write_docstore(exp_dir, lines())
+    if n != plan.num_docs:
+        raise RuntimeError(f"passage store has {n} lines, expected {plan.num_docs}")
+
+    def ids():
+        for line in lines():
+            yield json.loads(line)["id"] + "\n"
+
+    with atomic_path(exp_dir / DOC_IDS) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(ids())
+    if remove_chunks:
+        for c in range(plan.num_chunks):
+            for suffix in (".npy", ".jsonl"):
+                chunk_path(exp_dir, c, suffix).unlink()
+    return meta
+
+
+def read_doc_ids(exp_dir: "str | os.PathLike") -> List[str]:
+    path = Path(exp_dir) / DOC_IDS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `elasticdenser index` (encode + merge) first")
+    return path.read_text(encoding="utf-8").splitlines()

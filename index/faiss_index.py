@@ -1,0 +1,190 @@
+"""One FAISS index per embedding width, built from the memory-mapped store.
+
+The index for width ``d`` holds the first ``d`` dimensions of every document embedding,
+re-normalised, under inner product. Its type is a FAISS factory string (``Flat`` by default;
+``HNSW32``, ``IVF4096,PQ96`` ... work too; untrained types are trained on a sample). Files are
+written with ``faiss.write_index`` (atomically), so plain ``faiss.read_index`` opens them.
+
+A FAISS GPU index is used automatically when ``faiss-gpu`` and a GPU are present.
+
+BLAS threshold: faiss-cpu (1.15 here) ships ``distance_compute_blas_threshold = 128000``, i.e.
+exact search only uses BLAS for batches of >= 128,000 queries; below that it runs its own
+kernel, which is measured 5-17x slower for ~1000-query batches at d <= 96 (benchmarks/index.md).
+``tune_faiss()`` sets it to 20 (BLAS for any batch of 20+ queries), which was as fast or faster
+at every width and batch size measured.
+
+Second trap: ``index_factory("IVF...,PQ...")`` enables polysemous training, which made IVF-PQ
+training take minutes even on 4k vectors; ``new_index`` turns it off.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Tuple
+
+import numpy as np
+
+from elasticdenser.index.atomic import atomic_path
+from elasticdenser.index.store import EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+BLAS_THRESHOLD = 20
+DEFAULT_FACTORY = "Flat"
+DEFAULT_TRAIN_SIZE = 262144
+
+
+def index_file(width: int) -> str:
+    return f"index-d{int(width)}.faiss"
+
+
+def tune_faiss(blas_threshold: int = BLAS_THRESHOLD) -> None:
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = int(blas_threshold)
+
+
+def gpu_available() -> bool:
+    import faiss
+
+    try:
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # pragma: no cover - broken GPU builds
+        return False
+
+
+_GPU_RES = None
+
+
+def to_gpu(index):
+    """The GPU version of ``index`` when possible, else ``index`` unchanged (e.g. HNSW, or no GPU)."""
+    global _GPU_RES
+    if not gpu_available():
+        return index
+    import faiss
+
+    try:
+        if _GPU_RES is None:
+            _GPU_RES = faiss.StandardGpuResources()
+        co = faiss.GpuClonerOptions()
+        co.useFloat16 = True  # PQ codes / flat vectors in fp16 on the GPU
+        return faiss.index_cpu_to_gpu(_GPU_RES, 0, index, co)
+    except Exception as exc:  # index type without a GPU implementation
+        log.info("keeping %s on CPU: %s", type(index).__name__, exc)
+        return index
+
+
+def to_cpu(index):
+    import faiss
+
+    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+        return faiss.index_gpu_to_cpu(index)
+    return index
+
+
+def parse_index_types(specs: Optional[Iterable[str]], widths: Iterable[int]) -> Dict[int, str]:
+    """``["Flat"]`` or ``["384=HNSW32", "96=Flat", "IVF1024,PQ48"]`` -> ``{width: factory}``.
+
+    An entry without ``WIDTH=`` is the default for every width not named explicitly.
+    """
+    widths = [int(w) for w in widths]
+    default, per = DEFAULT_FACTORY, {}
+    for spec in specs or []:
+        spec = spec.strip()
+        head, sep, rest = spec.partition("=")
+        if sep and head.strip().isdigit():
+            w = int(head)
+            if w not in widths:
+                raise ValueError(f"--index-type {spec!r}: width {w} is not one of the indexed widths {widths}")
+            per[w] = rest.strip()
+        else:
+            default = spec
+    return {w: per.get(w, default) for w in widths}
+
+
+def new_index(width: int, factory: str):
+    import faiss
+
+    try:
+        index = faiss.index_factory(int(width), factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"FAISS cannot build index type {factory!r} at width {width}: {str(exc).strip().splitlines()[-1]}") from None
+    # The factory turns on polysemous training for IVF-PQ: a simulated-annealing pass that is only
+    # useful for polysemous (Hamming) filtering, which we never use, and that dominated training time
+    # (minutes even at 4k vectors on 2 cores). Plain PQ codes are identical in quality without it.
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf = faiss.downcast_index(ivf)
+        if hasattr(ivf, "do_polysemous_training"):
+            ivf.do_polysemous_training = False
+    return index
+
+
+def build_index(store: EmbeddingStore, width: int, factory: str = DEFAULT_FACTORY, *, train_size: int = DEFAULT_TRAIN_SIZE,
+                block_rows: int = 65536, use_gpu: Optional[bool] = None, seed: int = 0):
+    """A CPU FAISS index over ``store``'s first ``width`` dims, re-normalised (trained if needed)."""
+    tune_faiss()
+    index = new_index(width, factory)
+    use_gpu = gpu_available() if use_gpu is None else use_gpu
+    work = to_gpu(index) if use_gpu else index
+    if not work.is_trained:
+        n = min(len(store), int(train_size))
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(len(store), size=n, replace=False)) if n < len(store) else np.arange(len(store))
+        t0 = time.perf_counter()
+        work.train(store.rows(sample, width))
+        log.info("trained %s at d=%d on %d vectors in %.1fs", factory, width, n, time.perf_counter() - t0)
+    for _, block in store.blocks(block_rows, width=width):
+        work.add(block)
+    return to_cpu(work)
+
+
+def save_index(index, path: "str | os.PathLike") -> int:
+    """``faiss.write_index`` atomically; returns the file size in bytes."""
+    import faiss
+
+    with atomic_path(path) as tmp:
+        faiss.write_index(to_cpu(index), str(tmp))
+    return Path(path).stat().st_size
+
+
+def load_index(path: "str | os.PathLike", use_gpu: Optional[bool] = None, mmap: bool = False):
+    import faiss
+
+    tune_faiss()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"index file {path} not found (build it with `elasticdenser index`)")
+    flags = faiss.IO_FLAG_MMAP if mmap else 0
+    index = faiss.read_index(str(path), flags)
+    use_gpu = gpu_available() if use_gpu is None else use_gpu
+    return to_gpu(index) if use_gpu else index
+
+
+def set_search_params(index, params: Optional[str]) -> None:
+    """Apply a FAISS parameter string such as ``"nprobe=64"`` or ``"efSearch=128"``."""
+    if not params:
+        return
+    import faiss
+
+    space = faiss.GpuParameterSpace() if "Gpu" in type(index).__name__ and hasattr(faiss, "GpuParameterSpace") else faiss.ParameterSpace()
+    space.set_index_parameters(index, params)
+
+
+def default_search_params(factory: str) -> str:
+    f = factory.upper()
+    if "IVF" in f:
+        return "nprobe=64"
+    if "HNSW" in f:
+        return "efSearch=128"
+    return ""
+
+
+def search(index, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)`` of shape (n, k); ids are -1 where fewer than ``k`` results exist."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != index.d:
+        raise ValueError(f"query embeddings have shape {q.shape}, the index expects width {index.d}")
+    return index.search(q, int(k))

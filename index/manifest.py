@@ -1,0 +1,97 @@
+"""``manifest.json``: what an experiment directory holds and which model made it.
+
+Fields: ``format``, ``package_version``, ``created``, ``model`` (``fingerprint`` = sha256 of weights
++ elastic config, ``space``, ``pooling``, ``normalize``, ``max_length``), ``collection``
+(``name``, ``num_docs``), ``embeddings`` (``file``, ``width``, ``dtype``), ``widths``,
+``indexes`` (``{width: {"file", "factory", "ntotal", "bytes", "build_seconds"}}``), ``points``
+(default operating points), and free-form sections other stages add (``profile``, ...).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from elasticdenser.index.atomic import write_json
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+class ManifestMismatchError(RuntimeError):
+    """The model given does not match the one the index was built with."""
+
+
+def model_section(encoder) -> Dict[str, Any]:
+    space = encoder.space
+    return {
+        "fingerprint": encoder.fingerprint(),
+        "space": {
+            "num_layers": space.num_layers,
+            "num_heads": space.num_heads,
+            "intermediate_size": space.intermediate_size,
+            "hidden_size": space.hidden_size,
+        },
+        "pooling": getattr(encoder, "pooling", None),
+        "normalize": getattr(encoder, "normalize", None),
+        "max_length": getattr(encoder, "max_length", None),
+    }
+
+
+def new_manifest(encoder, collection: str, num_docs: int, dtype: str) -> Dict[str, Any]:
+    import elasticdenser
+
+    return {
+        "format": FORMAT,
+        "package_version": elasticdenser.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": model_section(encoder),
+        "collection": {"name": collection, "num_docs": int(num_docs)},
+        "embeddings": {"file": "embeddings.npy", "width": int(encoder.space.hidden_size), "dtype": dtype},
+        "widths": [],
+        "indexes": {},
+        "points": [p.name for p in encoder.default_points()],
+    }
+
+
+def load(exp_dir: "str | os.PathLike") -> Dict[str, Any]:
+    path = Path(exp_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {exp_dir} is not an experiment directory "
+                                "(build one with `elasticdenser index` or `elasticdenser pipeline`)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+
+
+def save(exp_dir: "str | os.PathLike", manifest: Dict[str, Any]) -> None:
+    write_json(Path(exp_dir) / MANIFEST, manifest)
+
+
+def update(exp_dir: "str | os.PathLike", **sections: Any) -> Dict[str, Any]:
+    """Load, set top-level ``sections``, save atomically; returns the new manifest."""
+    m = load(exp_dir)
+    m.update(sections)
+    save(exp_dir, m)
+    return m
+
+
+def check_model(manifest: Dict[str, Any], encoder, allow_mismatch: bool = False) -> Optional[str]:
+    """Refuse an encoder whose fingerprint differs from the manifest's (unless ``allow_mismatch``).
+
+    Returns a warning text when a mismatch was allowed, else None.
+    """
+    want = manifest.get("model", {}).get("fingerprint")
+    got = encoder.fingerprint()
+    if want == got:
+        return None
+    msg = (f"model fingerprint {str(got)[:16]}... does not match the index's {str(want)[:16]}... "
+           f"(collection {manifest.get('collection', {}).get('name')!r}): query embeddings from this model "
+           "are not in the space the documents were encoded in")
+    if not allow_mismatch:
+        raise ManifestMismatchError(msg + "; re-index with this model, or pass allow_mismatch=True "
+                                    "(CLI: --allow-model-mismatch) to search anyway")
+    return msg

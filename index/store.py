@@ -1,0 +1,93 @@
+"""The embedding store: one ``.npy`` file, memory-mapped, float32 or float16.
+
+Rows are document positions (the order of ``doc_ids.txt``), columns the full-width embedding.
+Nothing is ever loaded whole: readers get memory-mapped views and the index builders consume
+it in row blocks, so a 21M x 384 store (32 GB float32, 16 GB float16) never sits in RAM.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def check_dtype(dtype: str) -> np.dtype:
+    if str(dtype) not in DTYPES:
+        raise ValueError(f"embedding dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return np.dtype(DTYPES[str(dtype)])
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """float32 copy of ``x`` with unit-L2 rows (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return x / norms
+
+
+def truncate_normalize(x: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` dimensions of each row, re-normalised (Matryoshka-style width slicing)."""
+    if width > x.shape[1]:
+        raise ValueError(f"width {width} exceeds the stored embedding width {x.shape[1]}")
+    return normalize_rows(x[:, :width])
+
+
+class EmbeddingStore:
+    """A memory-mapped (N, dim) matrix in ``np.save`` format (plain ``np.load`` opens it)."""
+
+    def __init__(self, path: "str | os.PathLike", array: np.ndarray):
+        self.path = Path(path)
+        self.array = array
+
+    @classmethod
+    def create(cls, path: "str | os.PathLike", num_rows: int, dim: int, dtype: str = "float32") -> "EmbeddingStore":
+        """A new writable store (the caller writes into a temporary path and renames it)."""
+        arr = np.lib.format.open_memmap(str(path), mode="w+", dtype=check_dtype(dtype), shape=(int(num_rows), int(dim)))
+        return cls(path, arr)
+
+    @classmethod
+    def open(cls, path: "str | os.PathLike", mode: str = "r") -> "EmbeddingStore":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"embedding store {path} not found (run `elasticdenser index` first)")
+        return cls(path, np.load(str(path), mmap_mode=mode))
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.array.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
+
+    def flush(self) -> None:
+        if hasattr(self.array, "flush"):
+            self.array.flush()
+
+    def blocks(self, block_rows: int = 65536, width: Optional[int] = None, start: int = 0,
+               end: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray]]:
+        """Yield ``(first_row, float32 block)``; with ``width``, truncated and re-normalised."""
+        end = len(self) if end is None else end
+        for lo in range(start, end, block_rows):
+            hi = min(lo + block_rows, end)
+            block = np.asarray(self.array[lo:hi], dtype=np.float32)
+            yield lo, (truncate_normalize(block, width) if width else block)
+
+    def rows(self, positions: np.ndarray, width: Optional[int] = None) -> np.ndarray:
+        """Selected rows (sorted internally for mmap locality), as float32."""
+        positions = np.asarray(positions, dtype=np.int64)
+        order = np.argsort(positions)
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        out[order] = self.array[positions[order]]
+        return truncate_normalize(out, width) if width else out

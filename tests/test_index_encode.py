@@ -1,0 +1,128 @@
+"""Corpus encoding: chunked, resumable, sharded == unsharded, atomic merge, float16 store."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from elasticdenser.index import build
+from elasticdenser.index import encode as enc
+from elasticdenser.index.store import EmbeddingStore, truncate_normalize
+
+from elasticdenser.data.types import Collection, Corpus
+
+
+def small_collection(data_dir, n_docs: int = 240, n_queries: int = 40) -> Collection:
+    """The first gold passages and questions of nq-sample (real text), small enough for a tiny model."""
+    from elasticdenser.data import load_collection
+
+    coll = load_collection("nq-sample", data_dir)
+    docs = [d for d in coll.corpus][:n_docs]
+    keep = {d.doc_id for d in docs}
+    queries = [q for q in coll.queries if next(iter(coll.qrels[q.query_id])) in keep][:n_queries]
+    qrels = {q.query_id: coll.qrels[q.query_id] for q in queries}
+    return Collection("nq-small", Corpus(docs), queries, qrels)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_bert_dir):
+    from elasticdenser.encoder import ElasticEncoder
+
+    return ElasticEncoder.from_pretrained(str(tiny_bert_dir))
+
+
+@pytest.fixture(scope="module")
+def coll(data_dir):
+    return small_collection(data_dir, n_docs=150, n_queries=20)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_encoder, coll):
+    """One uninterrupted, unsharded encoding."""
+    out = tmp_path_factory.mktemp("ref")
+    build.encode_stage(tiny_encoder, coll.corpus, out, collection="nq-small", chunk_size=40, progress=False)
+    build.merge_stage(tiny_encoder, out, collection="nq-small")
+    return out
+
+
+def test_store_matches_direct_encoding(reference, tiny_encoder, coll):
+    store = EmbeddingStore.open(reference / enc.EMBEDDINGS)
+    assert (len(store), store.dim, store.dtype) == (150, 64, "float32")
+    direct = tiny_encoder.encode([d.contents for d in coll.corpus][:10])
+    np.testing.assert_allclose(store.array[:10], direct, atol=1e-5)
+    assert enc.read_doc_ids(reference) == coll.corpus.doc_ids()
+    # plain numpy opens the store, memory-mapped
+    assert isinstance(np.load(reference / enc.EMBEDDINGS, mmap_mode="r"), np.memmap)
+
+
+def test_interrupted_encoding_resumes_to_same_embeddings(tmp_path, tiny_encoder, coll, reference):
+    stats = build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40,
+                               progress=False, stop_after_chunks=2)  # "killed" after 2 of 4 chunks
+    assert stats["encoded_chunks"] == 2 and stats["remaining_chunks"] == 2
+    (tmp_path / enc.CHUNKS / ".chunk-000002.npy.tmp-999").write_bytes(b"half-written")  # a killed write
+    with pytest.raises(RuntimeError, match="2 chunk"):
+        build.merge_stage(tiny_encoder, tmp_path, collection="nq-small")
+    assert not (tmp_path / enc.EMBEDDINGS).exists()  # nothing that looks complete
+    stats = build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40, progress=False)
+    assert (stats["skipped_chunks"], stats["encoded_chunks"]) == (2, 2)
+    assert not list((tmp_path / enc.CHUNKS).glob(".*tmp*"))
+    build.merge_stage(tiny_encoder, tmp_path, collection="nq-small")
+    assert np.array_equal(np.load(tmp_path / enc.EMBEDDINGS), np.load(reference / enc.EMBEDDINGS))
+
+
+def test_sharded_equals_unsharded(tmp_path, tiny_encoder, coll, reference):
+    for shard in (2, 0, 1):
+        build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40,
+                           shard=shard, num_shards=3, progress=False)
+    build.merge_stage(tiny_encoder, tmp_path, collection="nq-small")
+    assert np.array_equal(np.load(tmp_path / enc.EMBEDDINGS), np.load(reference / enc.EMBEDDINGS))
+    assert (tmp_path / "docs.jsonl").read_bytes() == (reference / "docs.jsonl").read_bytes()
+    assert (tmp_path / "doc_ids.txt").read_text() == (reference / "doc_ids.txt").read_text()
+
+
+def test_shard_plan_covers_every_chunk_once():
+    plan = enc.ChunkPlan(num_docs=1000, chunk_size=64)
+    for n in (1, 3, 7, 16, 20):
+        got = [c for i in range(n) for c in plan.shard_chunks(i, n)]
+        assert got == list(range(plan.num_chunks))
+    with pytest.raises(ValueError, match="--shard"):
+        plan.shard_chunks(3, 3)
+
+
+def test_changed_settings_refused(tmp_path, tiny_encoder, coll):
+    build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40, progress=False,
+                       stop_after_chunks=1)
+    with pytest.raises(RuntimeError, match="different encoding run"):
+        build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=50, progress=False)
+
+
+def test_float16_store(tmp_path, tiny_encoder, coll, reference):
+    build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40, dtype="float16",
+                       progress=False)
+    build.merge_stage(tiny_encoder, tmp_path, collection="nq-small")
+    store = EmbeddingStore.open(tmp_path / enc.EMBEDDINGS)
+    assert store.dtype == "float16" and store.nbytes == 150 * 64 * 2
+    ref = np.load(reference / enc.EMBEDDINGS)
+    np.testing.assert_allclose(store.array.astype(np.float32), ref, atol=2e-3)
+    # width slicing reads in blocks and re-normalises
+    rows = np.concatenate([b for _, b in store.blocks(block_rows=32, width=32)])
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(rows, truncate_normalize(ref, 32), atol=3e-3)
+
+
+def test_cli_sharded_index_then_merge(tmp_path, tiny_bert_dir, data_dir, capsys):
+    """`elasticdenser index` on a named collection: 2 shard workers, then --merge builds the indexes."""
+    from elasticdenser.cli import main
+    from elasticdenser.index import manifest as mf
+
+    out = tmp_path / "exp"
+    common = ["index", "nq-sample", "--data-dir", str(data_dir), "--out", str(out), "--model", str(tiny_bert_dir),
+              "--chunk-size", "1500", "--dtype", "float16", "--no-progress"]
+    for shard in ("1", "0"):
+        assert main(common + ["--shard", shard, "--num-shards", "2"]) == 0
+    assert "--merge" in capsys.readouterr().err and not (out / enc.EMBEDDINGS).exists()
+    assert main(common + ["--merge", "--widths", "64,32", "--index-type", "32=HNSW16", "--remove-chunks"]) == 0
+    m = mf.load(out)
+    assert m["collection"] == {"name": "nq-sample", "num_docs": 4351} and m["embeddings"]["dtype"] == "float16"
+    assert {w: i["factory"] for w, i in m["indexes"].items()} == {"64": "Flat", "32": "HNSW16"}
+    assert not list((out / enc.CHUNKS).glob("chunk-*"))
+    assert len(enc.read_doc_ids(out)) == 4351

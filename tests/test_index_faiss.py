@@ -1,0 +1,99 @@
+"""FAISS index per width: factory types, training, plain-faiss files, the BLAS threshold, manifest."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from elasticdenser.index import faiss_index as fi
+from elasticdenser.index import manifest as mf
+from elasticdenser.index.store import EmbeddingStore, truncate_normalize
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("store") / "embeddings.npy"
+    s = EmbeddingStore.create(path, 3000, 64, "float32")
+    centers = rng.standard_normal((40, 64))
+    s.array[:] = (centers[rng.integers(0, 40, 3000)] + 0.5 * rng.standard_normal((3000, 64))).astype(np.float32)
+    s.flush()
+    return EmbeddingStore.open(path)
+
+
+def _exact(store, width, q, k):
+    docs = truncate_normalize(np.asarray(store.array), width)
+    return np.argsort(-(q @ docs.T), axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ16x4"])
+def test_index_types_per_width(tmp_path, store, factory):
+    rng = np.random.default_rng(1)
+    for width in (64, 32):
+        index = fi.build_index(store, width, factory, train_size=1000, block_rows=700)
+        assert index.ntotal == 3000 and index.d == width and index.metric_type == 0  # METRIC_INNER_PRODUCT
+        fi.set_search_params(index, fi.default_search_params(factory))
+        q = truncate_normalize(np.asarray(store.array[:20]) + 0.3 * rng.standard_normal((20, 64)), width)
+        _, ids = fi.search(index, q, 10)
+        exact = _exact(store, width, q, 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+        assert recall >= {"Flat": 1.0, "HNSW16": 0.9, "IVF16,PQ16x4": 0.3}[factory], recall
+
+
+def test_file_opens_with_plain_faiss_and_gives_identical_results(tmp_path, store):
+    index = fi.build_index(store, 32, "Flat")
+    path = tmp_path / fi.index_file(32)
+    fi.save_index(index, path)
+    q = truncate_normalize(np.random.default_rng(2).standard_normal((5, 32)), 32)
+    np.save(tmp_path / "q.npy", q)
+    _, ours = fi.search(fi.load_index(path), q, 7)
+    code = ("import sys, faiss, numpy as np; assert 'elasticdenser' not in sys.modules; "
+            f"ix = faiss.read_index({str(path)!r}); q = np.load({str(tmp_path / 'q.npy')!r}); "
+            "print(ix.search(q, 7)[1].tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(out) == ours.tolist()
+
+
+def test_blas_threshold_is_tuned():
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = 128000
+    fi.tune_faiss()
+    assert faiss.cvar.distance_compute_blas_threshold == fi.BLAS_THRESHOLD == 20
+
+
+def test_parse_index_types():
+    assert fi.parse_index_types(None, [384, 96]) == {384: "Flat", 96: "Flat"}
+    assert fi.parse_index_types(["HNSW32", "96=IVF64,PQ12"], [384, 96]) == {384: "HNSW32", 96: "IVF64,PQ12"}
+    with pytest.raises(ValueError, match="width 48"):
+        fi.parse_index_types(["48=Flat"], [384, 96])
+    with pytest.raises(ValueError, match="FAISS cannot build"):
+        fi.new_index(96, "NoSuchIndex")
+
+
+def test_missing_index_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="elasticdenser index"):
+        fi.load_index(tmp_path / "index-d96.faiss")
+
+
+def test_no_gpu_here_means_cpu_index(store):
+    index = fi.build_index(store, 16, "Flat")
+    if not fi.gpu_available():
+        assert "Gpu" not in type(index).__name__ and fi.to_gpu(index) is index
+
+
+def test_manifest_refuses_another_model():
+    class Fake:
+        def __init__(self, fp):
+            self._fp = fp
+
+        def fingerprint(self):
+            return self._fp
+
+    m = {"model": {"fingerprint": "a" * 64}, "collection": {"name": "x"}}
+    assert mf.check_model(m, Fake("a" * 64)) is None
+    with pytest.raises(mf.ManifestMismatchError, match="does not match"):
+        mf.check_model(m, Fake("b" * 64))
+    assert "does not match" in mf.check_model(m, Fake("b" * 64), allow_mismatch=True)
