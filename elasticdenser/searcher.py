@@ -63,6 +63,8 @@ class Searcher:
         self.points: List[OperatingPoint] = [OperatingPoint.parse(p) for p in manifest.get("points", [])] or list(
             encoder.default_points())
         self.points = [p for p in self.points if str(p.width) in manifest.get("indexes", {})] or self.points
+        self._router = None
+        self._router_lock = threading.Lock()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -88,6 +90,8 @@ class Searcher:
             encoder = ElasticEncoder.from_pretrained(str(model_dir))
             if device:
                 encoder = encoder.to(device)
+            # serving: the fastest correct backend (ONNX Runtime, else TorchScript; eager off-CPU)
+            encoder.serve_backend = "auto"
         msg = mf.check_model(manifest, encoder, allow_mismatch=allow_mismatch)
         if msg:
             warnings.warn(msg + " (allowed by allow_mismatch)", UserWarning, stacklevel=2)
@@ -106,6 +110,23 @@ class Searcher:
         if point is None:
             return self.encoder.space.full
         return self.encoder.space.validate(OperatingPoint.parse(point))
+
+    @property
+    def router(self):
+        """The router built from the manifest's measured profile; None if never profiled."""
+        if self._router is None and isinstance(self.manifest.get("profile"), dict):
+            from elasticdenser.profile import load_profile
+            from elasticdenser.router import Router
+
+            self._router = Router(load_profile(self.manifest), points=[p.name for p in self.points])
+        return self._router
+
+    def _route(self, point, n: int) -> OperatingPoint:
+        """An explicit point wins; otherwise the router picks one for a batch of ``n``."""
+        if point is not None or self.router is None:
+            return self.resolve_point(point)
+        with self._router_lock:
+            return self.resolve_point(self.router.route(n))
 
     def index(self, width: int):
         """The FAISS index for ``width`` (loaded on first use)."""
@@ -184,7 +205,7 @@ class Searcher:
     def search(self, query: str, k: int = 10, point: "OperatingPoint | str | None" = None) -> SearchResult:
         if not isinstance(query, str) or not query.strip():
             raise ValueError("empty query: give some text to search for")
-        p = self.resolve_point(point)
+        p = self._route(point, 1)
         scores, ids = self._raw_search([query], k, p)
         return SearchResult(query, p, [self._hit(int(r), s) for r, s in zip(ids[0], scores[0]) if r >= 0])
 
@@ -192,6 +213,7 @@ class Searcher:
                      skip_empty: bool = False) -> List[List[Hit]]:
         texts = list(texts)
         keep = self._check_texts([str(i) for i in range(len(texts))], texts, skip_empty)
+        point = self._route(point, len(keep))
         scores, ids = self._raw_search([texts[i] for i in keep], k, point, batch_size)
         out: List[List[Hit]] = [[] for _ in texts]
         for row, i in enumerate(keep):

@@ -24,10 +24,14 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device for the encoder (default: cuda if available, else cpu)")
 
 
-def load_encoder(model: Optional[str], device: Optional[str] = None):
+def load_encoder(model: Optional[str], device: Optional[str] = None, backend: str = "auto"):
+    """The encoder for inference: ``backend="auto"`` picks the fast path (ONNX Runtime, else
+    TorchScript) on CPU and falls back to eager elsewhere; ``"eager"`` is the reference."""
     from elasticdenser.encoder import ElasticEncoder
 
-    return ElasticEncoder.from_pretrained(model).to(pick_device(device))
+    encoder = ElasticEncoder.from_pretrained(model).to(pick_device(device))
+    encoder.serve_backend = backend
+    return encoder
 
 
 def resolve_points(spec: Optional[str], encoder, available: Optional[List[OperatingPoint]] = None) -> List[OperatingPoint]:

