@@ -652,8 +652,8 @@ class ElasticEncoder(nn.Module):
 
     # ------------------------------------------------------------------ serving / export
     #: encode() default: run cached materialised modules (True) or slice on the fly (False).
-    #: Set from benchmarks/bench_encoder.py (see benchmarks/encoder.md).
-    #: Measured (benchmarks/encoder.md): materialised modules are as fast at the full point and faster at
+    #: Set from benchmarks/bench_encoder.py (see BENCHMARKS.md).
+    #: Measured (BENCHMARKS.md): materialised modules are as fast at the full point and faster at
     #: the smaller points (6-15 % at batch 1; -4..+10 % at batch 32; fused QKV, contiguous weights),
     #: so serving uses them for every point but the full one.
     serve_materialized: bool = True

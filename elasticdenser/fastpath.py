@@ -8,14 +8,14 @@ the per-operator Python / dispatcher overhead that dominates a single query:
 * ``"onnx"``: the point is exported to ONNX (``torch.onnx.export``, legacy TorchScript exporter, opset
   17, dynamic batch and sequence axes) and run by ONNX Runtime (CPU provider, all graph optimisations:
   fused LayerNorm / GELU / MatMul+Add). Fastest on the measured CPU at every batch size
-  (see ``benchmarks/fastpath.md``). Needs the optional ``onnxruntime`` package (``pip install
+  (see ``BENCHMARKS.md``). Needs the optional ``onnxruntime`` package (``pip install
   elasticdenser[bench]`` or ``pip install onnxruntime``).
 * ``"jit"``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the materialised module: needs only torch,
   builds in < 0.5 s, ~5-10 % faster than eager. The fallback when onnxruntime is missing.
 * ``"eager"``: the reference (``ElasticEncoder.forward`` / cached materialised module).
 * ``"auto"``: ``"onnx"`` if onnxruntime imports, else ``"jit"``.
 
-Not kept (measured, see ``benchmarks/fastpath.md``): ``torch.compile`` (tens of seconds of compile
+Not kept (measured, see ``BENCHMARKS.md``): ``torch.compile`` (tens of seconds of compile
 per point and per dynamic-shape recompile on a loaded 2-core machine, for no gain over ONNX
 Runtime), bf16 (the measured CPU has AVX2 only -- no AVX-512-BF16/AMX -- so bf16 GEMMs run ~10x
 *slower* than fp32; ``encode(..., bf16=True)`` stays an opt-in of the eager path).
@@ -29,7 +29,7 @@ them in memory only.
 
 Threads: a runner's intra-op thread count is ``threads`` (default: 1 for batches of up to
 ``SMALL_BATCH`` texts, ``torch.get_num_threads()`` for larger ones; measured in
-``benchmarks/fastpath.md``).
+``BENCHMARKS.md``).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ __all__ = [
 BACKENDS = ("auto", "eager", "jit", "onnx")
 #: batches up to this size run with ``small_batch_threads`` threads (see module docstring).
 SMALL_BATCH = 4
-#: threads for small batches (batch 1 latency); measured in benchmarks/fastpath.md.
+#: threads for small batches (batch 1 latency); measured in BENCHMARKS.md.
 small_batch_threads: int = 1
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _lock = threading.RLock()

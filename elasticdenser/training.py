@@ -956,7 +956,7 @@ def _joint_stage(encoder, data: TrainingData, config: TrainConfig, dist: Dist, c
 # ----------------------------------------------------------------------------------------------
 # main-job stage (elasticdenser pipeline)
 
-#: the short elastic-training stage of the main job (a few hundred steps; see benchmarks/train.md)
+#: the short elastic-training stage of the main job (a few hundred steps; see BENCHMARKS.md)
 PIPELINE_TRAIN_DEFAULTS = dict(
     steps=200, batch_size=16, sampling="sandwich", num_random=1, lr=3e-4, warmup_steps=10,
     reorder_samples=64, reorder_documents=256, val_size=64, eval_every=100, checkpoint_every=100,

@@ -103,11 +103,18 @@ def encode_texts(encoder, texts: Sequence[str], batch_size: int = 64, bf16: bool
 def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int = 0, num_shards: int = 1,
                   chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 64, dtype: str = "float32",
                   bf16: bool = False, max_length: Optional[int] = None, collection: str = "",
-                  progress: bool = True, stop_after_chunks: Optional[int] = None) -> dict:
+                  progress: bool = True, stop_after_chunks: Optional[int] = None,
+                  precomputed: Optional[np.ndarray] = None) -> dict:
     """Encode this shard's missing chunks; returns counts ``{"encoded", "skipped", "seconds", ...}``.
 
     ``stop_after_chunks`` (tests and benchmarks) stops after that many new chunks, as if killed.
+    ``precomputed``: full-width embeddings of the whole corpus, in corpus order, that ``encoder``
+    already computed (e.g. the training stage's frozen document embeddings): they are stored as
+    they are instead of being encoded a second time.
     """
+    if precomputed is not None and precomputed.shape != (len(corpus), encoder.space.hidden_size):
+        raise ValueError(f"precomputed embeddings have shape {precomputed.shape}, expected "
+                         f"({len(corpus)}, {encoder.space.hidden_size}) for this corpus and model")
     check_dtype(dtype)
     exp_dir = Path(exp_dir)
     (exp_dir / CHUNKS).mkdir(parents=True, exist_ok=True)
@@ -130,8 +137,13 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
                 break
             lo, hi = plan.bounds(c)
             docs = [corpus[p] for p in range(lo, hi)]
-            emb = encode_texts(encoder, [d.contents for d in docs], batch_size=batch_size, bf16=bf16,
-                               max_length=max_length, on_batch=bar.update if bar else None)
+            if precomputed is not None:
+                emb = np.asarray(precomputed[lo:hi])
+                if bar:
+                    bar.update(hi - lo)
+            else:
+                emb = encode_texts(encoder, [d.contents for d in docs], batch_size=batch_size, bf16=bf16,
+                                   max_length=max_length, on_batch=bar.update if bar else None)
             # passages first, embeddings last: a chunk counts as done once its .npy exists
             with atomic_path(chunk_path(exp_dir, c, ".jsonl")) as tmp:
                 tmp.write_bytes(b"".join(docstore.doc_line(d) for d in docs))

@@ -9,7 +9,7 @@ A FAISS GPU index is used automatically when ``faiss-gpu`` and a GPU are present
 
 BLAS threshold: faiss-cpu (1.15 here) ships ``distance_compute_blas_threshold = 128000``, i.e.
 exact search only uses BLAS for batches of >= 128,000 queries; below that it runs its own
-kernel, which is measured 5-17x slower for ~1000-query batches at d <= 96 (benchmarks/index.md).
+kernel, which is measured 5-17x slower for ~1000-query batches at d <= 96 (BENCHMARKS.md).
 ``tune_faiss()`` sets it to 20 (BLAS for any batch of 20+ queries), which was as fast or faster
 at every width and batch size measured.
 

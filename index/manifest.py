@@ -86,6 +86,9 @@ def check_model(manifest: Dict[str, Any], encoder, allow_mismatch: bool = False)
     """
     want = manifest.get("model", {}).get("fingerprint")
     got = encoder.fingerprint()
+    # a trained query model searches documents encoded by its frozen document tower: either fits
+    if got == manifest.get("document_model", {}).get("fingerprint"):
+        return None
     if want == got:
         return None
     msg = (f"model fingerprint {str(got)[:16]}... does not match the index's {str(want)[:16]}... "

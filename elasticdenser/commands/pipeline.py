@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
+
 
 @dataclass
 class Context:
@@ -63,10 +65,19 @@ def build_index(ctx: Context) -> None:
     # every default width is indexed, whichever points this run then evaluates
     widths = enc.space.widths(list(enc.default_points()) + resolve_points(ctx.args.points, enc))
     ctx.points = resolve_points(ctx.args.points, enc)
-    build.encode_stage(enc, ctx.collection.corpus, ctx.out, collection=ctx.collection.name,
+    # documents are encoded once, by the full model of the (frozen) document tower
+    doc_enc = ctx.extra.get("document_encoder", enc)
+    cached = ctx.extra.get("document_embeddings")  # the training stage already encoded them
+    build.encode_stage(doc_enc, ctx.collection.corpus, ctx.out, collection=ctx.collection.name,
                        batch_size=ctx.args.batch_size, dtype=ctx.args.dtype, bf16=ctx.args.bf16,
-                       progress=not ctx.args.quiet)
-    build.merge_stage(enc, ctx.out, collection=ctx.collection.name)
+                       progress=not ctx.args.quiet, save_model_dir=False,
+                       precomputed=np.load(cached, mmap_mode="r") if cached else None)
+    build.merge_stage(doc_enc, ctx.out, collection=ctx.collection.name)
+    build.save_model(enc, ctx.out)
+    if doc_enc is not enc:
+        from elasticdenser.index import manifest as mf
+
+        mf.update(ctx.out, model=mf.model_section(enc), document_model=mf.model_section(doc_enc))
     m = build.index_stage(ctx.out, widths, fi.parse_index_types(ctx.args.index_type, widths))
     ctx.log("[index] " + ", ".join(f"{m['indexes'][str(w)]['file']} ({m['indexes'][str(w)]['factory']})" for w in widths))
 
@@ -96,8 +107,35 @@ def report(ctx: Context) -> None:
     ctx.log(f"[report] {paths['json']} {paths['md']}")
 
 
+def train(ctx: Context) -> None:
+    """A short elastic training stage (skipped with ``--train-steps 0``)."""
+    if ctx.args.train_steps > 0:
+        from elasticdenser.training import pipeline_train_stage
+
+        pipeline_train_stage(ctx)
+        ctx.encoder.eval()
+        ctx.encoder.serve_backend = "auto"
+
+
+def simulate(ctx: Context) -> None:
+    """Profile every point on this machine, then a discrete-event ramp: router vs static points."""
+    if ctx.args.slo_ms <= 0:
+        return
+    import random
+
+    from elasticdenser.eval.simulate import ramp_summary
+    from elasticdenser.profile import measure_profile, save_profile
+    from elasticdenser.router import RouterConfig
+
+    queries = random.Random(0).sample(ctx.collection.queries, min(200, len(ctx.collection.queries)))
+    profile = measure_profile(ctx.searcher, queries, ctx.collection.qrels or None, k=10, points=ctx.points,
+                              batch_sizes=(1, 2, 4, 8, 16, 32), repeats=3, log=ctx.log)
+    save_profile(ctx.out, profile)
+    ctx.log("\n" + ramp_summary(profile, RouterConfig(slo_ms=ctx.args.slo_ms)))
+
+
 #: The stages, in order; other modules may insert theirs (keep each small and single-purpose).
-STAGES: List[Callable[[Context], None]] = [load_data, load_model, build_index, search_points, report]
+STAGES: List[Callable[[Context], None]] = [load_data, load_model, train, build_index, search_points, report, simulate]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -116,6 +154,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="elastic training steps before indexing (0: evaluate the starting model by plain truncation)")
+    p.add_argument("--train-config", default=None, help="YAML/TOML training config (elasticdenser train --print-config)")
+    p.add_argument("--slo-ms", type=float, default=0.0,
+                   help="end with a profile + discrete-event load simulation at this latency target (0: skip)")
     p.set_defaults(func=run)
 
 
