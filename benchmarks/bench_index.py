@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_index.py encode --n 512            # passages/s, fp32 vs bf16
     .venv/bin/python benchmarks/bench_index.py index --exp runs/nq-sample  # nq-sample size, real vectors
-    .venv/bin/python benchmarks/bench_index.py index --exp runs/nq-sample --scale 1000000 --types Flat,IVF4096,PQ{m}
+    .venv/bin/python benchmarks/bench_index.py index --exp runs/nq-sample --scale 1000000 --types 'Flat;IVF1024,PQ{m}' \
+        --batches 1,1000 --small-batch-queries 50 --train-size 65536   # 1M vectors, short batch-1 timing
     .venv/bin/python benchmarks/bench_index.py blas --n 200000            # the BLAS-threshold trap
 
 At ``--scale N`` the vectors are real nq-sample embeddings resampled with Gaussian noise (sigma 0.05
@@ -101,8 +102,9 @@ def bench_index(args) -> list:
                 del flat
             row = {"bench": "index", "n": len(store), "width": w, "factory": factory, "build_s": round(build_s, 2),
                    "bytes": size, "mb": round(size / 1e6, 1)}
-            for bs in (1, 32, 1000):
-                qq = q[: max(bs, min(len(q), 1000))]
+            for bs in [int(b) for b in args.batches.split(",")]:
+                nq = min(len(q), 1000) if bs >= 1000 else min(len(q), args.small_batch_queries)
+                qq = q[: max(bs, nq)]
                 t0 = time.perf_counter()
                 for lo in range(0, len(qq), bs):
                     index.search(qq[lo : lo + bs], 100)
@@ -160,6 +162,9 @@ def main(argv=None) -> int:
     p.add_argument("--types", default="Flat;HNSW32;IVF256,PQ{m}", help="';'-separated factory strings")
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--train-size", type=int, default=100000)
+    p.add_argument("--batches", default="1,32,1000", help="comma-separated search batch sizes")
+    p.add_argument("--small-batch-queries", type=int, default=1000,
+                   help="queries timed for batches < 1000 (fewer keeps batch-1 runs at 1M vectors short)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     rows = {"encode": bench_encode, "index": bench_index, "blas": bench_blas}[args.what](args)

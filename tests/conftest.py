@@ -52,3 +52,28 @@ def tiny_bert_dir(tmp_path_factory, minilm_path) -> Path:
     BertModel(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_bert_dir):
+    from elasticdenser.encoder import ElasticEncoder
+
+    return ElasticEncoder.from_pretrained(str(tiny_bert_dir))
+
+
+@pytest.fixture(scope="session")
+def small_nq(data_dir):
+    """``small_nq(n_docs, n_queries)``: the first gold passages of nq-sample (real text) and the
+    questions whose gold passage is among them, small enough for the tiny model."""
+    from elasticdenser.data import load_collection
+    from elasticdenser.data.types import Collection, Corpus
+
+    full = load_collection("nq-sample", data_dir)
+
+    def make(n_docs: int = 240, n_queries: int = 40) -> Collection:
+        docs = list(full.corpus)[:n_docs]
+        keep = {d.doc_id for d in docs}
+        queries = [q for q in full.queries if next(iter(full.qrels[q.query_id])) in keep][:n_queries]
+        return Collection("nq-small", Corpus(docs), queries, {q.query_id: full.qrels[q.query_id] for q in queries})
+
+    return make

@@ -8,31 +8,10 @@ from elasticdenser.index import build
 from elasticdenser.index import encode as enc
 from elasticdenser.index.store import EmbeddingStore, truncate_normalize
 
-from elasticdenser.data.types import Collection, Corpus
-
-
-def small_collection(data_dir, n_docs: int = 240, n_queries: int = 40) -> Collection:
-    """The first gold passages and questions of nq-sample (real text), small enough for a tiny model."""
-    from elasticdenser.data import load_collection
-
-    coll = load_collection("nq-sample", data_dir)
-    docs = [d for d in coll.corpus][:n_docs]
-    keep = {d.doc_id for d in docs}
-    queries = [q for q in coll.queries if next(iter(coll.qrels[q.query_id])) in keep][:n_queries]
-    qrels = {q.query_id: coll.qrels[q.query_id] for q in queries}
-    return Collection("nq-small", Corpus(docs), queries, qrels)
-
 
 @pytest.fixture(scope="module")
-def tiny_encoder(tiny_bert_dir):
-    from elasticdenser.encoder import ElasticEncoder
-
-    return ElasticEncoder.from_pretrained(str(tiny_bert_dir))
-
-
-@pytest.fixture(scope="module")
-def coll(data_dir):
-    return small_collection(data_dir, n_docs=150, n_queries=20)
+def coll(small_nq):
+    return small_nq(n_docs=150, n_queries=20)
 
 
 @pytest.fixture(scope="module")

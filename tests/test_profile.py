@@ -18,15 +18,6 @@ from elasticdenser.profile import load_profile
 from elasticdenser.router import RouterConfig
 
 
-
-def small_collection(data_dir, n_docs):
-    """The first gold passages of nq-sample (real text)."""
-    from elasticdenser.data import load_collection
-    from elasticdenser.data.types import Corpus
-
-    return Corpus([d for d in load_collection("nq-sample", data_dir).corpus][:n_docs])
-
-
 @contextlib.contextmanager
 def running_server(app):
     """uvicorn on 127.0.0.1 (a free port) in a thread; stopped on exit."""
@@ -49,13 +40,6 @@ def running_server(app):
         sock.close()
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tiny_bert_dir):
-    from elasticdenser.encoder import ElasticEncoder
-
-    return ElasticEncoder.from_pretrained(str(tiny_bert_dir))
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """One intra-op thread while this module runs (restored after): on a busy 2-core machine torch's
@@ -69,8 +53,8 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def exp(tmp_path_factory, tiny_encoder, data_dir):
-    corpus = small_collection(data_dir, n_docs=60)
+def exp(tmp_path_factory, tiny_encoder, data_dir, small_nq):
+    corpus = small_nq(n_docs=60).corpus
     out = tmp_path_factory.mktemp("exp")
     build.build_experiment(tiny_encoder, corpus, out, collection="nq-sample", chunk_size=64, progress=False)
     rc = main(["profile", str(out), "--data-dir", str(data_dir), "--max-queries", "6", "--batch-sizes", "1,2,4",
