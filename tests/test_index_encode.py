@@ -105,3 +105,18 @@ def test_cli_sharded_index_then_merge(tmp_path, tiny_bert_dir, data_dir, capsys)
     assert {w: i["factory"] for w, i in m["indexes"].items()} == {"64": "Flat", "32": "HNSW16"}
     assert not list((out / enc.CHUNKS).glob("chunk-*"))
     assert len(enc.read_doc_ids(out)) == 4351
+
+
+def test_precomputed_embeddings_are_stored_not_recomputed(tmp_path, tiny_encoder, coll, reference):
+    """The main job reuses the training stage's frozen document embeddings."""
+    ref = np.load(reference / enc.EMBEDDINGS)
+    with pytest.raises(ValueError, match="shape"):
+        build.encode_stage(tiny_encoder, coll.corpus, tmp_path / "bad", collection="nq-small", progress=False,
+                           precomputed=ref[:-1])
+    marked = ref.copy()
+    marked[:, 0] = np.arange(len(ref))  # not what the encoder would produce: proves nothing was re-encoded
+    build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40, progress=False,
+                       precomputed=marked)
+    build.merge_stage(tiny_encoder, tmp_path, collection="nq-small")
+    assert np.array_equal(np.load(tmp_path / enc.EMBEDDINGS), marked)
+    assert (tmp_path / "docs.jsonl").read_bytes() == (reference / "docs.jsonl").read_bytes()

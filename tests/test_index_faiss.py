@@ -97,3 +97,8 @@ def test_manifest_refuses_another_model():
     with pytest.raises(mf.ManifestMismatchError, match="does not match"):
         mf.check_model(m, Fake("b" * 64))
     assert "does not match" in mf.check_model(m, Fake("b" * 64), allow_mismatch=True)
+    # a trained query model searches documents of its frozen document tower: both are accepted
+    m["document_model"] = {"fingerprint": "d" * 64}
+    assert mf.check_model(m, Fake("d" * 64)) is None
+    with pytest.raises(mf.ManifestMismatchError):
+        mf.check_model(m, Fake("b" * 64))
