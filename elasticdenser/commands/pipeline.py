@@ -1,11 +1,11 @@
 """``elasticdenser pipeline``: the main job, end to end on one collection.
 
-load collection -> load encoder -> encode corpus once + one index per width -> batch-search every
-operating point -> metrics table (printed, saved as metrics.json / metrics.md in --out).
+load collection -> load encoder -> [elastic training, --train-steps] -> encode corpus once + one
+index per width -> batch-search every operating point -> metrics table (printed, saved as
+metrics.json / metrics.md in --out) -> [profile + discrete-event load simulation, --slo-ms].
 
 The job is a list of stage functions, ``STAGES``, each ``stage(ctx) -> None`` reading and
-writing the shared :class:`Context`. Other stages slot in by position, e.g. a training stage
-before ``build_index`` (set ``ctx.encoder``) or a simulation summary after ``report``.
+writing the shared :class:`Context`, so a stage can be added by position.
 """
 from __future__ import annotations
 
