@@ -272,6 +272,18 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def rank0_decides(self, flag: bool) -> bool:
+        """Rank 0's value of ``flag`` on every rank.
+
+        A check of shared state (does the cache file exist yet?) must be taken once: a rank that
+        looks after rank 0 has written the file would skip the collective rank 0 waits in.
+        """
+        if self.world <= 1:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
+        torch.distributed.broadcast(t, src=0)
+        return bool(t.item())
+
 
 def setup_distributed() -> Dist:
     """Initialise torch.distributed from torchrun's env (gloo on CPU, NCCL on GPUs)."""
@@ -341,7 +353,7 @@ def encode_documents(encoder, texts: Sequence[str], config: TrainConfig, cache_d
     """Full-model, full-width document embeddings; computed once (rank 0) and cached as .npy."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"docs-{key}.npy"
-    if not path.is_file():
+    if dist.rank0_decides(not path.is_file()):
         if dist.main:
             log.info("encoding %d documents with the full model -> %s", len(texts), path)
             emb = encoder.encode(
@@ -661,7 +673,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
     doc_model_dir = None
     if config.mode == "joint":
         doc_model_dir = out / "document_model"
-        if not (doc_model_dir / "config.json").is_file():
+        if dist.rank0_decides(not (doc_model_dir / "config.json").is_file()):
             _joint_stage(encoder, data, config, dist, cache_dir)
             if dist.main:
                 encoder.save_pretrained(doc_model_dir)

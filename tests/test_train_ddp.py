@@ -11,10 +11,20 @@ import torch
 
 SCRIPT = textwrap.dedent(
     """
-    import os, sys, torch
+    import os, sys, time, torch
     torch.set_num_threads(1)
+    from elasticdenser import training
     from elasticdenser.train_config import TrainConfig
     from elasticdenser.training import train
+
+    if os.environ["RANK"] == "1":
+        # rank 1 lags: rank 0 has written the document cache before rank 1 looks for it, which
+        # must not make the ranks disagree on the collectives they enter
+        _load = training.load_training_data
+        def _slow_load(*a, **k):
+            time.sleep(8)
+            return _load(*a, **k)
+        training.load_training_data = _slow_load
 
     cfg = TrainConfig.load(sys.argv[1])
     res = train(cfg)
