@@ -59,6 +59,9 @@ class TrainConfig:
     #: the listed points (None = the encoder's default points); smallest/largest bound the sandwich
     points: Optional[List[str]] = None
     num_random: int = 2
+    #: train only the listed points, without the full point (a static baseline of one shape);
+    #: False (elastic) always trains the full point too, which keeps it on the fixed documents
+    static: bool = False
     #: embedding widths with a loss (Matryoshka); None = the widths of `points`
     widths: Optional[List[int]] = None
     #: granularity of random FFN sizes (None = intermediate_size // num_heads)
@@ -140,6 +143,8 @@ class TrainConfig:
                 raise ValueError(f"train config: {name} must be > 0, got {getattr(self, name)!r}")
         if self.distill_weight == self.align_weight == self.contrastive_weight == 0:
             raise ValueError("train config: every loss is switched off (all weights are 0)")
+        if self.static and not self.points:
+            raise ValueError("train config: static needs the point(s) to train in `points`")
         if self.num_random < 0:
             raise ValueError("train config: num_random must be >= 0")
         if isinstance(self.exclude, str):

@@ -661,7 +661,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
     encoder = _load_encoder(start_model, dist.device)
     space = encoder.space
     points = [space.validate(p) for p in (parse_points(config.points) if config.points else encoder.default_points())]
-    if space.full not in points:
+    if space.full not in points and not config.static:
         points = [space.full] + points
     widths = sorted({int(w) for w in (config.widths or space.widths(points))} | {space.hidden_size}, reverse=True)
     for w in widths:
@@ -797,7 +797,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
                 with autocast():
                     s_pooled = encoder.pooled(batch["input_ids"], batch["attention_mask"], p, batch.get("token_type_ids"))
                 loss, _parts = objective.point_loss(encoder, s_pooled, p, prep, largest=p == sampler.largest)
-                weight = config.largest_weight if p == sampler.largest else 1.0
+                weight = config.largest_weight if p == sampler.largest and not config.static else 1.0
                 (loss * weight / (config.grad_accum * len(points_now))).backward()
                 key = _point_key(p, sampler)
                 step_losses[key] = step_losses.get(key, 0.0) + float(loss.detach()) / config.grad_accum

@@ -147,3 +147,24 @@ def test_training_calls_the_data_layer_guard(monkeypatch, tmp_path, tiny_bert_di
     with pytest.raises(data.LeakageError):
         load_training_data(tiny_config(tmp_path, tiny_bert_dir, data_dir), collection=nq)
     assert calls == {"name": "query-pool", "exclude": ["nq-sample"]}
+
+
+def test_static_trains_only_its_point(tmp_path, tiny_bert_dir, data_dir, nq, pool):
+    """A static baseline trains one shape: weights outside it stay as they started, the full point untouched."""
+    from elasticdenser.encoder import ElasticEncoder
+    from elasticdenser.training import train
+
+    point = "L2-H2-F64-D32"
+    cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir, points=[point], static=True, reorder=False,
+                      eval_every=0, checkpoint_every=0)
+    res = train(cfg, collection=nq, pool=pool)
+    assert set(res.first_losses) == {"largest"}  # one point: it is both ends of the list
+    assert res.last_losses["largest"] < 0.8 * res.first_losses["largest"]
+    start = ElasticEncoder.from_pretrained(tiny_bert_dir).model.state_dict()
+    trained = res.encoder.model.state_dict()
+    moved = {n for n in trained if not torch.equal(trained[n], start[n])}
+    assert moved and all(".layer.2." not in n and ".layer.3." not in n for n in moved), sorted(moved)
+    assert any(".layer.1." in n for n in moved)
+    assert point in [p.name for p in ElasticEncoder.from_pretrained(Path(cfg.output_dir) / "model").default_points()]
+    with pytest.raises(ValueError, match="static"):
+        TrainConfig(static=True).validate()
