@@ -86,26 +86,33 @@ def _sentence_transformers_layout(path: Path) -> Dict[str, Any]:
         return {}
     info: Dict[str, Any] = {"normalize": False, "transformer_dir": path}
     for module in modules:
-        kind = module.get("type", "")
+        # "sentence_transformers.models.Pooling" (v2-v5) or "...modules.pooling.Pooling" (v6+)
+        kind = module.get("type", "").rsplit(".", 1)[-1]
         sub = path / module.get("path", "")
-        if kind.endswith("models.Transformer"):
+        if kind == "Transformer":
             info["transformer_dir"] = sub
             st_cfg = _read_json(sub / "sentence_bert_config.json") or _read_json(path / "sentence_bert_config.json")
             if st_cfg and st_cfg.get("max_seq_length"):
                 info["max_length"] = int(st_cfg["max_seq_length"])
-        elif kind.endswith("models.Pooling"):
+        elif kind == "Pooling":
             pool = _read_json(sub / "config.json") or {}
-            if pool.get("pooling_mode_cls_token"):
+            mode = pool.get("pooling_mode")  # v6+: one name; before: one flag per mode
+            modes = [mode] if mode else [k[len("pooling_mode_"):] for k, v in pool.items() if k.startswith("pooling_mode") and v]
+            if modes in (["cls"], ["cls_token"]):
                 info["pooling"] = "cls"
-            elif pool.get("pooling_mode_mean_tokens", True):
+            elif modes in (["mean"], ["mean_tokens"], []):
                 info["pooling"] = "mean"
             else:
-                modes = [k for k, v in pool.items() if k.startswith("pooling_mode") and v]
                 raise UnsupportedModelError(
-                    f"{path}: pooling {modes} is not supported; the elastic encoder supports mean and CLS pooling"
+                    f"{sub / 'config.json'}: pooling {modes} is not supported; the elastic encoder supports mean and CLS pooling"
                 )
-        elif kind.endswith("models.Normalize"):
+        elif kind == "Normalize":
             info["normalize"] = True
+        else:
+            raise UnsupportedModelError(
+                f"{path / 'modules.json'}: module {module.get('type')!r} is not supported; "
+                "the elastic encoder runs a transformer, mean/CLS pooling and normalisation only"
+            )
     return info
 
 

@@ -418,3 +418,30 @@ def test_materialized_serving_cache_follows_weights(tiny, questions):
     changed = enc.encode(questions[:4], point, materialized=False)
     assert np.abs(changed - sliced).max() > 1e-4
     assert np.abs(enc.encode(questions[:4], point, materialized=True) - changed).max() <= TOL
+
+
+@pytest.mark.parametrize("types", [
+    ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling", "sentence_transformers.models.Normalize"),
+    ("sentence_transformers.base.modules.transformer.Transformer",
+     "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+     "sentence_transformers.base.modules.normalize.Normalize"),
+])
+def test_sentence_transformers_layouts(tmp_path, tiny_bert_dir, types):
+    """Both the v2-v5 and the v6 module names are read: losing Normalize would change every score."""
+    import json
+    import shutil
+
+    d = tmp_path / "st"
+    shutil.copytree(tiny_bert_dir, d)
+    (d / "1_Pooling").mkdir()
+    legacy = types[0].startswith("sentence_transformers.models")
+    pool = {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False} if legacy else {"pooling_mode": "cls"}
+    (d / "1_Pooling" / "config.json").write_text(json.dumps(pool))
+    modules = [{"idx": i, "name": str(i), "path": p, "type": t} for i, (p, t) in enumerate(zip(["", "1_Pooling", "2_Normalize"], types))]
+    (d / "modules.json").write_text(json.dumps(modules))
+    enc = ElasticEncoder.from_pretrained(d)
+    assert (enc.pooling, enc.normalize) == ("cls", True)
+    modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    (d / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(UnsupportedModelError, match="Dense"):
+        ElasticEncoder.from_pretrained(d)
