@@ -53,7 +53,7 @@ class Collection:
 
     def doc_vectors(self, encoder, point, tag: str) -> np.ndarray:
         """Passage vectors of ``encoder`` at ``point`` (full width), cached as .npy by model fingerprint."""
-        from elasticdenser.index.atomic import atomic_path
+        from elasticdenser.index.atomic import atomic_path, write_text
 
         path = self.cache / f"{self.name}-{tag}-{encoder.fingerprint()[:16]}-{point.name}-{self.max_length}.npy"
         if not path.is_file():
@@ -63,7 +63,7 @@ class Collection:
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
                     np.save(fh, emb)
-            (path.with_suffix(".seconds")).write_text(f"{time.time() - t:.1f}")
+            write_text(path.with_suffix(".seconds"), f"{time.time() - t:.1f}")
         return np.load(path)
 
     def encode_seconds(self, encoder, point, tag: str) -> Optional[float]:
@@ -222,8 +222,6 @@ def main(argv=None) -> int:
     given = dict(s.split("=", 1) for s in args.docs)
     report: Dict[str, object] = {"command": " ".join([sys.executable] + sys.argv), "threads": args.threads,
                                  "collections": {}, "latency": {}}
-    import elasticdenser.data as data  # noqa: F401  (collections register on import)
-
     lat_texts = None
     md = []
     for name in args.collections:

@@ -441,6 +441,12 @@ class ElasticEncoder(nn.Module):
         dev = self.device
         return {k: v.to(dev) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
+    def _encode_inputs(self, texts: Union[str, Sequence[str]], point: PointLike):
+        """The resolved point, the texts as a list and the (zero) output array every encode path fills."""
+        p = self.resolve_point(point)
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return p, texts, np.zeros((len(texts), p.width), dtype=np.float32)
+
     @torch.inference_mode()
     def encode(
         self,
@@ -470,11 +476,7 @@ class ElasticEncoder(nn.Module):
             resolved = fastpath.resolve_backend(name)
             if resolved != "eager" and not bf16 and not self.training and self.device.type == "cpu":
                 return fastpath.encode_fast(self, texts, point, batch_size, max_length, progress, backend=resolved)
-        p = self.resolve_point(point)
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        out = np.zeros((len(texts), p.width), dtype=np.float32)
+        p, texts, out = self._encode_inputs(texts, point)
         if not texts:
             return out
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))

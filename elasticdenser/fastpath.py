@@ -38,7 +38,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -221,11 +221,7 @@ def get_runner(encoder, point=None, backend: Optional[str] = "auto") -> FastRunn
 def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32, max_length: Optional[int] = None,
                 progress: bool = False, backend: Optional[str] = "auto", threads: Optional[int] = None) -> np.ndarray:
     """:meth:`ElasticEncoder.encode` on a fast backend (fp32): same batching (longest first), same output."""
-    p = encoder.resolve_point(point)
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    out = np.zeros((len(texts), p.width), dtype=np.float32)
+    p, texts, out = encoder._encode_inputs(texts, point)
     if not texts:
         return out
     runner = get_runner(encoder, p, backend)

@@ -36,7 +36,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from elasticdenser.losses import (
     ContrastiveLoss,
