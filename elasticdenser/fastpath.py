@@ -209,7 +209,7 @@ def get_runner(encoder, point=None, backend: Optional[str] = "auto") -> FastRunn
     p = encoder.resolve_point(point)
     name = resolve_backend(backend)
     cache = encoder.__dict__.setdefault("_fast_cache", {})
-    key = (p, name, encoder.pooling, encoder.normalize, encoder._weights_version())
+    key = (p, name, encoder.pooling, encoder.normalize, encoder._state_version())
     with _lock:
         entry = cache.get((p, name))
         if entry is None or entry[0] != key:

@@ -45,6 +45,9 @@ class TrainConfig:
     mode: str = "frozen"
     #: importance-reorder heads/neurons once before elastic training
     reorder: bool = True
+    #: choose the layers each depth keeps by greedy elimination (``ElasticEncoder.reorder_layers``)
+    #: instead of the bottom-up rule; measured: bottom 3 MiniLM layers MRR@10 0.38, chosen 3 0.90
+    reorder_layers: bool = True
     #: questions / documents scored for importance, and the document length used there
     reorder_samples: int = 256
     reorder_documents: int = 512

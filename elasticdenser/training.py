@@ -277,11 +277,15 @@ class Dist:
         A check of shared state (does the cache file exist yet?) must be taken once: a rank that
         looks after rank 0 has written the file would skip the collective rank 0 waits in.
         """
+        return bool(self.from_rank0([int(flag)])[0])
+
+    def from_rank0(self, values: Sequence[int]) -> List[int]:
+        """Rank 0's integers on every rank, for choices each rank would otherwise make on its own."""
         if self.world <= 1:
-            return flag
-        t = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
+            return list(values)
+        t = torch.tensor(list(values), dtype=torch.int64, device=self.device)
         torch.distributed.broadcast(t, src=0)
-        return bool(t.item())
+        return [int(v) for v in t.tolist()]
 
 
 def setup_distributed() -> Dist:
@@ -442,6 +446,7 @@ def _restore_permutation(encoder, elastic_config: dict) -> None:
     encoder.ffn_permutation = [list(x) for x in elastic_config["ffn_permutation"]]
     encoder.reordered = bool(elastic_config.get("reordered", False))
     encoder.importance_info = elastic_config.get("importance")
+    encoder.layer_order = [int(i) for i in elastic_config.get("layer_order") or range(encoder.space.num_layers)]
 
 
 def load_checkpoint_encoder(checkpoint: "str | Path", device: "str | torch.device" = "cpu"):
@@ -692,25 +697,28 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
             teacher.reordered = True
         encoder.model.load_state_dict(state["model"])
     else:
-        if config.reorder:
+        if config.reorder or config.reorder_layers:
             n = min(config.reorder_samples, len(data.examples))
             rng = np.random.default_rng([config.seed, 11])
             q_idx = rng.choice(len(data.examples), size=n, replace=False)
             d_idx = rng.choice(len(data.doc_texts), size=min(len(data.doc_texts), config.reorder_documents), replace=False)
-            info = encoder.reorder_by_importance(
-                [data.examples[i].text for i in q_idx],
-                [data.doc_texts[i] for i in sorted(d_idx)],
-                batch_size=32,
+            sample = dict(
+                queries=[data.examples[i].text for i in q_idx],
+                documents=[data.doc_texts[i] for i in sorted(d_idx)],
                 max_query_length=config.query_max_length,
                 max_doc_length=min(config.doc_max_length, config.reorder_doc_max_length),
-                progress=config.progress and dist.main,
             )
-            log.info("importance reordering: %s", info)
+            if config.reorder:
+                info = encoder.reorder_by_importance(**sample, batch_size=32, progress=config.progress and dist.main)
+                log.info("importance reordering: %s", info)
+            if config.reorder_layers:
+                log.info("layer order (most important first): %s", encoder.reorder_layers(**sample))
         teacher = copy.deepcopy(encoder)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     _broadcast_parameters(encoder, dist)
+    encoder.layer_order = teacher.layer_order = dist.from_rank0(encoder.layer_order)
 
     # --- validation labels: the teacher's top-1 document ----------------------------------------
     val_labels = None

@@ -68,7 +68,7 @@ def masked_reference(enc: ElasticEncoder, batch, point: OperatingPoint) -> torch
     head_mask = (torch.arange(H) < point.heads).float()
     ffn_mask = (torch.arange(enc.space.intermediate_size) < point.ffn).float()
     neg = (1.0 - mask[:, None, None, :].float()) * -1e9
-    for layer in m.encoder.layer[: point.layers]:
+    for layer in [m.encoder.layer[i] for i in enc.layers_of(point.layers)]:
         sa = layer.attention.self
         q = sa.query(x).view(B, S, H, hd).transpose(1, 2)
         k = sa.key(x).view(B, S, H, hd).transpose(1, 2)
@@ -274,6 +274,47 @@ def test_apply_permutation_composes(tiny, questions):
         assert torch.equal(a, b)
     with pytest.raises(ValueError):
         enc.apply_permutation([[0, 0, 1, 2]] * 4, inv_f)
+
+
+def test_layer_order_selects_nested_layers(tiny, tmp_path, questions):
+    enc = copy.deepcopy(tiny)
+    enc.layer_order = [3, 0, 2, 1]
+    assert [enc.layers_of(k) for k in (1, 2, 3, 4)] == [[3], [0, 3], [0, 2, 3], [0, 1, 2, 3]]
+    batch = enc.tokenize(questions[:6])
+    for point in (OperatingPoint(2, 3, 100, 48), OperatingPoint(3, 4, 128, 64), OperatingPoint(1, 2, 40, 16)):
+        with torch.no_grad():
+            ref = masked_reference(enc, batch, point)
+            got = enc(batch["input_ids"], batch["attention_mask"], point, batch.get("token_type_ids"))
+        assert (got - ref).abs().max() <= TOL
+        # the serving cache follows the layer order, and the materialised copy runs the same layers
+        assert np.abs(enc.encode(questions[:6], point, materialized=True) - ref.numpy()).max() <= TOL
+    enc.save_pretrained(tmp_path / "m")
+    back = ElasticEncoder.from_pretrained(tmp_path / "m")
+    assert back.layer_order == [3, 0, 2, 1]
+    assert np.array_equal(back.encode(questions[:4], "L2-H2-F64-D32"), enc.encode(questions[:4], "L2-H2-F64-D32"))
+    assert back.fingerprint() == enc.fingerprint() != tiny.fingerprint()
+    cfg = json.loads((tmp_path / "m" / "elastic_config.json").read_text())
+    cfg["layer_order"] = [0, 0, 1, 2]
+    (tmp_path / "m" / "elastic_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="layer_order"):
+        ElasticEncoder.from_pretrained(tmp_path / "m")
+
+
+def test_reorder_layers_keeps_the_layers_that_matter_minilm(minilm, questions, passages):
+    """Greedy elimination must beat bottom-up truncation at equal depth (top-1 agreement with full)."""
+    enc = copy.deepcopy(minilm)
+    probe, docs = questions[200:328], passages[:256]
+    doc_emb = enc.encode(docs)
+    full_top = (enc.encode(probe) @ doc_emb.T).argmax(1)
+
+    def agreement(e):
+        return float(((e.encode(probe, "L3-H12-F1536-D384") @ doc_emb.T).argmax(1) == full_top).mean())
+
+    bottom_up = agreement(enc)
+    order = enc.reorder_layers(questions[:32], passages[:64], batch_size=16)
+    assert sorted(order) == list(range(6)) and enc.layer_order == order
+    assert np.abs(enc.encode(probe[:8]) - minilm.encode(probe[:8])).max() <= TOL  # full point untouched
+    assert agreement(enc) >= bottom_up + 0.2, (order, agreement(enc), bottom_up)
 
 
 # ------------------------------------------------------------------------------ save / load / fingerprint

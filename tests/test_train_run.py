@@ -163,8 +163,9 @@ def test_static_trains_only_its_point(tmp_path, tiny_bert_dir, data_dir, nq, poo
     start = ElasticEncoder.from_pretrained(tiny_bert_dir).model.state_dict()
     trained = res.encoder.model.state_dict()
     moved = {n for n in trained if not torch.equal(trained[n], start[n])}
-    assert moved and all(".layer.2." not in n and ".layer.3." not in n for n in moved), sorted(moved)
-    assert any(".layer.1." in n for n in moved)
+    kept = res.encoder.layers_of(2)  # the two layers the greedy layer ordering chose
+    assert moved and all(f".layer.{i}." not in n for i in range(4) if i not in kept for n in moved), (kept, sorted(moved))
+    assert all(any(f".layer.{i}." in n for n in moved) for i in kept)
     assert point in [p.name for p in ElasticEncoder.from_pretrained(Path(cfg.output_dir) / "model").default_points()]
     with pytest.raises(ValueError, match="static"):
         TrainConfig(static=True).validate()
