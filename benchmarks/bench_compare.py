@@ -114,19 +114,25 @@ def bm25(c: Collection, k: int = 100) -> dict:
     return c._result(scores, rows)
 
 
-def latency(encoder, point, texts: Sequence[str], rounds: int = 5) -> Dict[str, float]:
-    """Median batch-1 latency (ms) and batch-32 per-query time (ms) of query encoding (eager fp32)."""
+def latency(encoder, point, texts: Sequence[str], rounds: int = 5, backend: str = "eager") -> Dict[str, float]:
+    """Median batch-1 latency (ms) and batch-32 per-query time (ms) of query encoding, text in, fp32.
+
+    ``backend="eager"`` is the reference path; ``"onnx"`` the serving fast path (issue 8), whose
+    keys get an ``_onnx`` suffix.
+    """
     b1, b32 = [], []
-    encoder.encode(texts[:32], point, batch_size=32, max_length=64)  # warm-up
+    encoder.encode(texts[:32], point, batch_size=32, max_length=64, backend=backend)  # warm-up (+ export)
     for _ in range(rounds):
         for t in texts[:20]:
             s = time.perf_counter()
-            encoder.encode([t], point, batch_size=1, max_length=64)
+            encoder.encode([t], point, batch_size=1, max_length=64, backend=backend)
             b1.append(time.perf_counter() - s)
         s = time.perf_counter()
-        encoder.encode(texts[:32], point, batch_size=32, max_length=64)
+        encoder.encode(texts[:32], point, batch_size=32, max_length=64, backend=backend)
         b32.append((time.perf_counter() - s) / 32)
-    return {"batch1_ms": round(1000 * statistics.median(b1), 2), "batch32_ms_per_query": round(1000 * statistics.median(b32), 3)}
+    suffix = "" if backend == "eager" else f"_{backend}"
+    return {f"batch1_ms{suffix}": round(1000 * statistics.median(b1), 2),
+            f"batch32_ms_per_query{suffix}": round(1000 * statistics.median(b32), 3)}
 
 
 def significance(c: Collection, a: dict, b: dict) -> Dict[str, float]:
@@ -158,8 +164,9 @@ def plot(rows: List[dict], collection: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    key = "batch1_ms_onnx" if any(r.get("batch1_ms_onnx") for r in rows) else "batch1_ms"
     for method, marker in [("elastic", "o"), ("static", "s"), ("truncation", "x"), ("peer", "^")]:
-        pts = [(r["batch1_ms"], r["ndcg@10"]) for r in rows if r["method"] == method and r.get("batch1_ms")]
+        pts = [(r[key], r["ndcg@10"]) for r in rows if r["method"] == method and r.get(key)]
         if not pts:
             continue
         ax.scatter(*zip(*pts), marker=marker, label=method)
@@ -167,7 +174,7 @@ def plot(rows: List[dict], collection: str, path: Path) -> None:
     bm = next((r for r in rows if r["method"] == "bm25"), None)
     if bm:
         ax.axhline(bm["ndcg@10"], ls="--", c="grey", label="BM25 (bm25s)")
-    ax.set_xlabel("query latency, batch 1 (ms, eager fp32)")
+    ax.set_xlabel(f"query latency, batch 1 (ms, {'ONNX Runtime' if key.endswith('onnx') else 'eager'} fp32, text in)")
     ax.set_ylabel("nDCG@10")
     ax.set_title(f"{collection}: quality vs query cost")
     ax.legend()
@@ -291,9 +298,15 @@ def main(argv=None) -> int:
     if peer is not None:
         shapes.update({("peer", p.name): (peer, peer_point(p)) for p in points})
     lat: Dict[tuple, List[dict]] = {k: [] for k in shapes}
+    import importlib.util
+
+    backends = ["eager", "onnx"] if importlib.util.find_spec("onnxruntime") else ["eager"]
     for _ in range(3):
         for key, (enc, p) in shapes.items():
-            lat[key].append(latency(enc, p, lat_texts, rounds=2))
+            m: Dict[str, float] = {}
+            for backend in backends:
+                m.update(latency(enc, p, lat_texts, rounds=2, backend=backend))
+            lat[key].append(m)
     for key, vals in lat.items():
         report["latency"][f"{key[0]}:{key[1]}"] = {m: round(statistics.median(v[m] for v in vals), 3) for m in vals[0]}
     for name, block in report["collections"].items():
@@ -317,7 +330,8 @@ def main(argv=None) -> int:
         md.append(f"### {name} ({block['passages']:,} passages, {block['queries']:,} judged queries)\n")
         cols = ["method", "point", "ndcg@10", "mrr@10", "recall@20", "recall@100"] + \
                [f"answer@{k}" for k in ANSWER_KS if f"answer@{k}" in rows[0]] + \
-               ["kept_mrr@10", "kept_ndcg@10", "kept_recall@20", "params_m", "batch1_ms", "batch32_ms_per_query", "p_vs_static"]
+               ["kept_mrr@10", "kept_ndcg@10", "kept_recall@20", "params_m", "batch1_ms", "batch32_ms_per_query",
+                "batch1_ms_onnx", "batch32_ms_per_query_onnx", "p_vs_static"]
         md.append("| " + " | ".join(cols) + " |")
         md.append("|" + "---|" * len(cols))
         for r in rows:

@@ -114,6 +114,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_bert_dir, data_dir, nq, pool
     assert not (Path(cfg_b.output_dir) / "model").exists()
     resumed = train(cfg_b, collection=nq, pool=pool)
     assert resumed.resumed_from == 3 and resumed.steps == 6
+    assert resumed.encoder.layer_order == full.encoder.layer_order  # restored from the checkpoint
     a = full.encoder.model.state_dict()
     b = resumed.encoder.model.state_dict()
     for name in a:
