@@ -3,9 +3,10 @@
 Interleaved in one run: every round visits every variant in a fresh random order (background load
 lands on all variants alike); medians are reported. Per default point:
 
-* batch-1 latency (real NQ-open questions, pre-tokenised) for eager fp32, ``jit``, ``onnx`` with 1 and
-  2 threads, and eager bf16 autocast (1 thread);
-* batch-32 throughput (2 threads, and 1 thread for eager / onnx);
+* batch-1 latency (real NQ-open questions, pre-tokenised) for eager fp32, ``jit``, ``onnx`` and the
+  opt-in ``int8`` with 1 and 2 threads, eager bf16 autocast (1 thread), and the point's weight GEMMs
+  alone (torch, 1 thread: how close to the floor the GEMMs themselves get at a query's shapes);
+* batch-32 throughput (2 threads, and 1 thread for eager / onnx / int8);
 * end-to-end ``encode(text, point, backend=...)`` at batch 1 (tokenisation included);
 * bulk passage encoding at 128 tokens (batch 16, full point): eager fp32, onnx, bf16.
 
@@ -70,7 +71,7 @@ def main(argv=None):
     # ---- build (warm-up) cost
     build = {}
     runners = {}
-    for b in ("jit", "onnx"):
+    for b in ("jit", "onnx", "int8"):
         if b not in fastpath.available_backends():
             continue
         for p in points:
@@ -99,7 +100,20 @@ def main(argv=None):
             return enc.encode(text, p, backend=backend)
         return f
 
-    fast_backends = [b for b in ("jit", "onnx") if (b, points[0]) in runners]
+    def gemms_only(p, threads):
+        """Only the point's weight GEMMs (torch, batch-1 shapes, one weight copy per layer): what the
+        floor's 2048^3 rate cannot see, the GEMM rate at the shapes a single query really runs."""
+        m = enc.materialize(p)
+        S = int(med([float(b[1].sum()) for b in b1]))
+        x, a, h = (torch.randn(1, S, n) for n in (enc.space.hidden_size, m.layers[0].attn_out.in_features, p.ffn))
+
+        def f(_batch):
+            torch.set_num_threads(threads)
+            for layer in m.layers:
+                layer.qkv(x), layer.attn_out(a), layer.ffn_in(x), layer.ffn_out(h)
+        return f
+
+    fast_backends = [b for b in ("jit", "onnx", "int8") if (b, points[0]) in runners]
     v1, v32 = {}, {}
     for p in points:
         for th in (1, 2):
@@ -107,12 +121,14 @@ def main(argv=None):
             for b in fast_backends:
                 v1[(b, p.name, th)] = fast_call(b, p, th)
         v1[("bf16", p.name, 1)] = eager_call(p, 1, bf16=True)
+        v1[("gemms-only", p.name, 1)] = gemms_only(p, 1)
         v32[("eager", p.name, 2)] = eager_call(p, 2)
         v32[("eager", p.name, 1)] = eager_call(p, 1)
         for b in fast_backends:
             v32[(b, p.name, 2)] = fast_call(b, p, 2)
-        if "onnx" in fast_backends:
-            v32[("onnx", p.name, 1)] = fast_call("onnx", p, 1)
+        for b in ("onnx", "int8"):
+            if b in fast_backends:
+                v32[(b, p.name, 1)] = fast_call(b, p, 1)
         v32[("bf16", p.name, 2)] = eager_call(p, 2, bf16=True)
     ve2e = {}
     for p in (points[0], points[-1]):

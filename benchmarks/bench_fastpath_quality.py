@@ -23,7 +23,6 @@ import torch
 
 from elasticdenser.data import load_collection
 from elasticdenser.encoder import ElasticEncoder
-from elasticdenser import fastpath
 
 
 def metrics(qids, q, docs, doc_ids, qrels):
@@ -39,6 +38,7 @@ def metrics(qids, q, docs, doc_ids, qrels):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default=os.environ.get("ELASTICDENSER_DATA", "/work/shared/data"))
+    ap.add_argument("--model", default=None, help="model directory (default: all-MiniLM-L6-v2, untrained)")
     ap.add_argument("--cache", default="/tmp/elasticdenser-fastpath")
     ap.add_argument("--backends", default="jit,onnx")
     ap.add_argument("--bf16-queries", type=int, default=256, help="bf16 cosine on this many queries (bf16 is slow here)")
@@ -47,7 +47,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    enc = ElasticEncoder.from_pretrained()
+    enc = ElasticEncoder.from_pretrained(args.model)
     col = load_collection("nq-sample", args.data_dir)
     doc_ids = [d.doc_id for d in col.corpus]
     doc_texts = [d.contents for d in col.corpus]
@@ -56,7 +56,7 @@ def main(argv=None):
     qtexts = [q.text for q in qs]
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    dpath = cache / "nq-sample-docs-eager-full.npy"
+    dpath = cache / f"nq-sample-docs-eager-full-{enc.fingerprint()[:16]}.npy"
     t = time.time()
     if dpath.is_file():
         docs = np.load(dpath)
@@ -64,7 +64,7 @@ def main(argv=None):
         docs = enc.encode(doc_texts, None, batch_size=32, backend="eager")
         np.save(dpath, docs)
     print(f"docs {docs.shape} in {time.time() - t:.1f}s", flush=True)
-    result = {"queries": len(qs), "documents": len(doc_ids), "points": {}, "docs_bulk": {}}
+    result = {"model": args.model or "all-MiniLM-L6-v2", "queries": len(qs), "documents": len(doc_ids), "points": {}, "docs_bulk": {}}
     backends = [b for b in args.backends.split(",") if b]
     for b in backends:
         t = time.time()

@@ -6,26 +6,29 @@ weights, fused QKV, pooling + truncation + normalisation inside) through a graph
 the per-operator Python / dispatcher overhead that dominates a single query:
 
 * ``"onnx"``: the point is exported to ONNX (``torch.onnx.export``, legacy TorchScript exporter, opset
-  17, dynamic batch and sequence axes) and run by ONNX Runtime (CPU provider, all graph optimisations:
-  fused LayerNorm / GELU / MatMul+Add). Fastest on the measured CPU at every batch size
-  (see ``BENCHMARKS.md``). Needs the optional ``onnxruntime`` package (``pip install
-  elasticdenser[bench]`` or ``pip install onnxruntime``).
+  17, dynamic batch and sequence axes) and run by ONNX Runtime (CPU provider, all graph optimisations).
+  The fastest exact path on the measured CPU at every batch size (``BENCHMARKS.md``). Needs the
+  optional ``onnxruntime`` package (``serve`` / ``dev`` extras).
+* ``"int8"``: the same graph with its weight products quantised to int8 (dynamic, per output channel);
+  attention products, LayerNorm, softmax and pooling stay fp32. 1.4-1.9x faster than ``"onnx"`` at
+  batch 1 on AVX2, but embeddings move to cosine ~0.99 of the reference (MRR@10 within 0.003 on
+  nq-sample), so it is opt-in only: ``"auto"`` never picks it. Queries only: documents are always the
+  full model's fp32 vectors.
 * ``"jit"``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the materialised module: needs only torch,
-  builds in < 0.5 s, ~5-10 % faster than eager. The fallback when onnxruntime is missing.
+  builds in < 0.5 s, 12-33 % faster than eager at batch 1. The fallback when onnxruntime is missing.
 * ``"eager"``: the reference (``ElasticEncoder.forward`` / cached materialised module).
 * ``"auto"``: ``"onnx"`` if onnxruntime imports, else ``"jit"``.
 
-Not kept (measured, see ``BENCHMARKS.md``): ``torch.compile`` (tens of seconds of compile
-per point and per dynamic-shape recompile on a loaded 2-core machine, for no gain over ONNX
-Runtime), bf16 (the measured CPU has AVX2 only -- no AVX-512-BF16/AMX -- so bf16 GEMMs run ~10x
-*slower* than fp32; ``encode(..., bf16=True)`` stays an opt-in of the eager path).
+Not kept (measured, see ``BENCHMARKS.md``): ``torch.compile`` (a 1.5-minute compile per point for no
+gain over ONNX Runtime), bf16 (the measured CPU has AVX2 only -- no AVX-512-BF16/AMX -- so bf16 runs
+2-6x *slower* than fp32; ``encode(..., bf16=True)`` stays an opt-in of the eager path).
 
 Compiled artefacts are built lazily, per point, on first use, and cached on the encoder; the cache
 key includes every weight's version counter, so training updates (optimizer steps, reordering)
 rebuild on next use. ONNX files are additionally cached on disk under
 ``$ELASTICDENSER_CACHE/onnx/<fingerprint>/`` (default ``~/.cache/elasticdenser``) so a CLI run pays the
-export (2-4 s per point on the loaded machine) once per model; set ``ELASTICDENSER_CACHE=off`` to keep
-them in memory only.
+export (1-2 s per point, int8 2.5-5 s) once per model; set ``ELASTICDENSER_CACHE=off`` to keep them in
+memory only.
 
 Threads: a runner's intra-op thread count is ``threads`` (default: 1 for batches of up to
 ``SMALL_BATCH`` texts, ``torch.get_num_threads()`` for larger ones; measured in
@@ -53,7 +56,9 @@ __all__ = [
     "encode_fast",
 ]
 
-BACKENDS = ("auto", "eager", "jit", "onnx")
+BACKENDS = ("auto", "eager", "jit", "onnx", "int8")
+#: backends that run ONNX Runtime (and need onnxruntime).
+_ORT = ("onnx", "int8")
 #: batches up to this size run with ``small_batch_threads`` threads (see module docstring).
 SMALL_BATCH = 4
 #: threads for small batches (batch 1 latency); measured in BENCHMARKS.md.
@@ -71,8 +76,8 @@ def _has_onnxruntime() -> bool:
 
 
 def available_backends() -> Tuple[str, ...]:
-    """Backends usable here (``"onnx"`` only when onnxruntime is installed)."""
-    return tuple(b for b in BACKENDS if b != "onnx" or _has_onnxruntime())
+    """Backends usable here (``"onnx"`` and ``"int8"`` only when onnxruntime is installed)."""
+    return tuple(b for b in BACKENDS if b not in _ORT or _has_onnxruntime())
 
 
 def resolve_backend(backend: Optional[str]) -> str:
@@ -82,8 +87,8 @@ def resolve_backend(backend: Optional[str]) -> str:
         raise ValueError(f"unknown encoder backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         return "onnx" if _has_onnxruntime() else "jit"
-    if name == "onnx" and not _has_onnxruntime():
-        raise RuntimeError("backend 'onnx' needs onnxruntime (pip install onnxruntime); use 'jit' or 'auto'")
+    if name in _ORT and not _has_onnxruntime():
+        raise RuntimeError(f"backend {name!r} needs onnxruntime (pip install onnxruntime); use 'jit' or 'auto'")
     return name
 
 
@@ -122,6 +127,30 @@ def _onnx_bytes(module: torch.nn.Module, example) -> bytes:
     return buf.getvalue()
 
 
+def _quantize_int8(data: bytes) -> bytes:
+    """Dynamic int8 quantisation of the weight matrix multiplications (per output channel); the
+    attention products (activation x activation), LayerNorm, softmax and pooling stay fp32."""
+    import logging
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load_from_string(data)
+    weights = {init.name for init in model.graph.initializer}
+    activations = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(data)
+        logging.disable(logging.WARNING)  # quantize_dynamic logs a generic "run pre-processing" hint
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"], nodes_to_exclude=activations)
+        finally:
+            logging.disable(logging.NOTSET)
+        return dst.read_bytes()
+
+
 class FastRunner:
     """One operating point on one backend: ``runner(input_ids, attention_mask, token_type_ids)`` ->
     float32 numpy ``(B, width)``. Inputs may be numpy int arrays or torch tensors."""
@@ -138,23 +167,27 @@ class FastRunner:
         if backend == "jit":
             with torch.no_grad():
                 self._module = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
-        elif backend == "onnx":
-            self._onnx = self._onnx_model(encoder, point, module, example)
+        elif backend in _ORT:
+            self._onnx = self._onnx_model(encoder, point, module, example, int8=backend == "int8")
         elif backend == "eager":
             self._module = module
         else:  # pragma: no cover - resolve_backend validates
             raise ValueError(backend)
 
     @staticmethod
-    def _onnx_model(encoder, point, module, example):
+    def _onnx_model(encoder, point, module, example, int8: bool = False):
+        def build() -> bytes:
+            data = _onnx_bytes(module, example)
+            return _quantize_int8(data) if int8 else data
+
         root = _cache_root()
         if root is not None:
             try:
                 key = f"{encoder.fingerprint()[:24]}-{encoder.pooling}-{int(encoder.normalize)}"
-                path = root / "onnx" / key / f"{point.name}.onnx"
+                path = root / "onnx" / key / f"{point.name}{'.int8' if int8 else ''}.onnx"
                 if path.is_file() and path.stat().st_size > 0:
                     return str(path)
-                data = _onnx_bytes(module, example)
+                data = build()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
                 tmp.write_bytes(data)
@@ -162,7 +195,7 @@ class FastRunner:
                 return str(path)
             except OSError:
                 pass
-        return _onnx_bytes(module, example)
+        return build()
 
     def _session(self, threads: int):
         sess = self._sessions.get(threads)
@@ -188,7 +221,7 @@ class FastRunner:
             token_type_ids = (np.zeros_like(input_ids) if isinstance(input_ids, np.ndarray)
                               else torch.zeros_like(input_ids))
         n = _threads_for(int(input_ids.shape[0]), threads)
-        if self.backend == "onnx":
+        if self.backend in _ORT:
             feeds = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.int64, copy=False)
                      for k, v in zip(_INPUTS, (input_ids, attention_mask, token_type_ids))}
             return self._session(n).run(None, feeds)[0]
@@ -227,7 +260,7 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
     runner = get_runner(encoder, p, backend)
     bs = max(1, int(batch_size))
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i])) if len(texts) > 1 else [0]
-    tensors = "np" if runner.backend == "onnx" else "pt"
+    tensors = "np" if runner.backend in _ORT else "pt"
     ml = int(max_length or encoder.max_length)
     batches = range(0, len(texts), bs)
     if progress:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -381,6 +381,16 @@ def measure_latency(
     return out
 
 
+def _backend_of(encoder: Any) -> Optional[str]:
+    """The query path the latencies were measured on (the server must run the same one)."""
+    name = getattr(encoder, "serve_backend", None)
+    if name is None or str(name).lower() == "eager":
+        return None if name is None else "eager"
+    from elasticdenser.fastpath import resolve_backend
+
+    return resolve_backend(name)
+
+
 def measure_profile(
     searcher: Any,
     queries: Sequence[Any],
@@ -445,5 +455,6 @@ def measure_profile(
         batch_sizes=[int(b) for b in batch_sizes],
         machine=machine_info(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        extra={"num_queries": len(texts), "repeats": repeats, "seq_len_for_flops": seq_len},
+        extra={"num_queries": len(texts), "repeats": repeats, "seq_len_for_flops": seq_len,
+               "encoder_backend": _backend_of(getattr(searcher, "encoder", None))},
     )

@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -69,8 +69,11 @@ class Searcher:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, exp_dir: "str | os.PathLike", allow_mismatch: bool = False, encoder=None,
-             use_gpu: Optional[bool] = None, device: Optional[str] = None) -> "Searcher":
+             use_gpu: Optional[bool] = None, device: Optional[str] = None, backend: str = "auto") -> "Searcher":
         """Open ``exp_dir``; the encoder is ``exp_dir/model`` unless one is given.
+
+        ``backend`` is the query encoder's serving path for a loaded model (default ``"auto"``: the
+        fastest exact one; ``"int8"`` is the opt-in quantised path, see :mod:`elasticdenser.fastpath`).
 
         A given encoder whose fingerprint differs from the manifest's is refused
         (``ManifestMismatchError``) unless ``allow_mismatch=True``.
@@ -90,8 +93,7 @@ class Searcher:
             encoder = ElasticEncoder.from_pretrained(str(model_dir))
             if device:
                 encoder = encoder.to(device)
-            # serving: the fastest correct backend (ONNX Runtime, else TorchScript; eager off-CPU)
-            encoder.serve_backend = "auto"
+            encoder.serve_backend = backend
         msg = mf.check_model(manifest, encoder, allow_mismatch=allow_mismatch)
         if msg:
             warnings.warn(msg + " (allowed by allow_mismatch)", UserWarning, stacklevel=2)

@@ -8,7 +8,6 @@ serves the remaining queue before it returns.
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque

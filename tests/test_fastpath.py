@@ -18,7 +18,7 @@ TEXTS = [
     "how many episodes are in season 5 of game of thrones",
     "Maria Sklodowska-Curie also won two Nobel Prizes, for physics in 1903 and chemistry in 1911.",
 ]
-FAST = [b for b in fastpath.available_backends() if b not in ("auto", "eager")]
+FAST = [b for b in fastpath.available_backends() if b not in ("auto", "eager", "int8")]  # fp32, exact
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +100,29 @@ def test_runner_cache_rebuilds_after_weight_update(tiny_bert_dir, tmp_path, monk
     a1 = r2(b["input_ids"], b["attention_mask"], b["token_type_ids"], threads=1)
     a2 = r2(b["input_ids"], b["attention_mask"], b["token_type_ids"], threads=2)
     assert np.abs(a1 - a2).max() < 1e-5
+
+
+@pytest.mark.skipif("int8" not in fastpath.available_backends(), reason="onnxruntime not installed")
+def test_int8_is_quantised_opt_in_and_close(tiny_bert_dir, tmp_path, monkeypatch):
+    """int8 is never picked by "auto"; its graph really runs int8 weight products; it stays close."""
+    import onnx
+
+    assert fastpath.resolve_backend("auto") == "onnx"
+    monkeypatch.setenv("ELASTICDENSER_CACHE", str(tmp_path))
+    tiny = ElasticEncoder.from_pretrained(tiny_bert_dir)
+    p = tiny.default_points()[0]
+    fastpath.get_runner(tiny, p, "onnx")
+    fastpath.get_runner(tiny, p, "int8")
+    fp32, int8 = (onnx.load(str(next(tmp_path.rglob(f"{p.name}{s}.onnx")))) for s in ("", ".int8"))
+    ops = lambda m: [n.op_type for n in m.graph.node]  # noqa: E731
+    weight_products = sum(1 for n in fp32.graph.node if n.op_type == "MatMul"
+                          and n.input[1] in {i.name for i in fp32.graph.initializer})
+    assert weight_products == 4 * p.layers  # fused QKV, attention output, FFN in, FFN out
+    assert ops(int8).count("MatMulInteger") == weight_products
+    assert ops(int8).count("MatMul") == ops(fp32).count("MatMul") - weight_products  # attention stays fp32
+    ref = tiny.encode(TEXTS, p, backend="eager")
+    got = tiny.encode(TEXTS, p, backend="int8")
+    assert got.shape == ref.shape and _cos(got, ref).min() >= 0.98
 
 
 def test_minilm_smallest_point_retrieval_matches_eager(minilm, data_dir):

@@ -76,6 +76,30 @@ def test_profile_is_stored_in_the_manifest(exp, tiny_encoder):
         assert p.flops and p.flops > 0
     assert any(p.pareto for p in prof.points.values())
     assert prof.machine["cpu_count"] >= 1
+    from elasticdenser import fastpath
+
+    assert prof.extra["encoder_backend"] == fastpath.resolve_backend("auto")  # `serve` runs what was measured
+
+
+def test_the_opt_in_int8_path_is_profiled_and_served(exp, data_dir, tmp_path):
+    import shutil
+
+    from elasticdenser import fastpath
+    from elasticdenser.searcher import Searcher
+
+    if "int8" not in fastpath.available_backends():
+        pytest.skip("onnxruntime not installed")
+    copy = shutil.copytree(exp, tmp_path / "exp")
+    assert main(["profile", str(copy), "--data-dir", str(data_dir), "--max-queries", "4", "--batch-sizes", "1,2",
+                 "--repeats", "1", "--metric", "accuracy@10", "--threads", "1", "--backend", "int8"]) == 0
+    assert load_profile(copy).extra["encoder_backend"] == "int8"
+    exact, int8 = Searcher.open(exp), Searcher.open(exp, backend="int8")
+    assert (exact.encoder.serve_backend, int8.encoder.serve_backend) == ("auto", "int8")
+    texts = ["who wrote the declaration of independence", "when did the titanic sink"]
+    p = exact.points[0]
+    a, b = exact.search_texts(texts, 5, p), int8.search_texts(texts, 5, p)
+    assert [len(h) for h in b] == [5, 5]
+    assert [h.doc_id for h in a[0][:1]] == [h.doc_id for h in b[0][:1]]
 
 
 def test_real_searcher_behind_http_and_both_real_run_modes(exp, data_dir):

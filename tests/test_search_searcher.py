@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import threading
-import warnings
 
-import numpy as np
 import pytest
 
 from elasticdenser.cli import main

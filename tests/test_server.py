@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from elasticdenser.profile import PointProfile, Profile, mark_pareto
-from elasticdenser.router import Overloaded, Router, RouterConfig
+from elasticdenser.router import Overloaded, RouterConfig
 from elasticdenser.service import RoutedSearcher
 
 FULL, SMALL = "L6-H12-F1536-D384", "L3-H6-F768-D192"

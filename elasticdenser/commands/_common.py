@@ -24,6 +24,12 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device for the encoder (default: cuda if available, else cpu)")
 
 
+def add_backend(p: argparse.ArgumentParser, default: Optional[str], help: str) -> None:
+    """``--backend``: the query encoder path (names of :data:`elasticdenser.fastpath.BACKENDS`; not
+    imported here so that ``--help`` does not load torch)."""
+    p.add_argument("--backend", default=default, choices=("auto", "eager", "jit", "onnx", "int8"), help=help)
+
+
 def load_encoder(model: Optional[str], device: Optional[str] = None, backend: str = "auto"):
     """The encoder for inference: ``backend="auto"`` picks the fast path (ONNX Runtime, else
     TorchScript) on CPU and falls back to eager elsewhere; ``"eager"`` is the reference."""

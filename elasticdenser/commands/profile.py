@@ -5,6 +5,7 @@ import argparse
 import random
 import sys
 
+from elasticdenser.commands._common import add_backend
 from elasticdenser.profile import DEFAULT_BATCH_SIZES
 
 
@@ -30,13 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per batch size (default 5, plus 1 warm-up)")
     p.add_argument("--threads", type=int, help="torch intra-op threads while measuring (default: torch's)")
+    add_backend(p, "auto", "query encoder path to measure (default auto: ONNX Runtime, else TorchScript; int8: opt-in "
+                        "quantised ONNX, see BENCHMARKS.md); recorded so that `serve` runs the same one")
     p.add_argument("--output", help="also write the profile JSON here")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from elasticdenser.data import load_collection
     from elasticdenser.operating_point import parse_points
     from elasticdenser.profile import atomic_write_json, measure_profile, save_profile
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    searcher = Searcher.open(args.exp_dir)
+    searcher = Searcher.open(args.exp_dir, backend=args.backend)
     name = args.collection or searcher.manifest.get("collection", {}).get("name")
     if not name:
         raise ValueError("the manifest names no collection; pass --collection")

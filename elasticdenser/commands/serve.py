@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from elasticdenser.commands._common import add_backend
+
 
 def add_router_args(p: argparse.ArgumentParser) -> None:
     """Router / batching / queue flags shared by `serve` and `simulate`."""
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info")
     p.add_argument("--threads", type=int, help="torch intra-op threads (use what `profile --threads` used)")
+    add_backend(p, None, "query encoder path (default: the one the profile was measured on, else auto)")
     add_router_args(p)
     p.set_defaults(func=run)
 
@@ -58,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    searcher = Searcher.open(args.exp_dir)
     profile = load_profile(args.exp_dir)
+    backend = args.backend or profile.extra.get("encoder_backend") or "auto"
+    searcher = Searcher.open(args.exp_dir, backend=backend)
     serve(searcher, host=args.host, port=args.port, profile=profile, config=router_config(args),
           log_level=args.log_level)
     return 0
