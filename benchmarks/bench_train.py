@@ -222,7 +222,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "train_wall_s": train_wall,
         "eval_wall_s": eval_wall,
         "total_wall_s": time.time() - t0,
-        "peak_rss_gb": peak_rss_gb(),
+        # an --eval-only process never trained: its RSS is the evaluation's, under its own name
+        ("eval_peak_rss_gb" if args.eval_only else "peak_rss_gb"): peak_rss_gb(),
         "threads": torch.get_num_threads(),
         "trained": trained,
         "baselines": baselines,
@@ -241,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         + ", ".join(f"{m} {100 * v:.1f}% (target {100 * targets[m]:.0f}%)" for m, v in verdict.items())
         + f" -> {'MET' if ok else 'NOT met'}; larger points keep more: {monotone}"
     )
-    print(f"train wall {train_wall or float('nan'):.0f} s, eval {eval_wall:.0f} s, peak RSS {report['peak_rss_gb']:.2f} GB, threads {torch.get_num_threads()}")
+    print(f"train wall {train_wall or float('nan'):.0f} s, eval {eval_wall:.0f} s, peak RSS {peak_rss_gb():.2f} GB, threads {torch.get_num_threads()}")
     return 0
 
 

@@ -517,6 +517,15 @@ class ElasticEncoder(nn.Module):
         return out
 
     # ------------------------------------------------------------------ importance reordering
+    def _reference_documents(self, queries: Sequence[str], documents: Sequence[str], batch_size: int,
+                             max_doc_length: Optional[int], what: str) -> torch.Tensor:
+        """Full-point document vectors: the fixed target that importance and layer ordering score
+        queries against (the same vectors the index holds)."""
+        if not queries or not documents:
+            raise ValueError(f"{what} needs at least one query and one document")
+        vectors = self.encode(list(documents), None, batch_size=batch_size, max_length=max_doc_length)
+        return torch.from_numpy(vectors).to(self.device)
+
     def head_importance(
         self,
         queries: Sequence[str],
@@ -537,11 +546,7 @@ class ElasticEncoder(nn.Module):
         example; ``|d loss / d gate|`` (= |sum over tokens of grad x activation|) is summed over
         queries (per example, not per batch). Returns ``(head_scores (L, H), ffn_scores (L, F))``.
         """
-        if not queries or not documents:
-            raise ValueError("importance scoring needs at least one query and one document")
-        docs = torch.from_numpy(
-            self.encode(list(documents), None, batch_size=batch_size, max_length=max_doc_length)
-        ).to(self.device)
+        docs = self._reference_documents(queries, documents, batch_size, max_doc_length, "importance scoring")
         L, H, Fn = self.space.num_layers, self.space.num_heads, self.space.intermediate_size
         head_scores = torch.zeros(L, H, dtype=torch.float64)
         ffn_scores = torch.zeros(L, Fn, dtype=torch.float64)
@@ -668,14 +673,10 @@ class ElasticEncoder(nn.Module):
         score distribution (softmax at ``temperature`` over ``documents``) least, measured by KL.
         The result is nested by construction. Depth only: every head, neuron and dimension is kept.
         """
-        if not queries or not documents:
-            raise ValueError("layer ordering needs at least one query and one document")
+        docs = self._reference_documents(queries, documents, batch_size, max_doc_length, "layer ordering")
         was_training, original = self.training, list(self.layer_order)
         self.train(False)
         try:
-            docs = torch.from_numpy(
-                self.encode(list(documents), None, batch_size=batch_size, max_length=max_doc_length)
-            ).to(self.device)
             batches = [
                 self._batch_to_device(self.tokenize(list(queries[i : i + batch_size]), max_query_length))
                 for i in range(0, len(queries), batch_size)

@@ -253,6 +253,11 @@ def test_reorder_is_a_permutation_minilm(minilm, questions, passages):
 
 
 def test_importance_loss_is_informative(tiny, questions, passages):
+    for empty in (([], passages[:2]), (questions[:2], [])):
+        with pytest.raises(ValueError, match="importance scoring needs at least one query and one document"):
+            tiny.head_importance(*empty)
+        with pytest.raises(ValueError, match="layer ordering needs at least one query and one document"):
+            tiny.reorder_layers(*empty)
     heads, ffn = tiny.head_importance(questions[:8], passages[:16], batch_size=4)
     assert heads.shape == (4, 4) and ffn.shape == (4, 128)
     assert (heads > 0).all() and (ffn.sum(1) > 0).all()
