@@ -133,9 +133,11 @@ def _quantize_int8(data: bytes) -> bytes:
     import logging
     import tempfile
 
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:
+        raise RuntimeError(f"backend 'int8' needs onnx and onnxruntime (pip install 'elasticdenser[serve]'): {exc}") from exc
     model = onnx.load_from_string(data)
     weights = {init.name for init in model.graph.initializer}
     activations = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]

@@ -384,8 +384,10 @@ def measure_latency(
 def _backend_of(encoder: Any) -> Optional[str]:
     """The query path the latencies were measured on (the server must run the same one)."""
     name = getattr(encoder, "serve_backend", None)
-    if name is None or str(name).lower() == "eager":
-        return None if name is None else "eager"
+    if name is None:
+        return None
+    if str(name).lower() == "eager":
+        return "eager"
     from elasticdenser.fastpath import resolve_backend
 
     return resolve_backend(name)
