@@ -57,11 +57,11 @@ def build(exp_dir: Path, data_dir: str, reorder_queries: int) -> None:
     b.build_experiment(enc, coll.corpus, exp_dir, collection="nq-sample", batch_size=64, progress=False)
 
 
-def profile(exp_dir: Path, data_dir: str, max_queries: int, repeats: int, threads: int) -> None:
+def profile(exp_dir: Path, data_dir: str, max_queries: int, repeats: int, threads: int, backend: str) -> None:
     from elasticdenser.cli import main
 
     rc = main(["profile", str(exp_dir), "--data-dir", data_dir, "--max-queries", str(max_queries),
-               "--repeats", str(repeats), "--threads", str(threads), "--seed", "1"])
+               "--repeats", str(repeats), "--threads", str(threads), "--seed", "1", "--backend", backend])
     if rc:
         raise SystemExit(rc)
 
@@ -97,6 +97,7 @@ def main() -> int:
     ap.add_argument("--stages", default="build,profile,des,real")
     ap.add_argument("--reprofile", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--backend", default="auto", help="query encoder path to profile and serve (auto, int8, ...)")
     ap.add_argument("--max-queries", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--reorder-queries", type=int, default=256)
@@ -128,7 +129,7 @@ def main() -> int:
         m = json.loads((exp / "manifest.json").read_text())
         if args.reprofile or "profile" not in m:
             t = time.time()
-            profile(exp, args.data_dir, args.max_queries, args.repeats, args.threads)
+            profile(exp, args.data_dir, args.max_queries, args.repeats, args.threads, args.backend)
             log(f"profiled in {time.time() - t:.0f} s")
     prof = load_profile(exp)
     cfg = RouterConfig(slo_ms=args.slo_ms)
@@ -157,7 +158,7 @@ def main() -> int:
 
         texts = [q.text for q in load_collection("nq-sample", args.data_dir).queries]
         random.Random(7).shuffle(texts)
-        searcher = Searcher.open(exp)
+        searcher = Searcher.open(exp, backend=args.backend)
         trace = parse_trace(spec.format(d=args.real_duration), cap, args.seed)
         policies = args.real_policies.split(",")
         des = sim.simulate_policies(trace.times, prof, policies, cfg, args.seed, duration=trace.duration)

@@ -381,7 +381,7 @@ def measure_latency(
     return out
 
 
-def _backend_of(encoder: Any) -> Optional[str]:
+def encoder_backend(encoder: Any) -> Optional[str]:
     """The query path the latencies were measured on (the server must run the same one)."""
     name = getattr(encoder, "serve_backend", None)
     if name is None:
@@ -458,5 +458,5 @@ def measure_profile(
         machine=machine_info(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         extra={"num_queries": len(texts), "repeats": repeats, "seq_len_for_flops": seq_len,
-               "encoder_backend": _backend_of(getattr(searcher, "encoder", None))},
+               "encoder_backend": encoder_backend(getattr(searcher, "encoder", None))},
     )

@@ -5,7 +5,8 @@ Endpoints:
 * ``POST /search`` ``{"query": str, "k": int = 10, "point": str | null}`` ->
   ``{"point", "hits": [{"doc_id", "score", "title", "text"}], "latency_ms", "batch_size"}``;
   invalid input -> 422 with a message; queue full -> 503 with ``Retry-After``.
-* ``GET /health`` -> status, points, current point, QPS estimate, queue length.
+* ``GET /health`` -> status, points, current point, QPS estimate, queue length, the query path
+  served and the one the profile was measured on.
 * ``GET /metrics`` -> Prometheus text (requests, rejections, latency histogram, QPS, chosen point).
 """
 # no `from __future__ import annotations`: FastAPI must see the real types of the local models

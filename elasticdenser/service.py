@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
 from elasticdenser.operating_point import OperatingPoint
-from elasticdenser.profile import Profile, load_profile
+from elasticdenser.profile import Profile, encoder_backend, load_profile
 from elasticdenser.router import Overloaded, Router, RouterConfig
 
 #: Prometheus latency histogram buckets (seconds).
@@ -291,4 +291,7 @@ class RoutedSearcher:
             "queue_length": len(self._queue),
             "max_queue": self.router.max_queue,
             "slo_ms": self.router.config.slo_ms,
+            # the query path this process runs, and the one the profile's latencies were measured on
+            "encoder_backend": encoder_backend(getattr(self.searcher, "encoder", None)),
+            "profiled_backend": self.router.profile.extra.get("encoder_backend"),
         }

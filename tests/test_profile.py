@@ -117,6 +117,8 @@ def test_real_searcher_behind_http_and_both_real_run_modes(exp, data_dir):
     app = create_app(searcher, profile=prof, config=cfg)
     with running_server(app) as url:
         with httpx.Client(base_url=url, timeout=30) as c:
+            h = c.get("/health").json()  # the served path is the profiled one
+            assert h["encoder_backend"] == h["profiled_backend"] == prof.extra["encoder_backend"]
             r = c.post("/search", json={"query": texts[0], "k": 3})
             assert r.status_code == 200
             body = r.json()
