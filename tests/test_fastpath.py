@@ -94,6 +94,9 @@ def test_runner_cache_rebuilds_after_weight_update(tiny_bert_dir, tmp_path, monk
     r2 = fastpath.get_runner(enc, p, "onnx")
     assert r2 is not r1
     assert len(list(tmp_path.rglob(f"{p.name}.onnx"))) == 2
+    assert fastpath.get_runner(enc, p, "onnx") is r2  # nothing changed: the cached runner
+    enc.to(torch.float32)  # .to()/.half() may swap parameter data without a version bump
+    assert fastpath.get_runner(enc, p, "onnx") is not r2
     assert _cos(enc.encode(TEXTS, p, backend="onnx"), enc.encode(TEXTS, p, backend="eager")).min() >= 0.999
     # explicit thread counts give the same embeddings
     b = enc.tokenizer(TEXTS, padding=True, return_tensors="np")
