@@ -752,8 +752,8 @@ class ElasticEncoder(nn.Module):
     def _state_version(self) -> tuple:
         """Changes whenever a served sub-network would: any in-place weight update, or the layer order.
 
-        Called on every encode, so the parameter list is cached (walking the module tree costs ~0.4 ms,
-        a sixth of a small point's query); it is refreshed when ``model`` is replaced. ``_apply``
+        Called on every encode, so the parameter list is cached (walking the module tree on every
+        call was a visible share of a small point's query); it is refreshed when ``model`` is replaced. ``_apply``
         (``.to()``, ``.half()``, ...) may swap parameters or their data without a version bump, so it
         drops the list and counts as a change of its own.
         """
