@@ -8,7 +8,9 @@ lands on all variants alike); medians are reported. Per default point:
   alone (torch, 1 thread: how close to the floor the GEMMs themselves get at a query's shapes);
 * batch-32 throughput (2 threads, and 1 thread for eager / onnx / int8);
 * end-to-end ``encode(text, point, backend=...)`` at batch 1 (tokenisation included);
-* bulk passage encoding at 128 tokens (batch 16, full point): eager fp32, onnx, bf16.
+* bulk passage encoding at 128 tokens (batch 16, full point): eager fp32, onnx, bf16;
+* 1 vs 2 threads on the serving backend at batch 1, 2, 4, 8, 16 (full and smallest point): where
+  ``fastpath.SMALL_BATCH`` should switch from one thread to all.
 
 Compute floor: ``ElasticSpace.flops(point, seq_len)`` at the measured (padded) sequence length, divided
 by the matmul rate measured *in the same run* (2048^3 fp32 / 512^3 bf16 ``torch.mm``, interleaved with
@@ -48,6 +50,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=40, help="batch-1 rounds")
     ap.add_argument("--batches", type=int, default=6, help="batch-32 rounds")
     ap.add_argument("--passage-rounds", type=int, default=3)
+    ap.add_argument("--thread-rounds", type=int, default=20, help="rounds of the 1- vs 2-thread sweep over batch sizes")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("ELASTICDENSER_CACHE", "off")  # measure the build from scratch
@@ -67,6 +70,7 @@ def main(argv=None):
     b1 = [tok([q]) for q in questions[: args.rounds]]
     b32 = [tok(questions[200 + 32 * i : 232 + 32 * i]) for i in range(max(1, min(args.batches, 6)))]
     bp = [tok(passages[16 * i : 16 * i + 16], 128) for i in range(args.passage_rounds)]
+    bx = {n: [tok(questions[300 + n * i : 300 + n * (i + 1)]) for i in range(3)] for n in (1, 2, 4, 8, 16)}
 
     # ---- build (warm-up) cost
     build = {}
@@ -134,6 +138,8 @@ def main(argv=None):
     for p in (points[0], points[-1]):
         for b in ["eager"] + fast_backends:
             ve2e[(b, p.name, 1)] = e2e(p, b, 1)
+    serving = "onnx" if "onnx" in fast_backends else "jit"  # what backend="auto" runs
+    vx = {(n, p.name, th): fast_call(serving, p, th) for n in bx for p in (points[0], points[-1]) for th in (1, 2)}
     full = points[0]
     vp = {("eager", full.name, 2): eager_call(full, 2), ("bf16", full.name, 2): eager_call(full, 2, bf16=True)}
     if "onnx" in fast_backends:
@@ -165,6 +171,7 @@ def main(argv=None):
     TE = {k: [] for k in ve2e}
     T32 = {k: [] for k in v32}
     TP = {k: [] for k in vp}
+    TX = {k: [] for k in vx}
     with torch.inference_mode():
         for f in list(v1.values()):
             f(b1[0])
@@ -191,6 +198,12 @@ def main(argv=None):
                 timed(v32[k], b32[r % len(b32)], T32[k])
             sample_rates(rates)
         print(f"batch-32 rounds done in {time.time() - t0:.0f}s", flush=True)
+        for r in range(args.thread_rounds):
+            keys = list(vx)
+            rng.shuffle(keys)
+            for k in keys:
+                timed(vx[k], bx[k[0]][r % 3], TX[k])
+        print(f"thread sweep done in {time.time() - t0:.0f}s", flush=True)
         for r in range(args.passage_rounds):
             keys = list(vp)
             rng.shuffle(keys)
@@ -210,7 +223,8 @@ def main(argv=None):
     res = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "cpus": os.cpu_count(),
                        "loadavg": os.getloadavg()},
            "matmul_gflops": rate, "batch1_tokens_median": tok1, "batch32_padded_len_median": seq32,
-           "passage_padded_len": seqp, "build_s": build, "batch1": {}, "e2e": {}, "batch32": {}, "passages": {}}
+           "passage_padded_len": seqp, "build_s": build, "batch1": {}, "e2e": {}, "batch32": {}, "passages": {},
+           "threads_by_batch": {"backend": serving}}
     for (b, p, th), ts in T1.items():
         fl = floor_ms(p, tok1, 1, th, b == "bf16")
         res["batch1"][f"{b} {p} {th}T"] = {"median_ms": med(ts) * 1e3, "p90_ms": float(np.percentile(ts, 90)) * 1e3,
@@ -225,6 +239,10 @@ def main(argv=None):
         fl = floor_ms(p, seqp, 16, th, b == "bf16")
         res["passages"][f"{b} {p} {th}T"] = {"median_ms": med(ts) * 1e3, "per_s": 16 / med(ts), "floor_ms": fl,
                                              "pct_of_floor_rate": 100 * fl / (med(ts) * 1e3)}
+    for (n, p, th), ts in TX.items():
+        if th == 1:
+            one, two = med(ts) * 1e3, med(TX[(n, p, 2)]) * 1e3
+            res["threads_by_batch"][f"{p} batch {n}"] = {"1T_ms": one, "2T_ms": two, "2T_speedup": one / two}
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:
