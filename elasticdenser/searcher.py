@@ -47,7 +47,7 @@ class SearchResult:
 
 
 class Searcher:
-    def __init__(self, exp_dir: Path, manifest: dict, encoder, doc_ids: List[str], docstore=None,
+    def __init__(self, exp_dir: Path, manifest: dict, encoder, doc_ids: Sequence[str], docstore=None,
                  use_gpu: Optional[bool] = None):
         self.exp_dir = Path(exp_dir)
         self.manifest = manifest

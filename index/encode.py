@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -21,7 +22,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from elasticdenser.index import docstore
-from elasticdenser.index.atomic import atomic_path, clean_stale_tmp, write_json, write_text
+from elasticdenser.index.atomic import atomic_path, clean_stale_tmp, write_json
 from elasticdenser.index.store import EmbeddingStore, check_dtype
 
 log = logging.getLogger(__name__)
@@ -217,8 +218,48 @@ def merge_chunks(exp_dir: "str | os.PathLike", remove_chunks: bool = False) -> d
     return meta
 
 
-def read_doc_ids(exp_dir: "str | os.PathLike") -> List[str]:
+class DocIds(SequenceABC):
+    """The ids of ``doc_ids.txt`` by row, kept as one bytes buffer plus line offsets.
+
+    A list of 21M Python strings (the DPR Wikipedia corpus) costs ~1.6 GB; this keeps the file's
+    bytes plus 4 per row and decodes an id only when a hit needs it (``benchmarks/bench_doc_ids.py``).
+    """
+
+    def __init__(self, data: bytes, source: str = DOC_IDS):
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        self._data = data
+        # only the newline positions are kept (4 bytes a row below 2 GiB): line i is (ends[i-1], ends[i])
+        self._ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10).astype(
+            np.int32 if len(data) < 2**31 else np.int64)
+        empty = np.flatnonzero(np.diff(self._ends, prepend=-1) == 1)
+        if empty.size:
+            raise ValueError(f"{source}: line {int(empty[0]) + 1} is an empty document id")
+
+    def __len__(self) -> int:
+        return int(self._ends.size)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"document row {i} out of range ({len(self)} documents)")
+        start = int(self._ends[i - 1]) + 1 if i else 0
+        return self._data[start : int(self._ends[i])].decode("utf-8").rstrip("\r")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, SequenceABC) and len(other) == len(self) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"DocIds({len(self)} documents)"
+
+
+def read_doc_ids(exp_dir: "str | os.PathLike") -> DocIds:
     path = Path(exp_dir) / DOC_IDS
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `elasticdenser index` (encode + merge) first")
-    return path.read_text(encoding="utf-8").splitlines()
+    return DocIds(path.read_bytes(), str(path))

@@ -33,6 +33,20 @@ def test_store_matches_direct_encoding(reference, tiny_encoder, coll):
     assert isinstance(np.load(reference / enc.EMBEDDINGS, mmap_mode="r"), np.memmap)
 
 
+def test_doc_ids_are_compact_and_checked(reference, coll, tmp_path):
+    ids = enc.read_doc_ids(reference)
+    expected = coll.corpus.doc_ids()
+    assert isinstance(ids, enc.DocIds) and len(ids) == len(expected) == 150
+    assert (ids[0], ids[149], ids[-1], ids[3:5]) == (expected[0], expected[149], expected[-1], expected[3:5])
+    assert list(ids) == expected and ids != expected[:-1]
+    with pytest.raises(IndexError, match="out of range"):
+        ids[150]
+    assert list(enc.DocIds("ünï\r\nb\nc".encode())) == ["ünï", "b", "c"]  # CRLF, no final newline
+    (tmp_path / enc.DOC_IDS).write_text("a\nb\n\nc\n")
+    with pytest.raises(ValueError, match=r"doc_ids.txt: line 3 is an empty document id"):
+        enc.read_doc_ids(tmp_path)
+
+
 def test_interrupted_encoding_resumes_to_same_embeddings(tmp_path, tiny_encoder, coll, reference):
     stats = build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40,
                                progress=False, stop_after_chunks=2)  # "killed" after 2 of 4 chunks
