@@ -46,10 +46,10 @@ def main() -> int:
         path = Path(tmp) / "doc_ids.txt"
         with open(path, "w", encoding="utf-8") as fh:
             fh.writelines(f"{args.prefix}{i}\n" for i in range(1, args.n + 1))
-        out = {"n": args.n, "prefix": args.prefix, "file_mb": path.stat().st_size / 2**20}
+        out = {"n": args.n, "prefix": args.prefix, "file_mib": round(path.stat().st_size / 2**20, 1)}
         for kind in ("list", "DocIds"):
             peak, held, seconds = map(float, subprocess.check_output([sys.executable, "-c", CHILD, tmp, kind]).split())
-            out[kind] = {"peak_rss_increase_gb": round(peak, 3), "held_after_load_gb": round(held, 3),
+            out[kind] = {"peak_rss_increase_gib": round(peak, 3), "held_after_load_gib": round(held, 3),
                          "load_s": round(seconds, 2)}
     print(json.dumps(out, indent=1))
     return 0

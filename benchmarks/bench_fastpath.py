@@ -68,6 +68,7 @@ def main(argv=None):
         return b["input_ids"], b["attention_mask"], b["token_type_ids"]
 
     b1 = [tok([q]) for q in questions[: args.rounds]]
+    tok1 = med([float(b[1].sum()) for b in b1])  # batch-1 tokens per query
     b32 = [tok(questions[200 + 32 * i : 232 + 32 * i]) for i in range(max(1, min(args.batches, 6)))]
     bp = [tok(passages[16 * i : 16 * i + 16], 128) for i in range(args.passage_rounds)]
     bx = {n: [tok(questions[300 + n * i : 300 + n * (i + 1)]) for i in range(3)] for n in (1, 2, 4, 8, 16)}
@@ -108,8 +109,7 @@ def main(argv=None):
         """Only the point's weight GEMMs (torch, batch-1 shapes, one weight copy per layer): what the
         floor's 2048^3 rate cannot see, the GEMM rate at the shapes a single query really runs."""
         m = enc.materialize(p)
-        S = int(med([float(b[1].sum()) for b in b1]))
-        x, a, h = (torch.randn(1, S, n) for n in (enc.space.hidden_size, m.layers[0].attn_out.in_features, p.ffn))
+        x, a, h = (torch.randn(1, int(tok1), n) for n in (enc.space.hidden_size, m.layers[0].attn_out.in_features, p.ffn))
 
         def f(_batch):
             torch.set_num_threads(threads)
@@ -212,7 +212,6 @@ def main(argv=None):
             sample_rates(("fp32 2T", "bf16 2T"))
     torch.set_num_threads(2)
     rate = {k: med(v) for k, v in rates.items()}
-    tok1 = med([float(b[1].sum()) for b in b1])
     seq32 = med([float(b[0].shape[1]) for b in b32])
     seqp = med([float(b[0].shape[1]) for b in bp])
 

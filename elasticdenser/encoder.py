@@ -753,9 +753,9 @@ class ElasticEncoder(nn.Module):
         """Changes whenever a served sub-network would: any in-place weight update, or the layer order.
 
         Called on every encode, so the parameter list is cached (walking the module tree on every
-        call was a visible share of a small point's query); it is refreshed when ``model`` is replaced. ``_apply``
-        (``.to()``, ``.half()``, ...) may swap parameters or their data without a version bump, so it
-        drops the list and counts as a change of its own.
+        call was a visible share of a small point's query); it is refreshed when ``model`` is
+        replaced. ``_apply`` (``.to()``, ``.half()``, ...) may swap parameters or their data without
+        a version bump, so it drops the list and counts as a change of its own.
         """
         params = self.__dict__.get("_param_list")
         if params is None or params[0] is not self.model:

@@ -386,8 +386,6 @@ def encoder_backend(encoder: Any) -> Optional[str]:
     name = getattr(encoder, "serve_backend", None)
     if name is None:
         return None
-    if str(name).lower() == "eager":
-        return "eager"
     from elasticdenser.fastpath import resolve_backend
 
     return resolve_backend(name)

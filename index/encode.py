@@ -221,7 +221,7 @@ def merge_chunks(exp_dir: "str | os.PathLike", remove_chunks: bool = False) -> d
 class DocIds(SequenceABC):
     """The ids of ``doc_ids.txt`` by row, kept as one bytes buffer plus line offsets.
 
-    A list of 21M Python strings (the DPR Wikipedia corpus) costs ~1.6 GB; this keeps the file's
+    A list of 21M Python strings (the DPR Wikipedia corpus) holds ~1.4 GiB; this keeps the file's
     bytes plus 4 per row and decodes an id only when a hit needs it (``benchmarks/bench_doc_ids.py``).
     """
 

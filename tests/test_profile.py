@@ -81,7 +81,7 @@ def test_profile_is_stored_in_the_manifest(exp, tiny_encoder):
     assert prof.extra["encoder_backend"] == fastpath.resolve_backend("auto")  # `serve` runs what was measured
 
 
-def test_the_opt_in_int8_path_is_profiled_and_served(exp, data_dir, tmp_path):
+def test_the_opt_in_int8_path_is_profiled_and_served(exp, data_dir, tmp_path, monkeypatch):
     import shutil
 
     from elasticdenser import fastpath
@@ -93,6 +93,12 @@ def test_the_opt_in_int8_path_is_profiled_and_served(exp, data_dir, tmp_path):
     assert main(["profile", str(copy), "--data-dir", str(data_dir), "--max-queries", "4", "--batch-sizes", "1,2",
                  "--repeats", "1", "--metric", "accuracy@10", "--threads", "1", "--backend", "int8"]) == 0
     assert load_profile(copy).extra["encoder_backend"] == "int8"
+    served = {}
+    monkeypatch.setattr("elasticdenser.server.serve",
+                        lambda searcher, **kw: served.update(backend=searcher.encoder.serve_backend))
+    # `serve` without --backend runs the profiled path; --backend overrides it
+    assert main(["serve", str(copy)]) == 0 and served["backend"] == "int8"
+    assert main(["serve", str(copy), "--backend", "onnx"]) == 0 and served["backend"] == "onnx"
     exact, int8 = Searcher.open(exp), Searcher.open(exp, backend="int8")
     assert (exact.encoder.serve_backend, int8.encoder.serve_backend) == ("auto", "int8")
     texts = ["who wrote the declaration of independence", "when did the titanic sink"]
