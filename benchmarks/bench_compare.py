@@ -53,7 +53,7 @@ class Collection:
 
     def doc_vectors(self, encoder, point, tag: str) -> np.ndarray:
         """Passage vectors of ``encoder`` at ``point`` (full width), cached as .npy by model fingerprint."""
-        from elasticdenser.index.atomic import atomic_path, write_text
+        from elasticdenser.atomic import atomic_path, write_text
 
         path = self.cache / f"{self.name}-{tag}-{encoder.fingerprint()[:16]}-{point.name}-{self.max_length}.npy"
         if not path.is_file():
@@ -85,9 +85,9 @@ class Collection:
         return {"run": run, "ranked": ranked}
 
     def evaluate(self, result: dict, name: str) -> dict:
+        from elasticdenser.eval import answers as ans
         from elasticdenser.eval.evaluate import answer_accuracy
         from elasticdenser.eval.metrics import evaluate, make_run
-        from elasticdenser.eval import answers as ans
 
         run = make_run(result["run"], name=name)
         row = {m: round(v, 4) for m, v in evaluate(self.qrels, run, METRICS).items()}
@@ -202,10 +202,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from elasticdenser.encoder import ElasticEncoder
-    from elasticdenser.eval.evaluate import point_params
-    from elasticdenser.index.atomic import write_json, write_text
     from elasticdenser.index.faiss_index import tune_faiss
+
+    from elasticdenser.atomic import write_json, write_text
+    from elasticdenser.model.encoder import ElasticEncoder
     from elasticdenser.operating_point import OperatingPoint
 
     tune_faiss()
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
             q = enc.encode([x.text for x in c.queries], p, batch_size=128, max_length=64)
             res = c.search(q, doc_vecs, p.width)
             row = {"method": method, "point": shape.name, "served_as": p.name,
-                   "params_m": round(point_params(enc, p) / 1e6, 2), **c.evaluate(res, f"{method}:{p.name}")}
+                   "params_m": round(enc.point_params(p) / 1e6, 2), **c.evaluate(res, f"{method}:{p.name}")}
             results[(method, shape.name)] = res
             rows.append(row)
             print(f"  {method:10s} {p.name:20s} " + " ".join(f"{k}={v}" for k, v in row.items() if "@" in k), flush=True)

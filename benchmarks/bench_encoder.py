@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 import torch
 
-from elasticdenser.encoder import ElasticEncoder
+from elasticdenser.model.encoder import ElasticEncoder
 from elasticdenser.operating_point import OperatingPoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -36,8 +36,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 import torch
 
-from elasticdenser import fastpath
-from elasticdenser.encoder import ElasticEncoder
+from elasticdenser.model import fastpath
+from elasticdenser.model.encoder import ElasticEncoder
 
 
 def med(xs):
@@ -85,7 +85,7 @@ def main(argv=None):
             runners[(b, p)](*b1[0])  # first call (session / graph init)
             build[f"{b} {p.name}"] = time.perf_counter() - t
             print(f"build {b} {p.name}: {build[f'{b} {p.name}']:.2f}s", flush=True)
-    eager = {p: (enc._serving_module(p) or (lambda i, m, t, p=p: enc.forward(i, m, p, t))) for p in points}
+    eager = {p: (enc.serving_module(p) or (lambda i, m, t, p=p: enc.forward(i, m, p, t))) for p in points}
 
     def eager_call(p, threads, bf16=False):
         def f(batch):

@@ -2,11 +2,18 @@
 
     python benchmarks/bench_fastpath_compile.py
 """
-import os, time, statistics, random, json
+import json
+import os
+import random
+import statistics
+import time
+
 os.environ["HF_HUB_OFFLINE"]="1"
 import torch
-from elasticdenser.encoder import ElasticEncoder
-from elasticdenser import fastpath
+
+from elasticdenser.model import fastpath
+from elasticdenser.model.encoder import ElasticEncoder
+
 torch.set_num_threads(1)
 enc = ElasticEncoder.from_pretrained()
 p = enc.default_points()[-1]

@@ -20,9 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
-
 from elasticdenser.data import load_collection
-from elasticdenser.encoder import ElasticEncoder
+
+from elasticdenser.model.encoder import ElasticEncoder
 
 
 def metrics(qids, q, docs, doc_ids, qrels):

@@ -25,8 +25,9 @@ import numpy as np
 
 def bench_encode(args) -> list:
     from elasticdenser.data import load_collection
-    from elasticdenser.encoder import ElasticEncoder
     from elasticdenser.index.encode import encode_texts
+
+    from elasticdenser.model.encoder import ElasticEncoder
 
     coll = load_collection("nq-sample", args.data_dir)
     texts = [coll.corpus[i].contents for i in range(0, len(coll.corpus), max(1, len(coll.corpus) // args.n))][: args.n]
@@ -49,7 +50,7 @@ def bench_encode(args) -> list:
 
 
 def _vectors(args):
-    from elasticdenser.index.store import normalize_rows
+    from elasticdenser.operating_point import truncate
 
     base = np.load(Path(args.exp) / "embeddings.npy", mmap_mode="r")
     base = np.asarray(base, dtype=np.float32)
@@ -60,21 +61,22 @@ def _vectors(args):
     for lo in range(0, args.scale, 100000):
         hi = min(lo + 100000, args.scale)
         pick = rng.integers(0, len(base), hi - lo)
-        rows[lo:hi] = normalize_rows(base[pick] + 0.05 * rng.standard_normal((hi - lo, base.shape[1]), dtype=np.float32))
+        rows[lo:hi] = truncate(base[pick] + 0.05 * rng.standard_normal((hi - lo, base.shape[1]), dtype=np.float32), base.shape[1])
     return rows, base
 
 
 def bench_index(args) -> list:
     import faiss
-
     from elasticdenser.index import faiss_index as fi
-    from elasticdenser.index.store import EmbeddingStore, normalize_rows, truncate_normalize
+    from elasticdenser.index.store import EmbeddingStore
+
+    from elasticdenser.operating_point import truncate
 
     fi.tune_faiss()
     vecs, base = _vectors(args)
     rng = np.random.default_rng(1)
     qrows = base[rng.integers(0, len(base), args.queries)]
-    queries = normalize_rows(qrows + 0.05 * rng.standard_normal(qrows.shape, dtype=np.float32))
+    queries = truncate(qrows + 0.05 * rng.standard_normal(qrows.shape, dtype=np.float32), qrows.shape[1])
     tmp = Path(tempfile.mkdtemp(prefix="bench-index-"))
     store_path = tmp / "embeddings.npy"
     s = EmbeddingStore.create(store_path, len(vecs), vecs.shape[1])
@@ -92,7 +94,7 @@ def bench_index(args) -> list:
             build_s = time.perf_counter() - t0
             size = fi.save_index(index, tmp / "ix.faiss")
             fi.set_search_params(index, fi.default_search_params(factory))
-            q = truncate_normalize(queries, w)
+            q = truncate(queries, w)
             exact = None
             if factory != "Flat":
                 flat = faiss.IndexFlatIP(w)

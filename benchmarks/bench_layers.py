@@ -40,7 +40,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     import elasticdenser.data as data
-    from elasticdenser.encoder import ElasticEncoder
+
+    from elasticdenser.model.encoder import ElasticEncoder
     from elasticdenser.operating_point import OperatingPoint
 
     coll = data.load_collection("nq-sample")
@@ -67,7 +68,7 @@ def main() -> int:
     report = {"subsets": rows, "greedy_order": order, "greedy_seconds": greedy_s,
               "greedy_samples": args.samples, "greedy_documents": args.documents,
               "threads": args.threads, "command": " ".join([sys.executable] + sys.argv)}
-    from elasticdenser.index.atomic import write_json
+    from elasticdenser.atomic import write_json
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, report)

@@ -45,12 +45,16 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.losses import Matryoshka2dLoss, MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        Matryoshka2dLoss,
+        MultipleNegativesRankingLoss,
+    )
     from tqdm.auto import tqdm
 
-    from elasticdenser.encoder import ElasticEncoder, _default_model_path
-    from elasticdenser.train_config import TrainConfig
-    from elasticdenser.training import load_training_data
+    from elasticdenser.model.encoder import ElasticEncoder
+    from elasticdenser.model.loading import default_model_path
+    from elasticdenser.training.config import TrainConfig
+    from elasticdenser.training.data import load_training_data
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +76,7 @@ def main(argv=None) -> int:
     label_s = time.time() - t0
     del teacher
 
-    model = SentenceTransformer(_default_model_path(), device="cpu")
+    model = SentenceTransformer(default_model_path(), device="cpu")
     model.max_seq_length = cfg.doc_max_length
     dims = [int(d) for d in args.dims.split(",")]
     loss = Matryoshka2dLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=dims)

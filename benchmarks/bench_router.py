@@ -37,8 +37,9 @@ def log(msg: str) -> None:
 
 def build(exp_dir: Path, data_dir: str, reorder_queries: int) -> None:
     from elasticdenser.data import load_collection
-    from elasticdenser.encoder import ElasticEncoder
     from elasticdenser.index import build as b
+
+    from elasticdenser.model.encoder import ElasticEncoder
 
     coll = load_collection("nq-sample", data_dir)
     enc = ElasticEncoder.from_pretrained()
@@ -68,7 +69,6 @@ def profile(exp_dir: Path, data_dir: str, max_queries: int, repeats: int, thread
 
 def criteria(results, cap: float, slo: float, trace) -> dict:
     """The issue's checks on the ramp: windows within SLO, violations of static-full, quality."""
-    from elasticdenser.eval.simulate import phase_summary
 
     by = {r.policy: r for r in results}
     out = {}
@@ -113,10 +113,10 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from elasticdenser.eval import simulate as sim
-    from elasticdenser.eval.traces import parse_trace
-    from elasticdenser.profile import load_profile
-    from elasticdenser.router import Router, RouterConfig
+    from elasticdenser.serve import simulate as sim
+    from elasticdenser.serve.profile import load_profile
+    from elasticdenser.serve.router import Router, RouterConfig
+    from elasticdenser.serve.traces import parse_trace
 
     exp, out = Path(args.exp_dir), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,6 +154,7 @@ def main() -> int:
                           "switches": res[0].switches}
     if "real" in stages or "http" in stages or args.http:
         from elasticdenser.data import load_collection
+
         from elasticdenser.searcher import Searcher
 
         texts = [q.text for q in load_collection("nq-sample", args.data_dir).queries]

@@ -35,7 +35,7 @@ METRICS = ["mrr@10", "ndcg@10", "recall@20"]
 
 
 def bench_config(out: str, steps: int, **overrides):
-    from elasticdenser.train_config import TrainConfig
+    from elasticdenser.training.config import TrainConfig
 
     cfg = TrainConfig(
         model=None,  # all-MiniLM-L6-v2
@@ -138,9 +138,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
 
     import elasticdenser.data as data
-    from elasticdenser.encoder import ElasticEncoder
-    from elasticdenser.train_config import TrainConfig
-    from elasticdenser.training import SUMMARY_FILE, train
+
+    from elasticdenser.model.encoder import ElasticEncoder
+    from elasticdenser.training.config import TrainConfig
+    from elasticdenser.training.loop import SUMMARY_FILE, train
 
     t0 = time.time()
     if args.baseline_only:
@@ -171,11 +172,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     collection = data.load_collection("nq-sample", data_dir=cfg.data_dir)
     if args.eval_checkpoint:
-        from elasticdenser.training import _doc_cache_key, load_checkpoint_encoder
+        from elasticdenser.training.checkpoint import load_checkpoint_encoder
+        from elasticdenser.training.documents import doc_cache_key
 
         start = ElasticEncoder.from_pretrained(cfg.model)
         cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-        doc_emb = np.load(cache / f"docs-{_doc_cache_key(start, cfg, len(collection.corpus))}.npy")
+        doc_emb = np.load(cache / f"docs-{doc_cache_key(start, cfg, len(collection.corpus))}.npy")
         del start
         trained_enc = load_checkpoint_encoder(args.eval_checkpoint)
         train_wall = None

@@ -36,8 +36,15 @@ from elasticdenser.data.formats import (
     load_tsv_corpus,
     load_tsv_queries,
 )
-from elasticdenser.data.leakage import LeakageError, check_leakage, evaluation_keys, normalize_question
+from elasticdenser.data.leakage import (
+    LeakageError,
+    check_leakage,
+    evaluation_keys,
+    normalize_question,
+)
 from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
+
+from elasticdenser.errors import InvalidInputError, MissingFileError
 
 DATA_ENV = "ELASTICDENSER_DATA"
 QUERY_POOL = "query-pool"
@@ -50,14 +57,14 @@ def resolve_data_dir(path: Optional[Union[str, Path]] = None) -> Path:
     if path is None:
         env = os.environ.get(DATA_ENV)
         if not env:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no data directory given: pass --data-dir / data_dir=..., or set {DATA_ENV} "
                 "to the folder holding nq-gold-passages/, squad-v1.1/, ... (the shared data README)"
             )
         path = env
     resolved = Path(path).expanduser()
     if not resolved.is_dir():
-        raise FileNotFoundError(f"data directory {resolved} does not exist or is not a directory")
+        raise MissingFileError(f"data directory {resolved} does not exist or is not a directory")
     return resolved
 
 
@@ -75,7 +82,7 @@ def load_collection(name: str, data_dir: Optional[Union[str, Path]] = None) -> C
     if name in SAMPLES:
         return SAMPLES[name].loader(resolve_data_dir(data_dir))
     if name == QUERY_POOL:
-        raise ValueError(f"{QUERY_POOL!r} is a training question pool, not a collection: use load_query_pool()")
+        raise InvalidInputError(f"{QUERY_POOL!r} is a training question pool, not a collection: use load_query_pool()")
     if name.startswith("irds:") or name.split("/", 1)[0] in IRDS_NAMESPACES:
         from elasticdenser.data.irds import load_irds
 
@@ -87,7 +94,7 @@ def load_collection(name: str, data_dir: Optional[Union[str, Path]] = None) -> C
 
     if is_irds_id(name):  # any other ir_datasets id, e.g. antique/test
         return load_irds(name, data_dir if data_dir is None else Path(data_dir))
-    raise ValueError(
+    raise InvalidInputError(
         f"unknown collection {name!r}: expected one of {list(SAMPLES)}, an ir_datasets id "
         "(irds:<id>, e.g. dpr-w100/natural-questions/dev, beir/scifact/test) or an existing local path"
     )
@@ -118,7 +125,7 @@ def load_query_pool(
     from elasticdenser.data.samples import build_query_pool
 
     if name != QUERY_POOL:
-        raise ValueError(f"unknown query pool {name!r}: expected {QUERY_POOL!r}")
+        raise InvalidInputError(f"unknown query pool {name!r}: expected {QUERY_POOL!r}")
     root = resolve_data_dir(data_dir)
     collections: List[Collection] = []
     for item in DEFAULT_POOL_EXCLUDE if exclude is None else exclude:

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
 from tqdm.auto import tqdm
 
-from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
+from elasticdenser.errors import InvalidInputError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def open_text(path: PathLike) -> io.TextIOBase:
     """Open a text file, transparently gunzipping ``*.gz``; a missing file names its path."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
     return open(path, encoding="utf-8")
@@ -67,9 +68,9 @@ def iter_jsonl(path: PathLike, desc: Optional[str] = None) -> Iterator[Tuple[int
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
+                raise InvalidInputError(f"{path}:{lineno}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                raise InvalidInputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             yield lineno, record
 
 
@@ -81,16 +82,16 @@ def _field(record: Dict[str, Any], names: Sequence[str], where: str, what: str, 
             if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = str(value)  # numeric ids are common (e.g. BEIR scifact)
             if not isinstance(value, kind):
-                raise ValueError(f"{where}: field {name!r} ({what}) must be {kind.__name__}, got {type(value).__name__}")
+                raise InvalidInputError(f"{where}: field {name!r} ({what}) must be {kind.__name__}, got {type(value).__name__}")
             return value
-    raise ValueError(f"{where}: missing field for {what}: expected one of {list(names)}, found {sorted(record)}")
+    raise InvalidInputError(f"{where}: missing field for {what}: expected one of {list(names)}, found {sorted(record)}")
 
 
 def _answers(value: Any, where: str) -> Tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) for a in value):
-        raise ValueError(f"{where}: answers must be a list of strings, got {value!r:.80}")
+        raise InvalidInputError(f"{where}: answers must be a list of strings, got {value!r:.80}")
     return tuple(dict.fromkeys(value))  # order kept; repeated identical strings add nothing to matching
 
 
@@ -102,7 +103,7 @@ class _LocalFile:
 
         self._path = Path(path)
         if not self._path.is_file():
-            raise FileNotFoundError(f"{self._path}: no such file")
+            raise MissingFileError(f"{self._path}: no such file")
         local = LocalDownload(self._path, mkdir=False)
         self._dlc = GzipExtract(local) if self._path.suffix == ".gz" else local
 
@@ -135,11 +136,11 @@ def load_jsonl_corpus(path: PathLike, *, id_field: Optional[str] = None, title_f
         where = f"{path}:{lineno}"
         doc_id = id_prefix + _field(rec, ids, where, "doc id")
         if doc_id in seen:
-            raise ValueError(f"{where}: duplicate doc id {doc_id!r} (first on line {seen[doc_id]})")
+            raise InvalidInputError(f"{where}: duplicate doc id {doc_id!r} (first on line {seen[doc_id]})")
         seen[doc_id] = lineno
         title = rec.get(title_field) or ""
         if not isinstance(title, str):
-            raise ValueError(f"{where}: field {title_field!r} must be a string")
+            raise InvalidInputError(f"{where}: field {title_field!r} must be a string")
         docs.append(Document(doc_id, title, _field(rec, texts, where, "document text")))
     return Corpus(docs, source=str(path))
 
@@ -151,7 +152,7 @@ def load_tsv_corpus(path: PathLike, *, columns: Sequence[str] = ("doc_id", "text
     A first line equal to the column names (DPR writes ``id text title``) is a header.
     """
     if "doc_id" not in columns or "text" not in columns:
-        raise ValueError(f"columns must name doc_id and text, got {list(columns)}")
+        raise InvalidInputError(f"columns must name doc_id and text, got {list(columns)}")
     docs: List[Document] = []
     seen: Dict[str, int] = {}
     with open_text(path) as handle:
@@ -162,11 +163,11 @@ def load_tsv_corpus(path: PathLike, *, columns: Sequence[str] = ("doc_id", "text
             if lineno == 1 and cols[0] in ("id", "doc_id", "docid", "_id"):
                 continue  # header
             if len(cols) != len(columns):
-                raise ValueError(f"{path}:{lineno}: expected {len(columns)} tab-separated columns {list(columns)}, got {len(cols)}")
+                raise InvalidInputError(f"{path}:{lineno}: expected {len(columns)} tab-separated columns {list(columns)}, got {len(cols)}")
             rec = dict(zip(columns, cols))
             doc_id = id_prefix + rec["doc_id"]
             if doc_id in seen:
-                raise ValueError(f"{path}:{lineno}: duplicate doc id {doc_id!r} (first on line {seen[doc_id]})")
+                raise InvalidInputError(f"{path}:{lineno}: duplicate doc id {doc_id!r} (first on line {seen[doc_id]})")
             seen[doc_id] = lineno
             docs.append(Document(doc_id, rec.get("title", ""), rec["text"]))
     return Corpus(docs, source=str(path))
@@ -191,7 +192,7 @@ def load_jsonl_queries(path: PathLike, *, id_field: Optional[str] = None, text_f
         else:
             qid = f"{id_prefix}{index}"
         if qid in seen:
-            raise ValueError(f"{where}: duplicate query id {qid!r} (first on line {seen[qid]})")
+            raise InvalidInputError(f"{where}: duplicate query id {qid!r} (first on line {seen[qid]})")
         seen[qid] = lineno
         answers: Tuple[str, ...] = ()
         meta = rec.get("metadata") if isinstance(rec.get("metadata"), dict) else {}
@@ -204,7 +205,7 @@ def load_jsonl_queries(path: PathLike, *, id_field: Optional[str] = None, text_f
                 break
         text = _field(rec, texts, where, "query text")
         if not text.strip():
-            raise ValueError(f"{where}: empty query text")
+            raise InvalidInputError(f"{where}: empty query text")
         queries.append(Query(qid, text, answers))
     return queries
 
@@ -219,12 +220,12 @@ def load_tsv_queries(path: PathLike, *, id_prefix: str = "") -> List[Query]:
         for number, q in enumerate(TsvQueries(_LocalFile(path)).queries_iter(), 1):
             qid = id_prefix + q.query_id
             if qid in seen:
-                raise ValueError(f"{path}: duplicate query id {qid!r} (records {seen[qid]} and {number})")
+                raise InvalidInputError(f"{path}: duplicate query id {qid!r} (records {seen[qid]} and {number})")
             seen[qid] = number
             queries.append(Query(qid, q.text))
     except (RuntimeError, TypeError) as exc:
         lineno, line = _locate_bad_line(path, lambda l: len(l.rstrip("\n").split("\t")) == 2)
-        raise ValueError(f"{path}:{lineno}: expected 'qid<TAB>text', got {line!r:.100} ({exc})") from None
+        raise InvalidInputError(f"{path}:{lineno}: expected 'qid<TAB>text', got {line!r:.100} ({exc})") from None
     return queries
 
 
@@ -243,12 +244,12 @@ def load_qa_pairs(path: PathLike, *, id_prefix: str = "") -> List[Query]:
             where = f"{path}:{lineno}"
             stripped = line.strip()
             if not stripped:
-                raise ValueError(f"{where}: blank line in a question-answer list (ids are line indices)")
+                raise InvalidInputError(f"{where}: blank line in a question-answer list (ids are line indices)")
             if stripped.startswith("{"):
                 try:
                     rec = json.loads(stripped)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{where}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
+                    raise InvalidInputError(f"{where}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
                 text = _field(rec, ("question", "query", "text"), where, "question")
                 answers = _answers(_field(rec, ANSWER_FIELDS, where, "answers", object), where)
             else:
@@ -256,15 +257,15 @@ def load_qa_pairs(path: PathLike, *, id_prefix: str = "") -> List[Query]:
                 # CSV-quoted (TriviaQA: '"[\'""Macbeth""\']"'), so a plain split would corrupt them.
                 cols = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"))
                 if len(cols) != 2:
-                    raise ValueError(f"{where}: expected 'question<TAB>[answers]' or a JSON object, got {len(cols)} tab-separated columns")
+                    raise InvalidInputError(f"{where}: expected 'question<TAB>[answers]' or a JSON object, got {len(cols)} tab-separated columns")
                 text, raw = cols
                 try:
                     value = ast.literal_eval(raw.strip())
                 except (ValueError, SyntaxError) as exc:
-                    raise ValueError(f"{where}: answers {raw.strip()!r:.80} are not a list literal ({exc.__class__.__name__})") from None
+                    raise InvalidInputError(f"{where}: answers {raw.strip()!r:.80} are not a list literal ({exc.__class__.__name__})") from None
                 answers = _answers(value, where)
             if not text.strip():
-                raise ValueError(f"{where}: empty question")
+                raise InvalidInputError(f"{where}: empty question")
             queries.append(Query(f"{id_prefix}{index}", text.strip(), answers))
     return queries
 
@@ -295,7 +296,7 @@ def load_trec_topics(path: PathLike, *, id_prefix: str = "") -> List[Query]:
     for q in TrecQueries(_LocalFile(path)).queries_iter():
         text = (getattr(q, "title", "") or getattr(q, "description", "") or "").strip()
         if not text:
-            raise ValueError(f"{path}: topic {q.query_id!r} has neither <title> nor <desc> text")
+            raise InvalidInputError(f"{path}: topic {q.query_id!r} has neither <title> nor <desc> text")
         queries.append(Query(id_prefix + q.query_id, text))
     return queries
 
@@ -320,7 +321,7 @@ def load_trec_qrels(path: PathLike, *, beir: Optional[bool] = None) -> Qrels:
         for qrel in reader.qrels_iter():
             judged = qrels.setdefault(qrel.query_id, {})
             if judged.get(qrel.doc_id, qrel.relevance) != qrel.relevance:
-                raise ValueError(f"{path}: conflicting grades for query {qrel.query_id!r} doc {qrel.doc_id!r}: "
+                raise InvalidInputError(f"{path}: conflicting grades for query {qrel.query_id!r} doc {qrel.doc_id!r}: "
                                  f"{judged[qrel.doc_id]} and {qrel.relevance}")
             judged[qrel.doc_id] = qrel.relevance
     except (RuntimeError, AssertionError, ValueError) as exc:
@@ -336,7 +337,7 @@ def load_trec_qrels(path: PathLike, *, beir: Optional[bool] = None) -> Qrels:
 
         lineno, line = _locate_bad_line(path, ok)
         layout = "header 'query-id<TAB>corpus-id<TAB>score' then 'qid docid grade'" if beir else "'qid iter docid grade' (4 columns, integer grade)"
-        raise ValueError(f"{path}:{lineno}: expected {layout}, got {line!r:.100}") from None
+        raise InvalidInputError(f"{path}:{lineno}: expected {layout}, got {line!r:.100}") from None
     return qrels
 
 
@@ -361,10 +362,10 @@ def load_trec_run(path: PathLike, *, as_ranx: bool = False, name: Optional[str] 
                 qid, _, doc_id, _, score, _ = cols
                 value = float(score)
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: expected 'qid Q0 docid rank score tag', got {line.rstrip()!r:.100}") from None
+                raise InvalidInputError(f"{path}:{lineno}: expected 'qid Q0 docid rank score tag', got {line.rstrip()!r:.100}") from None
             ranked = run.setdefault(qid, {})
             if doc_id in ranked:
-                raise ValueError(f"{path}:{lineno}: doc {doc_id!r} ranked twice for query {qid!r}")
+                raise InvalidInputError(f"{path}:{lineno}: doc {doc_id!r} ranked twice for query {qid!r}")
             ranked[doc_id] = value
     if not as_ranx:
         return run
@@ -383,12 +384,12 @@ def check_qrels(qrels: Qrels, queries: Sequence[Query], corpus: Optional[Corpus]
     qids = {q.query_id for q in queries}
     unknown_q = [qid for qid in qrels if qid not in qids]
     if unknown_q:
-        raise ValueError(f"{source}: qrels name {len(unknown_q)} unknown query id(s), e.g. {unknown_q[:5]}")
+        raise InvalidInputError(f"{source}: qrels name {len(unknown_q)} unknown query id(s), e.g. {unknown_q[:5]}")
     if corpus is None:
         return 0
     missing = [(qid, did) for qid, docs in qrels.items() for did in docs if did not in corpus]
     if missing and not allow_unknown_docs:
-        raise ValueError(f"{source}: qrels name {len(missing)} doc id(s) not in the corpus, e.g. {missing[:5]}")
+        raise InvalidInputError(f"{source}: qrels name {len(missing)} doc id(s) not in the corpus, e.g. {missing[:5]}")
     return len(missing)
 
 
@@ -407,7 +408,7 @@ def load_beir_folder(path: PathLike, split: str = "test", name: Optional[str] = 
     root = Path(path)
     for part in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
         if not (root / part).is_file():
-            raise FileNotFoundError(f"{root}: not a BEIR folder, missing {part}")
+            raise MissingFileError(f"{root}: not a BEIR folder, missing {part}")
     corpus = load_jsonl_corpus(root / "corpus.jsonl")
     all_queries = load_jsonl_queries(root / "queries.jsonl")
     by_id = {q.query_id: q for q in all_queries}
@@ -441,9 +442,9 @@ def load_squad(path: PathLike, name: str = "squad", id_prefix: str = "squad-") -
         try:
             payload = json.load(handle)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+            raise InvalidInputError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
-        raise ValueError(f"{path}: expected SQuAD JSON {{'version', 'data': [articles]}}")
+        raise InvalidInputError(f"{path}: expected SQuAD JSON {{'version', 'data': [articles]}}")
     docs: List[Document] = []
     queries: List[Query] = []
     qrels: Qrels = {}
@@ -458,7 +459,7 @@ def load_squad(path: PathLike, name: str = "squad", id_prefix: str = "squad-") -
                 qwhere = f"{pwhere}.qas[{k}]"
                 qid = _field(qa, ("id",), qwhere, "question id")
                 if qid in qrels:
-                    raise ValueError(f"{qwhere}: duplicate question id {qid!r}")
+                    raise InvalidInputError(f"{qwhere}: duplicate question id {qid!r}")
                 answers = [_field(ans, ("text",), f"{qwhere}.answers", "answer text")
                            for ans in _field(qa, ("answers",), qwhere, "answers", list)]
                 queries.append(Query(qid, _field(qa, ("question",), qwhere, "question").strip(), _answers(answers, qwhere)))
@@ -479,7 +480,7 @@ class DprExample:
 
 def _dpr_ctx(ctx: Any, where: str, id_prefix: str) -> Document:
     if not isinstance(ctx, dict):
-        raise ValueError(f"{where}: expected a passage object, got {type(ctx).__name__}")
+        raise InvalidInputError(f"{where}: expected a passage object, got {type(ctx).__name__}")
     pid = _field(ctx, ("passage_id", "psg_id", "id"), where, "passage id")
     return Document(id_prefix + pid, ctx.get("title") or "", _field(ctx, ("text",), where, "passage text"))
 
@@ -498,27 +499,27 @@ def iter_dpr_biencoder(path: PathLike, *, id_prefix: str = "", require_positive:
                                              disable=None, leave=False)):
                 where = f"{path}: record {index}"
                 if not isinstance(rec, dict):
-                    raise ValueError(f"{where}: expected an object, got {type(rec).__name__}")
+                    raise InvalidInputError(f"{where}: expected an object, got {type(rec).__name__}")
                 question = _field(rec, ("question",), where, "question")
                 answers = _answers(rec.get("answers", []), where)
                 lists = {}
                 for key in ("positive_ctxs", "hard_negative_ctxs", "negative_ctxs"):
                     ctxs = rec.get(key, [])
                     if not isinstance(ctxs, list):
-                        raise ValueError(f"{where}: field {key!r} must be a list")
+                        raise InvalidInputError(f"{where}: field {key!r} must be a list")
                     lists[key] = [_dpr_ctx(c, f"{where}.{key}[{i}]", id_prefix) for i, c in enumerate(ctxs)]
                 if require_positive and not lists["positive_ctxs"]:
-                    raise ValueError(f"{where}: no positive_ctxs (DPR training needs at least one)")
+                    raise InvalidInputError(f"{where}: no positive_ctxs (DPR training needs at least one)")
                 yield DprExample(Query(str(index), question.strip(), answers), lists["positive_ctxs"],
                                  lists["hard_negative_ctxs"], lists["negative_ctxs"])
         except ijson.JSONError as exc:
-            raise ValueError(f"{path}: malformed JSON ({exc})") from None
+            raise InvalidInputError(f"{path}: malformed JSON ({exc})") from None
 
 
 def load_dpr_biencoder(path: PathLike, *, id_prefix: str = "") -> List[DprExample]:
     """All records of a DPR biencoder file (see :func:`iter_dpr_biencoder`)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     return list(iter_dpr_biencoder(path, id_prefix=id_prefix))
 
 
@@ -538,7 +539,7 @@ def dpr_examples_to_collection(examples: Sequence[DprExample], name: str, source
             if old is None:
                 docs[doc.doc_id] = doc
             elif old != doc:
-                raise ValueError(f"{source}: passage {doc.doc_id!r} appears with two different texts")
+                raise InvalidInputError(f"{source}: passage {doc.doc_id!r} appears with two different texts")
             else:
                 repeats += 1
         qrels[ex.query.query_id] = {d.doc_id: 1 for d in ex.positives}
@@ -558,12 +559,12 @@ def load_local(path: PathLike, name: Optional[str] = None) -> Collection:
     if path.is_dir():
         return load_beir_folder(path, name=name)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise MissingFileError(f"{path}: no such file or directory")
     with open_text(path) as handle:
         head = handle.read(2048).lstrip()
     if head.startswith("{") and ('"data"' in head[:200] or '"version"' in head[:50]):
         return load_squad(path, name=name or path.stem)
     if head.startswith("[") and "question" in head:
         return dpr_examples_to_collection(load_dpr_biencoder(path), name or path.stem, str(path))
-    raise ValueError(f"{path}: unrecognised format; expected a BEIR folder, SQuAD v1.1 JSON or DPR biencoder JSON. "
+    raise InvalidInputError(f"{path}: unrecognised format; expected a BEIR folder, SQuAD v1.1 JSON or DPR biencoder JSON. "
                      "For corpora/queries/qrels files use load_jsonl_corpus, load_qa_pairs, load_trec_qrels, ...")

@@ -21,9 +21,10 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
 from tqdm.auto import tqdm
 
-from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
+from elasticdenser.errors import InvalidInputError
 
 #: test splits served from DPR's QA lists in the data directory (see module docstring)
 DPR_TEST_TOPICS = {
@@ -229,16 +230,16 @@ def load_irds(dataset_id: str, data_dir: Optional[Path] = None) -> Collection:
     try:
         dataset = ir_datasets.load(dataset_id)
     except KeyError:
-        raise ValueError(f"unknown ir_datasets id {dataset_id!r} (see https://ir-datasets.com)") from None
+        raise InvalidInputError(f"unknown ir_datasets id {dataset_id!r} (see https://ir-datasets.com)") from None
     queries = _guard(dataset_id, lambda: _queries(dataset), missing) if dataset.has_queries() else []
     qrels = _guard(dataset_id, lambda: _qrels(dataset), missing) if dataset.has_qrels() else {}
     if not dataset.has_docs():
-        raise ValueError(f"ir_datasets id {dataset_id!r} has no documents")
+        raise InvalidInputError(f"ir_datasets id {dataset_id!r} has no documents")
     corpus = IrdsCorpus(dataset, dataset_id, missing)
     _guard(dataset_id, lambda: next(iter(dataset.docs_iter())), missing)
     unknown = [qid for qid in qrels if qid not in {q.query_id for q in queries}]
     if unknown:
-        raise ValueError(f"irds:{dataset_id}: qrels name {len(unknown)} unknown query id(s), e.g. {unknown[:5]}")
+        raise InvalidInputError(f"irds:{dataset_id}: qrels name {len(unknown)} unknown query id(s), e.g. {unknown[:5]}")
     if dataset_id.endswith("/train"):
         positives = {qid: [d for d, g in docs.items() if g > 0] for qid, docs in qrels.items()}
         return Collection(dataset_id, corpus, [], {}, train_queries=queries, train_positives=positives,

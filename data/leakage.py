@@ -13,10 +13,12 @@ from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 from elasticdenser.data.types import Collection, Query
 
+from elasticdenser.errors import InvalidInputError
+
 log = logging.getLogger(__name__)
 
 
-class LeakageError(ValueError):
+class LeakageError(InvalidInputError):
     """A training pool contains evaluation questions (compared after normalisation)."""
 
 

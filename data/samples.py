@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from tqdm.auto import tqdm
-
 from elasticdenser.data.formats import (
     check_qrels,
     dpr_examples_to_collection,
@@ -49,6 +47,9 @@ from elasticdenser.data.formats import (
 )
 from elasticdenser.data.leakage import check_leakage, normalize_question
 from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
+from tqdm.auto import tqdm
+
+from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ TREC_DL_YEARS = {"dl19": ("topics.dl19-passage.txt", "qrels.dl19-passage.txt"),
 def _file(data_dir: Path, relative: str) -> Path:
     path = data_dir / relative
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing from the data directory {data_dir} (see its README.md)")
+        raise MissingFileError(f"{path}: missing from the data directory {data_dir} (see its README.md)")
     return path
 
 
@@ -103,10 +104,10 @@ def load_nq_sample(data_dir: Path) -> Collection:
         answers = rec.get("answers")
         ctxs = rec.get("ctxs")
         if not isinstance(question, str) or not isinstance(answers, list) or not isinstance(ctxs, list) or len(ctxs) != 1:
-            raise ValueError(f"{where}: expected question (str), answers (list) and ctxs (exactly one passage)")
+            raise InvalidInputError(f"{where}: expected question (str), answers (list) and ctxs (exactly one passage)")
         ctx = ctxs[0]
         if not isinstance(ctx, dict) or not isinstance(ctx.get("title"), str) or not isinstance(ctx.get("text"), str):
-            raise ValueError(f"{where}: ctxs[0] must have string title and text")
+            raise InvalidInputError(f"{where}: ctxs[0] must have string title and text")
         key = (ctx["title"], ctx["text"])
         doc_id = by_content.get(key)
         if doc_id is None:
@@ -139,7 +140,7 @@ def load_nq_sample(data_dir: Path) -> Collection:
     for lineno, rec in iter_jsonl(wiki_path, desc="dpr wiki sample"):
         where = f"{wiki_path}:{lineno}"
         if not isinstance(rec.get("id"), str) or not isinstance(rec.get("contents"), str) or "\n" not in rec["contents"]:
-            raise ValueError(f"{where}: expected id (str) and contents '\"Title\"\\ntext'")
+            raise InvalidInputError(f"{where}: expected id (str) and contents '\"Title\"\\ntext'")
         title, text = rec["contents"].split("\n", 1)
         add(Document(f"wiki-{rec['id']}", title.strip().strip('"'), text), "dpr-wiki-sample")
 
@@ -166,7 +167,7 @@ def load_nq_sample(data_dir: Path) -> Collection:
                        for qid, docs_ in dpr.qrels.items()}
     missing = [d for ids in train_positives.values() for d in ids if d not in corpus]
     if missing:  # cannot happen by construction; guards the alias bookkeeping above
-        raise RuntimeError(f"nq-sample: train positives {missing[:5]} are not in the corpus")
+        raise StateError(f"nq-sample: train positives {missing[:5]} are not in the corpus")
     coll = Collection(
         "nq-sample", corpus, queries, qrels,
         train_queries=train_queries, train_positives=train_positives,
@@ -203,7 +204,7 @@ def _numpy_list(raw: str, where: str, what: str = "abstract") -> List[str]:
 
     raw = raw.strip()
     if not (raw.startswith("[") and raw.endswith("]")):
-        raise ValueError(f"{where}: {what} must be a bracketed list, got {raw!r:.60}")
+        raise InvalidInputError(f"{where}: {what} must be a bracketed list, got {raw!r:.60}")
     items: List[str] = []
     try:
         for tok in tokenize.generate_tokens(io.StringIO(raw).readline):
@@ -212,9 +213,9 @@ def _numpy_list(raw: str, where: str, what: str = "abstract") -> List[str]:
             elif tok.type == tokenize.NUMBER:
                 items.append(tok.string)
             elif tok.type not in (tokenize.OP, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.INDENT, tokenize.DEDENT):
-                raise ValueError(f"unexpected token {tok.string!r}")
+                raise InvalidInputError(f"unexpected token {tok.string!r}")
     except (tokenize.TokenError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"{where}: cannot parse {what} list ({exc})") from None
+        raise InvalidInputError(f"{where}: cannot parse {what} list ({exc})") from None
     return items
 
 
@@ -236,7 +237,7 @@ def load_scifact(data_dir: Path) -> Collection:
         for line, row in tqdm(_csv_rows(archive, "corpus_train.csv", zip_path), desc="scifact corpus", disable=None, leave=False):
             where = f"{zip_path}!corpus_train.csv:{line}"
             if not row.get("doc_id") or row.get("abstract") is None:
-                raise ValueError(f"{where}: missing doc_id or abstract")
+                raise InvalidInputError(f"{where}: missing doc_id or abstract")
             docs.append(Document(row["doc_id"], row.get("title") or "", " ".join(_numpy_list(row["abstract"], where))))
         train_rows = _csv_rows(archive, "claims_train.csv", zip_path)
     corpus = Corpus(docs, source=str(zip_path))
@@ -249,17 +250,17 @@ def load_scifact(data_dir: Path) -> Collection:
     for line, row in train_rows:
         where = f"{zip_path}!claims_train.csv:{line}"
         if not row.get("id") or not row.get("claim"):
-            raise ValueError(f"{where}: missing id or claim")
+            raise InvalidInputError(f"{where}: missing id or claim")
         qid = f"train-{row['id']}"
         if qid in train and train[qid].text != row["claim"]:
-            raise ValueError(f"{where}: claim id {row['id']} repeated with a different text")
+            raise InvalidInputError(f"{where}: claim id {row['id']} repeated with a different text")
         train.setdefault(qid, Query(qid, row["claim"]))
         cited = _numpy_list(row.get("cited_doc_ids") or "[]", where, "cited_doc_ids")
         if row.get("evidence_doc_id"):
             cited.append(row["evidence_doc_id"])
         for doc_id in cited:
             if doc_id not in corpus:
-                raise ValueError(f"{where}: doc id {doc_id!r} is not in the SciFact corpus")
+                raise InvalidInputError(f"{where}: doc id {doc_id!r} is not in the SciFact corpus")
             if doc_id not in positives.setdefault(qid, []):
                 positives[qid].append(doc_id)
     coll = Collection("scifact", corpus, [q for q in queries if q.query_id in qrels], qrels,
@@ -300,7 +301,7 @@ def load_trec_dl_pools(data_dir: Path) -> Tuple[Dict[str, Document], Dict[str, D
             try:
                 entries = json.load(handle)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+                raise InvalidInputError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
         run: Dict[str, Dict[str, float]] = {}
         for e, entry in enumerate(entries):
             for h, hit in enumerate(entry.get("hits", [])):
@@ -308,12 +309,12 @@ def load_trec_dl_pools(data_dir: Path) -> Tuple[Dict[str, Document], Dict[str, D
                 try:
                     qid, did, text, score = str(hit["qid"]), str(hit["docid"]), hit["content"], float(hit["score"])
                 except (KeyError, TypeError, ValueError):
-                    raise ValueError(f"{where}: expected qid, docid, content and numeric score") from None
+                    raise InvalidInputError(f"{where}: expected qid, docid, content and numeric score") from None
                 old = docs.get(did)
                 if old is None:
                     docs[did] = Document(did, "", text)
                 elif old.text != text:
-                    raise ValueError(f"{where}: passage {did} has a different text than in an earlier pool file")
+                    raise InvalidInputError(f"{where}: passage {did} has a different text than in an earlier pool file")
                 run.setdefault(qid, {})[did] = score
         runs[name] = run
     return docs, runs
@@ -341,7 +342,7 @@ def load_trec_dl(data_dir: Path) -> Collection:
                 unjudged += 1
         overlap = set(qrels) & set(year_qrels)
         if overlap:
-            raise ValueError(f"{qrels_file}: query ids {sorted(overlap)[:5]} are also judged in another year")
+            raise InvalidInputError(f"{qrels_file}: query ids {sorted(overlap)[:5]} are also judged in another year")
         qrels.update(year_qrels)
     missing = check_qrels(qrels, queries, corpus, str(data_dir / TREC_DL), allow_unknown_docs=True)
     coll = Collection("trec-dl", corpus, queries, qrels,
@@ -377,7 +378,11 @@ def load_cranfield(data_dir: Path) -> Collection:
     does the same). Grades: code 1..4 -> 5 - code (4 = complete answer); the 225 code ``-1``
     judgments, which the readme does not explain, are kept as grade 0 and counted in ``skipped``.
     """
-    from ir_datasets.datasets.cranfield import CranfieldDocs, CranfieldQrels, CranfieldQueries
+    from ir_datasets.datasets.cranfield import (
+        CranfieldDocs,
+        CranfieldQrels,
+        CranfieldQueries,
+    )
 
     root = data_dir / CRANFIELD
     docs_file = _file(data_dir, f"{CRANFIELD}/cran.all.1400")
@@ -392,17 +397,17 @@ def load_cranfield(data_dir: Path) -> Collection:
     try:
         judgments = list(CranfieldQrels(_PlainFile(qrels_file)).qrels_iter())
     except RuntimeError as exc:
-        raise ValueError(f"{qrels_file}: expected 'qid docid code' lines ({exc})") from None
+        raise InvalidInputError(f"{qrels_file}: expected 'qid docid code' lines ({exc})") from None
     for j in judgments:
         if j.relevance == -1:
             grade, minus_one = 0, minus_one + 1
         elif 1 <= j.relevance <= 4:
             grade = 5 - j.relevance
         else:
-            raise ValueError(f"{qrels_file}: query {j.query_id} doc {j.doc_id}: code {j.relevance} is not 1-4 or -1")
+            raise InvalidInputError(f"{qrels_file}: query {j.query_id} doc {j.doc_id}: code {j.relevance} is not 1-4 or -1")
         judged = qrels.setdefault(j.query_id, {})
         if j.doc_id in judged:
-            raise ValueError(f"{qrels_file}: query {j.query_id} doc {j.doc_id} is judged twice")
+            raise InvalidInputError(f"{qrels_file}: query {j.query_id} doc {j.doc_id} is judged twice")
         judged[j.doc_id] = grade
     check_qrels(qrels, queries, corpus, str(qrels_file))
     coll = Collection("cranfield", corpus, [q for q in queries if q.query_id in qrels], qrels,
@@ -435,19 +440,19 @@ def load_climate_fever(data_dir: Path) -> Collection:
                     rec = json.loads(line)
                     qid, claim, evidences = str(rec["claim_id"]), rec["claim"], rec["evidences"]
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{where}: malformed JSON line ({exc.msg})") from None
+                    raise InvalidInputError(f"{where}: malformed JSON line ({exc.msg})") from None
                 except KeyError as exc:
-                    raise ValueError(f"{where}: missing field {exc.args[0]!r}") from None
+                    raise InvalidInputError(f"{where}: missing field {exc.args[0]!r}") from None
                 positives = {}
                 for k, ev in enumerate(evidences):
                     try:
                         doc = Document(ev["evidence_id"], ev["article"], ev["evidence"])
                         label = ev["evidence_label"]
                     except (KeyError, TypeError):
-                        raise ValueError(f"{where}: evidences[{k}] needs evidence_id, article, evidence, evidence_label") from None
+                        raise InvalidInputError(f"{where}: evidences[{k}] needs evidence_id, article, evidence, evidence_label") from None
                     old = docs.setdefault(doc.doc_id, doc)
                     if old != doc:
-                        raise ValueError(f"{where}: evidence id {doc.doc_id!r} has two different sentences")
+                        raise InvalidInputError(f"{where}: evidence id {doc.doc_id!r} has two different sentences")
                     if label in ("SUPPORTS", "REFUTES"):
                         positives[doc.doc_id] = 1
                 if positives:
@@ -485,15 +490,15 @@ def load_cacm(data_dir: Path) -> Collection:
             raw = archive.extractfile(member).read().decode("utf-8", errors="strict")
             match = re.search(r"<pre>(.*)</pre>", raw, re.S | re.I)
             if not match:
-                raise ValueError(f"{tar_path}!{member.name}: expected <html><pre>...</pre>")
+                raise InvalidInputError(f"{tar_path}!{member.name}: expected <html><pre>...</pre>")
             blocks = [" ".join(b.split()) for b in re.split(r"\n\s*\n", html.unescape(match.group(1)))]
             blocks = [b for b in blocks if b]
             if not blocks:
-                raise ValueError(f"{tar_path}!{member.name}: empty document")
+                raise InvalidInputError(f"{tar_path}!{member.name}: empty document")
             stem = Path(member.name).stem  # CACM-0046; the qrels write CACM-46, so ids drop the padding
             prefix, _, number = stem.partition("-")
             if not number.isdigit():
-                raise ValueError(f"{tar_path}!{member.name}: expected a name like CACM-0001.html")
+                raise InvalidInputError(f"{tar_path}!{member.name}: expected a name like CACM-0001.html")
             docs.append(Document(f"{prefix}-{int(number)}", blocks[0], " ".join(blocks[1:])))
     corpus = Corpus(docs, source=str(tar_path))
     topics_file = _file(data_dir, f"{CACM}/topics.cacm.txt")
@@ -502,7 +507,7 @@ def load_cacm(data_dir: Path) -> Collection:
     topics = [Query(m.group(1), " ".join(m.group(2).split()))
               for m in re.finditer(r"<DOC>\s*<DOCNO>\s*(\S+)\s*</DOCNO>(.*?)</DOC>", content, re.S)]
     if len(topics) != content.count("<DOC>") or any(not q.text for q in topics):
-        raise ValueError(f"{topics_file}: expected <DOC><DOCNO> n </DOCNO> text </DOC> blocks with text")
+        raise InvalidInputError(f"{topics_file}: expected <DOC><DOCNO> n </DOCNO> text </DOC> blocks with text")
     qrels = load_trec_qrels(_file(data_dir, f"{CACM}/qrels.cacm.txt"))
     check_qrels(qrels, topics, corpus, str(data_dir / CACM / "qrels.cacm.txt"))
     coll = Collection("cacm", corpus, [q for q in topics if q.query_id in qrels], qrels,

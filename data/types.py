@@ -7,7 +7,9 @@ hold its documents as Python objects: a 21M-passage corpus is backed by ir_datas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
+
+from elasticdenser.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Corpus:
         self._index: Dict[str, int] = {}
         for position, doc in enumerate(self._docs):
             if doc.doc_id in self._index:
-                raise ValueError(f"{source}: duplicate doc id {doc.doc_id!r} (entries {self._index[doc.doc_id]} and {position})")
+                raise InvalidInputError(f"{source}: duplicate doc id {doc.doc_id!r} (entries {self._index[doc.doc_id]} and {position})")
             self._index[doc.doc_id] = position
         self.source = source
 
@@ -102,7 +104,9 @@ class Collection:
         return [q.text for q in self.queries] + list(self.held_out_questions)
 
     def _distinct_evaluation_questions(self) -> int:
-        from elasticdenser.data.leakage import normalize_question  # leakage imports this module
+        from elasticdenser.data.leakage import (
+            normalize_question,  # leakage imports this module
+        )
 
         return len({normalize_question(t) for t in self.evaluation_questions()})
 

@@ -1,4 +1,9 @@
-"""The `elasticdenser` console script: one subcommand per module in elasticdenser.commands."""
+"""The `elasticdenser` console script: one subcommand per module in elasticdenser.commands.
+
+Error contract: an :class:`~elasticdenser.errors.ElasticDenserError` (bad input, a missing file, an
+inconsistent experiment) prints one line and exits 2 (``--debug`` shows its traceback too); any
+other exception is a bug or an exhausted machine and keeps its traceback (exit 1); Ctrl-C exits 130.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +11,10 @@ import importlib
 import sys
 from typing import List, Optional
 
+from elasticdenser.errors import ElasticDenserError
+
 # Each name is a module elasticdenser.commands.<name> exposing `register(subparsers)`;
-# the registered parser sets `func(args) -> int`.
+# the registered parser sets `func(args) -> int`. A module that fails to import is an error.
 COMMANDS = ["version", "data", "train", "index", "search", "evaluate", "profile", "simulate", "serve", "pipeline"]
 
 
@@ -16,16 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="elasticdenser",
         description="Dense retrieval with an elastic query encoder (train, index, search, evaluate, route).",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"elasticdenser.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command not written yet must not break the others
-            if exc.name != f"elasticdenser.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"elasticdenser.commands.{name}").register(sub)
     return parser
 
 
@@ -36,7 +38,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except ElasticDenserError as exc:
+        if args.debug:
+            raise
         # Known failure modes carry a message written for the user; no traceback.
         print(f"elasticdenser {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+
+from elasticdenser.errors import InvalidInputError
 
 _POINT_RE = re.compile(r"^L(\d+)-H(\d+)-F(\d+)-D(\d+)$")
 
@@ -16,8 +20,12 @@ _POINT_RE = re.compile(r"^L(\d+)-H(\d+)-F(\d+)-D(\d+)$")
 WIDTH_MULTIPLE = 8
 
 
-class InvalidOperatingPoint(ValueError):
+class InvalidOperatingPoint(InvalidInputError):
     """A point that cannot exist in a given elastic space (or cannot be parsed)."""
+
+
+__all__ = ["WIDTH_MULTIPLE", "InvalidOperatingPoint", "OperatingPoint", "PointLike", "ElasticSpace", "truncate",
+           "parse_points"]
 
 
 @dataclass(frozen=True, order=True)
@@ -47,6 +55,10 @@ class OperatingPoint:
         return self.name
 
 
+#: what every API that takes a point accepts: a point, its name, or None (the API says what None means).
+PointLike = Union[OperatingPoint, str, None]
+
+
 @dataclass(frozen=True)
 class ElasticSpace:
     """The set of points one encoder supports (derived from its transformer config)."""
@@ -59,6 +71,14 @@ class ElasticSpace:
     @property
     def full(self) -> OperatingPoint:
         return OperatingPoint(self.num_layers, self.num_heads, self.intermediate_size, self.hidden_size)
+
+    def resolve(self, point: PointLike) -> OperatingPoint:
+        """The one point resolver: ``None`` or ``"full"`` -> the full point; a name is parsed; every
+        point is validated against this space. (An API whose ``None`` means something else -- the
+        Searcher's "routed" -- decides that before it calls this.)"""
+        if point is None or (isinstance(point, str) and point.strip() == "full"):
+            return self.full
+        return self.validate(point)
 
     def validate(self, point: "OperatingPoint | str") -> OperatingPoint:
         point = OperatingPoint.parse(point)
@@ -146,6 +166,45 @@ class ElasticSpace:
             + 2 * 2 * seq_len * self.hidden_size * point.ffn  # FFN in and out
         )
         return float(per_layer * point.layers)
+
+    def params(self, point: OperatingPoint, embedding_params: int = 0) -> int:
+        """Parameters a query at ``point`` reads: ``embedding_params`` (the model's embedding tables,
+        shared by every point) plus the kept slices of the kept layers (weights, biases, LayerNorms).
+
+        The one owner of this count: reports, the profile and benchmarks all call it.
+        """
+        point = self.validate(point)
+        h = self.hidden_size
+        a = point.heads * (h // self.num_heads)
+        f = point.ffn
+        per_layer = 3 * (h * a + a) + (a * h + h) + (h * f + f) + (f * h + h) + 4 * h
+        return int(embedding_params) + per_layer * point.layers
+
+
+def truncate(vectors, width: int, normalize: bool = True):
+    """The width rule: the first ``width`` dimensions of each row, re-normalised to unit length when
+    the model normalises (Matryoshka style), else left as they are (dot-product models).
+
+    The one owner of this rule: the encoder's query vectors, training's targets and every FAISS
+    index are cut by it. Works on a torch tensor (differentiable) or a NumPy array (a float32 copy;
+    zero rows stay zero).
+    """
+    width, stored = int(width), vectors.shape[-1]
+    if isinstance(stored, int) and not 1 <= width <= stored:  # (a traced graph's shape is not an int)
+        raise InvalidOperatingPoint(f"width {width} is out of range 1..{vectors.shape[-1]} (the stored embedding width)")
+    cut = vectors[..., :width]
+    if isinstance(cut, np.ndarray):
+        cut = np.asarray(cut, dtype=np.float32)
+        if not normalize:
+            return cut.copy()
+        norms = np.linalg.norm(cut, axis=-1, keepdims=True)
+        norms[norms == 0] = 1.0
+        return cut / norms
+    if not normalize:
+        return cut
+    import torch.nn.functional as F
+
+    return F.normalize(cut, p=2, dim=-1)
 
 
 def parse_points(texts: "str | Sequence[str]") -> List[OperatingPoint]:

@@ -26,7 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from elasticdenser.operating_point import OperatingPoint
+from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
+from elasticdenser.operating_point import OperatingPoint, PointLike
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ class SearchResult:
 
 class Searcher:
     def __init__(self, exp_dir: Path, manifest: dict, encoder, doc_ids: Sequence[str], docstore=None,
-                 use_gpu: Optional[bool] = None):
+                 use_gpu: Optional[bool] = None, backend: str = "auto"):
         self.exp_dir = Path(exp_dir)
+        #: the query encoder path every search runs (:mod:`elasticdenser.model.fastpath`)
+        self.backend = backend
         self.manifest = manifest
         self.encoder = encoder
         self.doc_ids = doc_ids
@@ -72,8 +75,8 @@ class Searcher:
              use_gpu: Optional[bool] = None, device: Optional[str] = None, backend: str = "auto") -> "Searcher":
         """Open ``exp_dir``; the encoder is ``exp_dir/model`` unless one is given.
 
-        ``backend`` is the query encoder's serving path for a loaded model (default ``"auto"``: the
-        fastest exact one; ``"int8"`` is the opt-in quantised path, see :mod:`elasticdenser.fastpath`).
+        ``backend`` is the query encoder's serving path (default ``"auto"``: the
+        fastest exact one; ``"int8"`` is the opt-in quantised path, see :mod:`elasticdenser.model.fastpath`).
 
         A given encoder whose fingerprint differs from the manifest's is refused
         (``ManifestMismatchError``) unless ``allow_mismatch=True``.
@@ -87,44 +90,43 @@ class Searcher:
         if encoder is None:
             model_dir = exp_dir / "model"
             if not model_dir.is_dir():
-                raise FileNotFoundError(f"{model_dir} not found: pass an encoder or rebuild the experiment")
-            from elasticdenser.encoder import ElasticEncoder
+                raise MissingFileError(f"{model_dir} not found: pass an encoder or rebuild the experiment")
+            from elasticdenser.model.encoder import ElasticEncoder
 
             encoder = ElasticEncoder.from_pretrained(str(model_dir))
             if device:
                 encoder = encoder.to(device)
-            encoder.serve_backend = backend
         msg = mf.check_model(manifest, encoder, allow_mismatch=allow_mismatch)
         if msg:
             warnings.warn(msg + " (allowed by allow_mismatch)", UserWarning, stacklevel=2)
         doc_ids = enc.read_doc_ids(exp_dir)
         n = manifest.get("collection", {}).get("num_docs")
         if n is not None and n != len(doc_ids):
-            raise RuntimeError(f"{exp_dir}: doc_ids.txt has {len(doc_ids)} ids but the manifest says {n}")
+            raise StateError(f"{exp_dir}: doc_ids.txt has {len(doc_ids)} ids but the manifest says {n}")
         try:
             docstore = DocStore(exp_dir)
         except FileNotFoundError:
             docstore = None
-        return cls(exp_dir, manifest, encoder, doc_ids, docstore, use_gpu=use_gpu)
+        return cls(exp_dir, manifest, encoder, doc_ids, docstore, use_gpu=use_gpu, backend=backend)
 
     # ------------------------------------------------------------------ helpers
-    def resolve_point(self, point: "OperatingPoint | str | None") -> OperatingPoint:
-        if point is None:
-            return self.encoder.space.full
-        return self.encoder.space.validate(OperatingPoint.parse(point))
+    def resolve_point(self, point: PointLike) -> OperatingPoint:
+        """An explicit point (``"full"`` or a name) of this searcher's model; ``None`` -> the full point."""
+        return self.encoder.resolve_point(point)
 
     @property
     def router(self):
         """The router built from the manifest's measured profile; None if never profiled."""
         if self._router is None and isinstance(self.manifest.get("profile"), dict):
-            from elasticdenser.profile import load_profile
-            from elasticdenser.router import Router
+            from elasticdenser.serve.profile import load_profile
+            from elasticdenser.serve.router import Router
 
             self._router = Router(load_profile(self.manifest), points=[p.name for p in self.points])
         return self._router
 
-    def _route(self, point, n: int) -> OperatingPoint:
-        """An explicit point wins; otherwise the router picks one for a batch of ``n``."""
+    def _route(self, point: PointLike, n: int) -> OperatingPoint:
+        """What ``point=None`` means in every search call: the router's choice for a batch of ``n``
+        when the experiment is profiled, else the full point. An explicit point always wins."""
         if point is not None or self.router is None:
             return self.resolve_point(point)
         with self._router_lock:
@@ -141,7 +143,7 @@ class Searcher:
                 info = self.manifest.get("indexes", {}).get(str(width), {})
                 fi.set_search_params(index, info.get("search_params"))
                 if index.ntotal != len(self.doc_ids):
-                    raise RuntimeError(f"{fi.index_file(width)} holds {index.ntotal} vectors, doc_ids.txt {len(self.doc_ids)}")
+                    raise StateError(f"{fi.index_file(width)} holds {index.ntotal} vectors, doc_ids.txt {len(self.doc_ids)}")
                 self._indexes[width] = index
             return self._indexes[width]
 
@@ -166,13 +168,13 @@ class Searcher:
             warnings.warn(f"{n_long} quer{'y' if n_long == 1 else 'ies'} longer than {self.encoder.max_length} tokens "
                           "truncated", UserWarning, stacklevel=3)
         with self._encoder_lock:
-            return self.encoder.encode(list(texts), point=p, batch_size=batch_size)
+            return self.encoder.encode(list(texts), point=p, batch_size=batch_size, backend=self.backend)
 
     def _check_texts(self, ids: Sequence[str], texts: Sequence[str], skip_empty: bool) -> List[int]:
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
         if bad and not skip_empty:
             shown = ", ".join(repr(ids[i]) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
-            raise ValueError(f"{len(bad)} empty or whitespace-only quer{'y' if len(bad) == 1 else 'ies'} ({shown}); "
+            raise InvalidInputError(f"{len(bad)} empty or whitespace-only quer{'y' if len(bad) == 1 else 'ies'} ({shown}); "
                              "remove them or pass skip_empty=True")
         badset = set(bad)
         return [i for i in range(len(texts)) if i not in badset]
@@ -185,7 +187,7 @@ class Searcher:
         index = self.index(p.width)
         k = int(k)
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise InvalidInputError(f"k must be >= 1, got {k}")
         scores = np.empty((len(texts), k), dtype=np.float32)
         ids = np.empty((len(texts), k), dtype=np.int64)
         for lo in range(0, len(texts), batch_size):
@@ -206,7 +208,7 @@ class Searcher:
     # ------------------------------------------------------------------ public API
     def search(self, query: str, k: int = 10, point: "OperatingPoint | str | None" = None) -> SearchResult:
         if not isinstance(query, str) or not query.strip():
-            raise ValueError("empty query: give some text to search for")
+            raise InvalidInputError("empty query: give some text to search for")
         p = self._route(point, 1)
         scores, ids = self._raw_search([query], k, p)
         return SearchResult(query, p, [self._hit(int(r), s) for r, s in zip(ids[0], scores[0]) if r >= 0])
@@ -224,7 +226,8 @@ class Searcher:
 
     def batch_search(self, queries, k: int = 100, point=None, batch_size: int = 32, skip_empty: bool = False,
                      timings: Optional[List[float]] = None, return_rows: bool = False):
-        """A ``ranx.Run`` named after the point. ``queries``: ``Query`` objects, ``{qid: text}``, or
+        """A ``ranx.Run`` named after the point that served it (``point=None``: routed, as in
+        :meth:`search`; evaluation passes a point). ``queries``: ``Query`` objects, ``{qid: text}``, or
         ``(qid, text)`` pairs. ``timings`` collects seconds per batch (encode + search).
         With ``return_rows=True`` returns ``(run, {qid: [row, ...]})`` (ranked corpus positions)."""
         from elasticdenser.eval.metrics import make_run
@@ -232,7 +235,7 @@ class Searcher:
         pairs = _as_pairs(queries)
         ids_, texts = [q for q, _ in pairs], [t for _, t in pairs]
         keep = self._check_texts(ids_, texts, skip_empty)
-        p = self.resolve_point(point)
+        p = self._route(point, len(keep))
         scores, rows = self._raw_search([texts[i] for i in keep], k, p, batch_size, timings)
         results, ranked = {}, {}
         for j, i in enumerate(keep):
@@ -246,7 +249,7 @@ class Searcher:
 
     def passage(self, row: int):
         if self.docstore is None:
-            raise FileNotFoundError(f"{self.exp_dir} has no passage text store (docs.jsonl)")
+            raise MissingFileError(f"{self.exp_dir} has no passage text store (docs.jsonl)")
         return self.docstore.get(row)
 
 
@@ -263,6 +266,6 @@ def _as_pairs(queries) -> List[Tuple[str, str]]:
     seen = set()
     for qid, _ in out:
         if qid in seen:
-            raise ValueError(f"duplicate query id {qid!r}")
+            raise InvalidInputError(f"duplicate query id {qid!r}")
         seen.add(qid)
     return out

@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from elasticdenser.eval import answers as ans
 from elasticdenser.eval.metrics import DEFAULT_METRICS, compare, evaluate
-from elasticdenser.operating_point import OperatingPoint
 
 ANSWER_KS = (1, 5, 20, 100)
-
-
-def point_params(encoder, point: OperatingPoint) -> int:
-    """Parameters a query at ``point`` uses: embeddings + the kept slices of the kept layers."""
-    space = encoder.space
-    h = space.hidden_size
-    a = point.heads * (h // space.num_heads)
-    f = point.ffn
-    per_layer = 3 * (h * a + a) + (a * h + h) + (h * f + f) + (f * h + h) + 4 * h
-    emb = 0
-    model = getattr(encoder, "model", None)
-    if model is not None and hasattr(model, "embeddings"):
-        emb = sum(p.numel() for p in model.embeddings.parameters())
-    return int(emb + per_layer * point.layers)
 
 
 class _PassageTokens:
@@ -76,7 +61,7 @@ def evaluate_points(searcher, collection, points: Sequence, k: int = 100, batch_
         full = timings[:-1] if len(timings) > 1 and len(queries) % batch_size else timings
         row = {
             "point": p.name,
-            "params_m": round(point_params(searcher.encoder, p) / 1e6, 2),
+            "params_m": round(searcher.encoder.point_params(p) / 1e6, 2),
             "latency_ms": round(1000 * statistics.median(full), 2),
             "qps": round(len(queries) / total, 1),
             "queries": len(queries),

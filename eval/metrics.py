@@ -1,7 +1,7 @@
 """IR metrics and statistical comparison, all computed by ranx."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 DEFAULT_METRICS = ["ndcg@10", "recall@20", "recall@100", "mrr@10", "map"]
 

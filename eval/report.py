@@ -1,11 +1,10 @@
 """The metrics table: printed as markdown, saved as JSON and markdown."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from elasticdenser.index.atomic import write_json, write_text
+from elasticdenser.atomic import write_json, write_text
 
 LABELS = {
     "point": "point", "params_m": "params (M)", "latency_ms": "batch latency (ms)", "qps": "QPS",

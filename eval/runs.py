@@ -12,17 +12,19 @@ from typing import List
 
 from elasticdenser.data.types import Query
 
+from elasticdenser.errors import InvalidInputError, MissingFileError
+
 
 def read_queries(path: "str | Path") -> List[Query]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"query file {path} not found")
+        raise MissingFileError(f"query file {path} not found")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+        raise InvalidInputError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
                          "convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
     out: List[Query] = []
     is_json = path.suffix.lower() in (".jsonl", ".json")
@@ -33,24 +35,24 @@ def read_queries(path: "str | Path") -> List[Query]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                raise InvalidInputError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
             qid = rec.get("id", rec.get("query_id", rec.get("qid", lineno - 1)))
             qtext = rec.get("text", rec.get("query", rec.get("question")))
             if not isinstance(qtext, str):
-                raise ValueError(f"{path}:{lineno}: no query text (expected a 'text', 'query' or 'question' field)")
+                raise InvalidInputError(f"{path}:{lineno}: no query text (expected a 'text', 'query' or 'question' field)")
             answers = rec.get("answers", rec.get("answer", ()))
             out.append(Query(str(qid), qtext, tuple(answers) if isinstance(answers, list) else ((answers,) if answers else ())))
         else:
             qid, sep, qtext = line.partition("\t")
             if not sep:
-                raise ValueError(f"{path}:{lineno}: expected 'qid<TAB>query text'")
+                raise InvalidInputError(f"{path}:{lineno}: expected 'qid<TAB>query text'")
             out.append(Query(qid.strip(), qtext))
     return out
 
 
 def write_trec_run(run, path: "str | Path") -> Path:
     """Save a ranx Run as a TREC run file (``qid Q0 docid rank score tag``), atomically."""
-    from elasticdenser.index.atomic import atomic_path
+    from elasticdenser.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

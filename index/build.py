@@ -17,6 +17,9 @@ from elasticdenser.index import faiss_index as fi
 from elasticdenser.index import manifest as mf
 from elasticdenser.index.store import EmbeddingStore
 
+from elasticdenser.atomic import tmp_name
+from elasticdenser.errors import InvalidInputError
+
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
@@ -27,7 +30,7 @@ def save_model(encoder, exp_dir: "str | os.PathLike") -> Path:
     target = Path(exp_dir) / MODEL_DIR
     if target.is_dir():
         return target
-    tmp = Path(exp_dir) / f".{MODEL_DIR}.tmp-{os.getpid()}"
+    tmp = tmp_name(Path(exp_dir) / MODEL_DIR)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(str(tmp))
@@ -44,7 +47,7 @@ def encode_stage(encoder, corpus, exp_dir, *, collection: str, shard: int = 0, n
                  chunk_size: int = enc.DEFAULT_CHUNK_SIZE, batch_size: int = 64, dtype: str = "float32",
                  bf16: bool = False, progress: bool = True, save_model_dir: bool = True, **kw) -> dict:
     if len(corpus) == 0:
-        raise ValueError(f"collection {collection!r} has no documents to encode")
+        raise InvalidInputError(f"collection {collection!r} has no documents to encode")
     if save_model_dir:
         save_model(encoder, exp_dir)
     return enc.encode_corpus(encoder, corpus, exp_dir, shard=shard, num_shards=num_shards, chunk_size=chunk_size,
@@ -76,6 +79,7 @@ def index_stage(exp_dir, widths: Iterable[int], index_types: Optional[Dict[int, 
     widths = sorted({int(w) for w in widths}, reverse=True)
     types = index_types or {w: fi.DEFAULT_FACTORY for w in widths}
     indexes = dict(m.get("indexes", {}))
+    normalize = mf.normalizes(m)
     for w in widths:
         factory = types.get(w, fi.DEFAULT_FACTORY)
         path = exp_dir / fi.index_file(w)
@@ -83,7 +87,7 @@ def index_stage(exp_dir, widths: Iterable[int], index_types: Optional[Dict[int, 
         if path.is_file() and old and old.get("factory") == factory and not force:
             continue
         t0 = time.perf_counter()
-        index = fi.build_index(store, w, factory, train_size=train_size, use_gpu=use_gpu)
+        index = fi.build_index(store, w, factory, train_size=train_size, use_gpu=use_gpu, normalize=normalize)
         size = fi.save_index(index, path)
         indexes[str(w)] = {
             "file": path.name, "factory": factory, "ntotal": int(index.ntotal), "bytes": size,

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Iterable, List
 
 import numpy as np
-
 from elasticdenser.data.types import Document
-from elasticdenser.index.atomic import atomic_path
+
+from elasticdenser.atomic import atomic_path
+from elasticdenser.errors import MissingFileError
 
 DOCS = "docs.jsonl"
 OFFSETS = "docs.offsets.npy"
@@ -44,7 +45,7 @@ class DocStore:
         exp_dir = Path(exp_dir)
         for name in (DOCS, OFFSETS):
             if not (exp_dir / name).is_file():
-                raise FileNotFoundError(f"{exp_dir / name} not found: the experiment has no passage text store")
+                raise MissingFileError(f"{exp_dir / name} not found: the experiment has no passage text store")
         self.offsets = np.load(str(exp_dir / OFFSETS), mmap_mode="r")
         self._fd = os.open(str(exp_dir / DOCS), os.O_RDONLY)
 

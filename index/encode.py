@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
-
 from elasticdenser.index import docstore
-from elasticdenser.index.atomic import atomic_path, clean_stale_tmp, write_json
 from elasticdenser.index.store import EmbeddingStore, check_dtype
+
+from elasticdenser.atomic import atomic_path, clean_stale_tmp, write_json
+from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ChunkPlan:
 
     def shard_chunks(self, shard: int, num_shards: int) -> range:
         if num_shards < 1 or not 0 <= shard < num_shards:
-            raise ValueError(f"--shard must be in 0..{num_shards - 1} (got shard {shard} of {num_shards})")
+            raise InvalidInputError(f"--shard must be in 0..{num_shards - 1} (got shard {shard} of {num_shards})")
         c = self.num_chunks
         return range(shard * c // num_shards, (shard + 1) * c // num_shards)
 
@@ -74,7 +75,7 @@ def _check_or_write_meta(exp_dir: Path, meta: dict) -> None:
         old = json.loads(path.read_text())
         diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
         if diff:
-            raise RuntimeError(
+            raise StateError(
                 f"{path} belongs to a different encoding run ({diff}); "
                 "use a fresh --out directory or delete the chunks/ folder"
             )
@@ -89,12 +90,15 @@ def _length_sorted_batches(texts: Sequence[str], batch_size: int) -> List[np.nda
 
 
 def encode_texts(encoder, texts: Sequence[str], batch_size: int = 64, bf16: bool = False,
-                 max_length: Optional[int] = None, on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
-    """Full-model, full-width embeddings of ``texts`` (float32), computed in length-sorted batches."""
+                 max_length: Optional[int] = None, on_batch: Optional[Callable[[int], None]] = None,
+                 backend: Optional[str] = None) -> np.ndarray:
+    """Full-model, full-width embeddings of ``texts`` (float32), computed in length-sorted batches
+    on the encoder path ``backend`` (:meth:`ElasticEncoder.encode`; the CLI passes ``"auto"``)."""
     dim = int(encoder.space.hidden_size)
     out = np.zeros((len(texts), dim), dtype=np.float32)
     for idx in _length_sorted_batches(texts, batch_size):
-        emb = encoder.encode([texts[i] for i in idx], point=None, batch_size=len(idx), max_length=max_length, bf16=bf16)
+        emb = encoder.encode([texts[i] for i in idx], point=None, batch_size=len(idx), max_length=max_length, bf16=bf16,
+                             backend=backend)
         out[idx] = emb
         if on_batch:
             on_batch(len(idx))
@@ -105,7 +109,7 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
                   chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 64, dtype: str = "float32",
                   bf16: bool = False, max_length: Optional[int] = None, collection: str = "",
                   progress: bool = True, stop_after_chunks: Optional[int] = None,
-                  precomputed: Optional[np.ndarray] = None) -> dict:
+                  precomputed: Optional[np.ndarray] = None, backend: Optional[str] = None) -> dict:
     """Encode this shard's missing chunks; returns counts ``{"encoded", "skipped", "seconds", ...}``.
 
     ``stop_after_chunks`` (tests and benchmarks) stops after that many new chunks, as if killed.
@@ -114,7 +118,7 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
     they are instead of being encoded a second time.
     """
     if precomputed is not None and precomputed.shape != (len(corpus), encoder.space.hidden_size):
-        raise ValueError(f"precomputed embeddings have shape {precomputed.shape}, expected "
+        raise InvalidInputError(f"precomputed embeddings have shape {precomputed.shape}, expected "
                          f"({len(corpus)}, {encoder.space.hidden_size}) for this corpus and model")
     check_dtype(dtype)
     exp_dir = Path(exp_dir)
@@ -164,7 +168,7 @@ def missing_chunks(exp_dir: "str | os.PathLike") -> List[int]:
     exp_dir = Path(exp_dir)
     meta_path = exp_dir / CHUNKS / "meta.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: no encoding run in {exp_dir}")
+        raise MissingFileError(f"{meta_path} not found: no encoding run in {exp_dir}")
     meta = json.loads(meta_path.read_text())
     plan = ChunkPlan(meta["num_docs"], meta["chunk_size"])
     return [c for c in range(plan.num_chunks) if not chunk_path(exp_dir, c, ".npy").is_file()]
@@ -181,7 +185,7 @@ def merge_chunks(exp_dir: "str | os.PathLike", remove_chunks: bool = False) -> d
     meta = json.loads((exp_dir / CHUNKS / "meta.json").read_text())
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise RuntimeError(f"cannot merge {exp_dir}: {len(missing)} chunk(s) not encoded yet ({shown}); "
+        raise StateError(f"cannot merge {exp_dir}: {len(missing)} chunk(s) not encoded yet ({shown}); "
                            "run the remaining shards first")
     plan = ChunkPlan(meta["num_docs"], meta["chunk_size"])
     with atomic_path(exp_dir / EMBEDDINGS) as tmp:
@@ -190,7 +194,7 @@ def merge_chunks(exp_dir: "str | os.PathLike", remove_chunks: bool = False) -> d
             lo, hi = plan.bounds(c)
             block = np.load(str(chunk_path(exp_dir, c, ".npy")), mmap_mode="r")
             if block.shape != (hi - lo, meta["dim"]):
-                raise RuntimeError(f"chunk {c} has shape {block.shape}, expected {(hi - lo, meta['dim'])}")
+                raise StateError(f"chunk {c} has shape {block.shape}, expected {(hi - lo, meta['dim'])}")
             store.array[lo:hi] = block
         store.flush()
         del store
@@ -202,7 +206,7 @@ def merge_chunks(exp_dir: "str | os.PathLike", remove_chunks: bool = False) -> d
 
     n = docstore.write_docstore(exp_dir, lines())
     if n != plan.num_docs:
-        raise RuntimeError(f"passage store has {n} lines, expected {plan.num_docs}")
+        raise StateError(f"passage store has {n} lines, expected {plan.num_docs}")
 
     def ids():
         for line in lines():
@@ -234,7 +238,7 @@ class DocIds(SequenceABC):
             np.int32 if len(data) < 2**31 else np.int64)
         empty = np.flatnonzero(np.diff(self._ends, prepend=-1) == 1)
         if empty.size:
-            raise ValueError(f"{source}: line {int(empty[0]) + 1} is an empty document id")
+            raise InvalidInputError(f"{source}: line {int(empty[0]) + 1} is an empty document id")
 
     def __len__(self) -> int:
         return int(self._ends.size)
@@ -261,5 +265,5 @@ class DocIds(SequenceABC):
 def read_doc_ids(exp_dir: "str | os.PathLike") -> DocIds:
     path = Path(exp_dir) / DOC_IDS
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `elasticdenser index` (encode + merge) first")
+        raise MissingFileError(f"{path} not found: run `elasticdenser index` (encode + merge) first")
     return DocIds(path.read_bytes(), str(path))

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
-
-from elasticdenser.index.atomic import atomic_path
 from elasticdenser.index.store import EmbeddingStore
+
+from elasticdenser.atomic import atomic_path
+from elasticdenser.errors import InvalidInputError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def parse_index_types(specs: Optional[Iterable[str]], widths: Iterable[int]) -> 
         if sep and head.strip().isdigit():
             w = int(head)
             if w not in widths:
-                raise ValueError(f"--index-type {spec!r}: width {w} is not one of the indexed widths {widths}")
+                raise InvalidInputError(f"--index-type {spec!r}: width {w} is not one of the indexed widths {widths}")
             per[w] = rest.strip()
         else:
             default = spec
@@ -110,7 +111,7 @@ def new_index(width: int, factory: str):
     try:
         index = faiss.index_factory(int(width), factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise ValueError(f"FAISS cannot build index type {factory!r} at width {width}: {str(exc).strip().splitlines()[-1]}") from None
+        raise InvalidInputError(f"FAISS cannot build index type {factory!r} at width {width}: {str(exc).strip().splitlines()[-1]}") from None
     # The factory turns on polysemous training for IVF-PQ: a simulated-annealing pass that is only
     # useful for polysemous (Hamming) filtering, which we never use, and that dominated training time
     # (minutes even at 4k vectors on 2 cores). Plain PQ codes are identical in quality without it.
@@ -123,8 +124,9 @@ def new_index(width: int, factory: str):
 
 
 def build_index(store: EmbeddingStore, width: int, factory: str = DEFAULT_FACTORY, *, train_size: int = DEFAULT_TRAIN_SIZE,
-                block_rows: int = 65536, use_gpu: Optional[bool] = None, seed: int = 0):
-    """A CPU FAISS index over ``store``'s first ``width`` dims, re-normalised (trained if needed)."""
+                block_rows: int = 65536, use_gpu: Optional[bool] = None, seed: int = 0, normalize: bool = True):
+    """A CPU FAISS index over ``store``'s rows cut to ``width`` by the width rule (re-normalised
+    when the model normalises, ``normalize``), trained if the factory needs it."""
     tune_faiss()
     index = new_index(width, factory)
     use_gpu = gpu_available() if use_gpu is None else use_gpu
@@ -134,9 +136,9 @@ def build_index(store: EmbeddingStore, width: int, factory: str = DEFAULT_FACTOR
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(len(store), size=n, replace=False)) if n < len(store) else np.arange(len(store))
         t0 = time.perf_counter()
-        work.train(store.rows(sample, width))
+        work.train(store.rows(sample, width, normalize))
         log.info("trained %s at d=%d on %d vectors in %.1fs", factory, width, n, time.perf_counter() - t0)
-    for _, block in store.blocks(block_rows, width=width):
+    for _, block in store.blocks(block_rows, width=width, normalize=normalize):
         work.add(block)
     return to_cpu(work)
 
@@ -156,7 +158,7 @@ def load_index(path: "str | os.PathLike", use_gpu: Optional[bool] = None, mmap: 
     tune_faiss()
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"index file {path} not found (build it with `elasticdenser index`)")
+        raise MissingFileError(f"index file {path} not found (build it with `elasticdenser index`)")
     flags = faiss.IO_FLAG_MMAP if mmap else 0
     index = faiss.read_index(str(path), flags)
     use_gpu = gpu_available() if use_gpu is None else use_gpu
@@ -186,5 +188,5 @@ def search(index, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     """``(scores, ids)`` of shape (n, k); ids are -1 where fewer than ``k`` results exist."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or q.shape[1] != index.d:
-        raise ValueError(f"query embeddings have shape {q.shape}, the index expects width {index.d}")
+        raise InvalidInputError(f"query embeddings have shape {q.shape}, the index expects width {index.d}")
     return index.search(q, int(k))

@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from elasticdenser.index.atomic import write_json
+from elasticdenser.atomic import write_json
+from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-class ManifestMismatchError(RuntimeError):
+class ManifestMismatchError(StateError):
     """The model given does not match the one the index was built with."""
 
 
@@ -56,15 +57,25 @@ def new_manifest(encoder, collection: str, num_docs: int, dtype: str) -> Dict[st
     }
 
 
+def normalizes(manifest: Dict[str, Any]) -> bool:
+    """Whether the experiment's model re-normalises truncated vectors (cosine) or not (dot product)."""
+    value = manifest.get("model", {}).get("normalize")
+    return True if value is None else bool(value)
+
+
 def load(exp_dir: "str | os.PathLike") -> Dict[str, Any]:
     path = Path(exp_dir) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {exp_dir} is not an experiment directory "
+        raise MissingFileError(f"{path} not found: {exp_dir} is not an experiment directory "
                                 "(build one with `elasticdenser index` or `elasticdenser pipeline`)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        raise InvalidInputError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format", FORMAT) != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise InvalidInputError(f"{path}: manifest format {found!r} is not one this release reads ({FORMAT})")
+    return manifest
 
 
 def save(exp_dir: "str | os.PathLike", manifest: Dict[str, Any]) -> None:

@@ -12,28 +12,16 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
+from elasticdenser.errors import InvalidInputError, MissingFileError
+from elasticdenser.operating_point import truncate
+
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def check_dtype(dtype: str) -> np.dtype:
     if str(dtype) not in DTYPES:
-        raise ValueError(f"embedding dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise InvalidInputError(f"embedding dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return np.dtype(DTYPES[str(dtype)])
-
-
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """float32 copy of ``x`` with unit-L2 rows (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return x / norms
-
-
-def truncate_normalize(x: np.ndarray, width: int) -> np.ndarray:
-    """The first ``width`` dimensions of each row, re-normalised (Matryoshka-style width slicing)."""
-    if width > x.shape[1]:
-        raise ValueError(f"width {width} exceeds the stored embedding width {x.shape[1]}")
-    return normalize_rows(x[:, :width])
 
 
 class EmbeddingStore:
@@ -53,7 +41,7 @@ class EmbeddingStore:
     def open(cls, path: "str | os.PathLike", mode: str = "r") -> "EmbeddingStore":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"embedding store {path} not found (run `elasticdenser index` first)")
+            raise MissingFileError(f"embedding store {path} not found (run `elasticdenser index` first)")
         return cls(path, np.load(str(path), mmap_mode=mode))
 
     def __len__(self) -> int:
@@ -76,18 +64,19 @@ class EmbeddingStore:
             self.array.flush()
 
     def blocks(self, block_rows: int = 65536, width: Optional[int] = None, start: int = 0,
-               end: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray]]:
-        """Yield ``(first_row, float32 block)``; with ``width``, truncated and re-normalised."""
+               end: Optional[int] = None, normalize: bool = True) -> Iterator[Tuple[int, np.ndarray]]:
+        """Yield ``(first_row, float32 block)``; with ``width``, cut by the width rule
+        (:func:`~elasticdenser.operating_point.truncate`; ``normalize`` = the model's)."""
         end = len(self) if end is None else end
         for lo in range(start, end, block_rows):
             hi = min(lo + block_rows, end)
             block = np.asarray(self.array[lo:hi], dtype=np.float32)
-            yield lo, (truncate_normalize(block, width) if width else block)
+            yield lo, (truncate(block, width, normalize) if width else block)
 
-    def rows(self, positions: np.ndarray, width: Optional[int] = None) -> np.ndarray:
+    def rows(self, positions: np.ndarray, width: Optional[int] = None, normalize: bool = True) -> np.ndarray:
         """Selected rows (sorted internally for mmap locality), as float32."""
         positions = np.asarray(positions, dtype=np.int64)
         order = np.argsort(positions)
         out = np.empty((len(positions), self.dim), dtype=np.float32)
         out[order] = self.array[positions[order]]
-        return truncate_normalize(out, width) if width else out
+        return truncate(out, width, normalize) if width else out

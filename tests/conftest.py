@@ -56,7 +56,7 @@ def tiny_bert_dir(tmp_path_factory, minilm_path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tiny_bert_dir):
-    from elasticdenser.encoder import ElasticEncoder
+    from elasticdenser.model.encoder import ElasticEncoder
 
     return ElasticEncoder.from_pretrained(str(tiny_bert_dir))
 

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-
 from elasticdenser.data import (
     Corpus,
     Document,

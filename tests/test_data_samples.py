@@ -5,7 +5,6 @@ import time
 import unicodedata
 
 import pytest
-
 from elasticdenser.data import (
     Collection,
     LeakageError,

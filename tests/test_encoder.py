@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from elasticdenser.encoder import ElasticEncoder, UnsupportedModelError
+from elasticdenser.model.encoder import ElasticEncoder, UnsupportedModelError
 from elasticdenser.operating_point import InvalidOperatingPoint, OperatingPoint
 
 TOL = 1e-5
@@ -365,7 +365,7 @@ def test_fingerprint_deterministic_and_sensitive(tiny):
 
 
 def test_export_round_trip_pt2(minilm, tmp_path, questions):
-    from elasticdenser.export import load_exported
+    from elasticdenser.model.export import load_exported
 
     point = "L3-H6-F768-D192"
     out = minilm.export_point(point, tmp_path / "exp")
@@ -389,7 +389,7 @@ def test_export_round_trip_pt2(minilm, tmp_path, questions):
 def test_export_round_trip_onnx(tiny, tmp_path, questions):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from elasticdenser.export import load_exported
+    from elasticdenser.model.export import load_exported
 
     point = "L2-H3-F70-D40"
     out = tiny.export_point(point, tmp_path / "onnx", format="onnx")

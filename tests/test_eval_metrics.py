@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from elasticdenser.eval import answers as ans
 from elasticdenser.eval import metrics
 from elasticdenser.eval.report import markdown_table, save_report

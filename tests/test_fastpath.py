@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from elasticdenser import fastpath
-from elasticdenser.encoder import ElasticEncoder
+from elasticdenser.model import fastpath
+from elasticdenser.model.encoder import ElasticEncoder
 
 TEXTS = [
     "who sang the song i will always love you",
@@ -53,7 +53,9 @@ def test_tiny_every_default_point_matches_eager(tiny, backend):
 
 
 def test_switch_default_and_validation(tiny, monkeypatch):
-    assert ElasticEncoder.serve_backend == "eager"  # the reference stays the default of the class
+    import inspect
+
+    assert inspect.signature(ElasticEncoder.encode).parameters["backend"].default is None  # None = eager, the reference
     with pytest.raises(ValueError, match="unknown encoder backend"):
         tiny.encode(TEXTS, backend="tensorrt")
     assert fastpath.resolve_backend("auto") in ("onnx", "jit")
@@ -67,16 +69,15 @@ def test_switch_default_and_validation(tiny, monkeypatch):
     assert tiny.encode([], None, backend="auto").shape == (0, tiny.space.hidden_size)
 
 
-def test_encoder_attribute_switch_and_bf16_fallback(tiny, monkeypatch):
+def test_backend_argument_and_bf16_fallback(tiny, monkeypatch):
     ref = tiny.encode(TEXTS, None)
-    monkeypatch.setattr(tiny, "serve_backend", "auto", raising=False)
     calls = []
     real = fastpath.encode_fast
     monkeypatch.setattr(fastpath, "encode_fast", lambda *a, **k: calls.append(k["backend"]) or real(*a, **k))
-    got = tiny.encode(TEXTS, None)
+    got = tiny.encode(TEXTS, None, backend="auto")
     assert calls and _cos(got, ref).min() >= 0.999
     calls.clear()
-    tiny.encode(TEXTS, None, bf16=True)  # bf16 is an opt-in of the eager path
+    tiny.encode(TEXTS, None, backend="auto", bf16=True)  # bf16 is an opt-in of the eager path
     tiny.encode(TEXTS, None, backend="eager")
     assert not calls
 
@@ -130,9 +131,8 @@ def test_int8_is_quantised_opt_in_and_close(tiny_bert_dir, tmp_path, monkeypatch
 
 def test_minilm_smallest_point_retrieval_matches_eager(minilm, data_dir):
     """Real MiniLM, smallest default point, real nq-sample text: cosine and MRR@10 / nDCG@10."""
-    from ranx import Qrels, Run, evaluate
-
     from elasticdenser.data import load_collection
+    from ranx import Qrels, Run, evaluate
 
     col = load_collection("nq-sample", data_dir)
     queries = [q for q in col.queries if q.query_id in col.qrels][:32]

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from elasticdenser.index import build
 from elasticdenser.index import encode as enc
-from elasticdenser.index.store import EmbeddingStore, truncate_normalize
+from elasticdenser.index.store import EmbeddingStore
+
+from elasticdenser.operating_point import truncate
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +100,14 @@ def test_float16_store(tmp_path, tiny_encoder, coll, reference):
     # width slicing reads in blocks and re-normalises
     rows = np.concatenate([b for _, b in store.blocks(block_rows=32, width=32)])
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(rows, truncate_normalize(ref, 32), atol=3e-3)
+    np.testing.assert_allclose(rows, truncate(ref, 32), atol=3e-3)
 
 
 def test_cli_sharded_index_then_merge(tmp_path, tiny_bert_dir, data_dir, capsys):
     """`elasticdenser index` on a named collection: 2 shard workers, then --merge builds the indexes."""
-    from elasticdenser.cli import main
     from elasticdenser.index import manifest as mf
+
+    from elasticdenser.cli import main
 
     out = tmp_path / "exp"
     common = ["index", "nq-sample", "--data-dir", str(data_dir), "--out", str(out), "--model", str(tiny_bert_dir),

@@ -6,10 +6,11 @@ import sys
 
 import numpy as np
 import pytest
-
 from elasticdenser.index import faiss_index as fi
 from elasticdenser.index import manifest as mf
-from elasticdenser.index.store import EmbeddingStore, truncate_normalize
+from elasticdenser.index.store import EmbeddingStore
+
+from elasticdenser.operating_point import truncate
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def store(tmp_path_factory):
 
 
 def _exact(store, width, q, k):
-    docs = truncate_normalize(np.asarray(store.array), width)
+    docs = truncate(np.asarray(store.array), width)
     return np.argsort(-(q @ docs.T), axis=1, kind="stable")[:, :k]
 
 
@@ -35,7 +36,7 @@ def test_index_types_per_width(tmp_path, store, factory):
         index = fi.build_index(store, width, factory, train_size=1000, block_rows=700)
         assert index.ntotal == 3000 and index.d == width and index.metric_type == 0  # METRIC_INNER_PRODUCT
         fi.set_search_params(index, fi.default_search_params(factory))
-        q = truncate_normalize(np.asarray(store.array[:20]) + 0.3 * rng.standard_normal((20, 64)), width)
+        q = truncate(np.asarray(store.array[:20]) + 0.3 * rng.standard_normal((20, 64)), width)
         _, ids = fi.search(index, q, 10)
         exact = _exact(store, width, q, 10)
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
@@ -46,7 +47,7 @@ def test_file_opens_with_plain_faiss_and_gives_identical_results(tmp_path, store
     index = fi.build_index(store, 32, "Flat")
     path = tmp_path / fi.index_file(32)
     fi.save_index(index, path)
-    q = truncate_normalize(np.random.default_rng(2).standard_normal((5, 32)), 32)
+    q = truncate(np.random.default_rng(2).standard_normal((5, 32)), 32)
     np.save(tmp_path / "q.npy", q)
     _, ours = fi.search(fi.load_index(path), q, 7)
     code = ("import sys, faiss, numpy as np; assert 'elasticdenser' not in sys.modules; "

@@ -10,12 +10,12 @@ import time
 import httpx
 import numpy as np
 import pytest
+from elasticdenser.index import build
 
 from elasticdenser.cli import main
-from elasticdenser.eval import simulate as sim
-from elasticdenser.index import build
-from elasticdenser.profile import load_profile
-from elasticdenser.router import RouterConfig
+from elasticdenser.serve import simulate as sim
+from elasticdenser.serve.profile import load_profile
+from elasticdenser.serve.router import RouterConfig
 
 
 @contextlib.contextmanager
@@ -76,7 +76,7 @@ def test_profile_is_stored_in_the_manifest(exp, tiny_encoder):
         assert p.flops and p.flops > 0
     assert any(p.pareto for p in prof.points.values())
     assert prof.machine["cpu_count"] >= 1
-    from elasticdenser import fastpath
+    from elasticdenser.model import fastpath
 
     assert prof.extra["encoder_backend"] == fastpath.resolve_backend("auto")  # `serve` runs what was measured
 
@@ -84,7 +84,7 @@ def test_profile_is_stored_in_the_manifest(exp, tiny_encoder):
 def test_the_opt_in_int8_path_is_profiled_and_served(exp, data_dir, tmp_path, monkeypatch):
     import shutil
 
-    from elasticdenser import fastpath
+    from elasticdenser.model import fastpath
     from elasticdenser.searcher import Searcher
 
     if "int8" not in fastpath.available_backends():
@@ -94,13 +94,13 @@ def test_the_opt_in_int8_path_is_profiled_and_served(exp, data_dir, tmp_path, mo
                  "--repeats", "1", "--metric", "accuracy@10", "--threads", "1", "--backend", "int8"]) == 0
     assert load_profile(copy).extra["encoder_backend"] == "int8"
     served = {}
-    monkeypatch.setattr("elasticdenser.server.serve",
-                        lambda searcher, **kw: served.update(backend=searcher.encoder.serve_backend))
+    monkeypatch.setattr("elasticdenser.serve.server.serve",
+                        lambda searcher, **kw: served.update(backend=searcher.backend))
     # `serve` without --backend runs the profiled path; --backend overrides it
     assert main(["serve", str(copy)]) == 0 and served["backend"] == "int8"
     assert main(["serve", str(copy), "--backend", "onnx"]) == 0 and served["backend"] == "onnx"
     exact, int8 = Searcher.open(exp), Searcher.open(exp, backend="int8")
-    assert (exact.encoder.serve_backend, int8.encoder.serve_backend) == ("auto", "int8")
+    assert (exact.backend, int8.backend) == ("auto", "int8")
     texts = ["who wrote the declaration of independence", "when did the titanic sink"]
     p = exact.points[0]
     a, b = exact.search_texts(texts, 5, p), int8.search_texts(texts, 5, p)
@@ -110,7 +110,7 @@ def test_the_opt_in_int8_path_is_profiled_and_served(exp, data_dir, tmp_path, mo
 
 def test_real_searcher_behind_http_and_both_real_run_modes(exp, data_dir):
     from elasticdenser.searcher import Searcher
-    from elasticdenser.server import create_app
+    from elasticdenser.serve.server import create_app
 
     searcher = Searcher.open(exp)
     prof = load_profile(exp)

@@ -7,9 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from elasticdenser.profile import (PointProfile, Profile, load_profile, mark_pareto, measure_latency,
-                                   measure_profile, save_profile)
-from elasticdenser.router import Overloaded, RateEstimator, Router, RouterConfig
+from elasticdenser.serve.profile import (
+    PointProfile,
+    Profile,
+    load_profile,
+    mark_pareto,
+    measure_latency,
+    measure_profile,
+    save_profile,
+)
+from elasticdenser.serve.router import Overloaded, RateEstimator, Router, RouterConfig
 
 FULL, P2, P3, SMALL = "L6-H12-F1536-D384", "L5-H10-F1280-D384", "L4-H8-F1024-D256", "L3-H6-F768-D192"
 

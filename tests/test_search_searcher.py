@@ -4,10 +4,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from elasticdenser.cli import main
 from elasticdenser.index import build
 from elasticdenser.index import manifest as mf
+
+from elasticdenser.cli import main
 from elasticdenser.searcher import Searcher
 
 
@@ -100,7 +100,7 @@ def test_concurrent_callers_get_sequential_results(searcher, coll):
 
 
 def test_model_mismatch_refused_unless_overridden(exp, tiny_bert_dir):
-    from elasticdenser.encoder import ElasticEncoder
+    from elasticdenser.model.encoder import ElasticEncoder
 
     other = ElasticEncoder.from_pretrained(str(tiny_bert_dir))
     with __import__("torch").no_grad():

@@ -10,9 +10,9 @@ from types import SimpleNamespace as NS
 import httpx
 import pytest
 
-from elasticdenser.profile import PointProfile, Profile, mark_pareto
-from elasticdenser.router import Overloaded, RouterConfig
-from elasticdenser.service import RoutedSearcher
+from elasticdenser.serve.profile import PointProfile, Profile, mark_pareto
+from elasticdenser.serve.router import Overloaded, RouterConfig
+from elasticdenser.serve.service import RoutedSearcher
 
 FULL, SMALL = "L6-H12-F1536-D384", "L3-H6-F768-D192"
 
@@ -122,7 +122,7 @@ def test_service_input_checks_and_missing_profile():
 
 # --- HTTP ------------------------------------------------------------------------------------
 def test_server_answers_rejects_bad_input_and_reports_metrics():
-    from elasticdenser.server import create_app
+    from elasticdenser.serve.server import create_app
 
     app = create_app(FakeSearcher(), profile=fake_profile())
     with running_server(app) as url, httpx.Client(base_url=url, timeout=20) as c:
@@ -156,7 +156,7 @@ def test_server_answers_rejects_bad_input_and_reports_metrics():
 
 
 def test_server_overload_is_503_with_retry_after_and_accepted_requests_complete():
-    from elasticdenser.server import create_app
+    from elasticdenser.serve.server import create_app
 
     fake = FakeSearcher(gated=True)
     svc = RoutedSearcher(fake, profile=fake_profile(), config=RouterConfig(max_batch=1, max_queue=2))

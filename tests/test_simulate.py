@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from elasticdenser.eval import simulate as sim
-from elasticdenser.eval.traces import from_file, nhpp, parse_trace, ramp_rate
-from elasticdenser.profile import PointProfile, Profile, mark_pareto
-from elasticdenser.router import Router, RouterConfig
+from elasticdenser.serve import simulate as sim
+from elasticdenser.serve.profile import PointProfile, Profile, mark_pareto
+from elasticdenser.serve.router import Router, RouterConfig
+from elasticdenser.serve.traces import from_file, nhpp, parse_trace, ramp_rate
 
 FULL, P2, P3, SMALL = "L6-H12-F1536-D384", "L5-H10-F1280-D384", "L4-H8-F1024-D256", "L3-H6-F768-D192"
 

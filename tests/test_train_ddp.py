@@ -12,9 +12,9 @@ SCRIPT = textwrap.dedent(
     """
     import os, sys, time, torch
     torch.set_num_threads(1)
-    from elasticdenser import training
-    from elasticdenser.train_config import TrainConfig
-    from elasticdenser.training import train
+    from elasticdenser.training import loop as training
+    from elasticdenser.training.config import TrainConfig
+    from elasticdenser.training.loop import train
 
     if os.environ["RANK"] == "1":
         # rank 1 lags: rank 0 has written the document cache before rank 1 looks for it, which
@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_ddp_two_cpu_processes_identical_weights(tmp_path, tiny_bert_dir, data_dir):
-    from elasticdenser.train_config import TrainConfig
+    from elasticdenser.training.config import TrainConfig
 
     out = tmp_path / "ddp"
     cfg = TrainConfig(
@@ -57,7 +57,7 @@ def test_ddp_two_cpu_processes_identical_weights(tmp_path, tiny_bert_dir, data_d
     assert "world 2" in proc.stdout
     a = torch.load(out / "rank0.pt")
     b = torch.load(out / "rank1.pt")
-    from elasticdenser.encoder import ElasticEncoder
+    from elasticdenser.model.encoder import ElasticEncoder
 
     init = ElasticEncoder.from_pretrained(tiny_bert_dir).model.state_dict()
     for name in a:

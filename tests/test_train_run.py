@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from elasticdenser.train_config import TrainConfig
+from elasticdenser.training.config import TrainConfig
 
 POINTS = ["L4-H4-F128-D64", "L3-H3-F96-D48", "L2-H2-F64-D32"]
 
@@ -79,8 +79,8 @@ def tiny_config(tmp_path: Path, tiny_bert_dir, data_dir, **kw) -> TrainConfig:
 
 
 def test_training_lowers_every_point_loss(tmp_path, tiny_bert_dir, data_dir, nq, pool):
-    from elasticdenser.encoder import ElasticEncoder
-    from elasticdenser.training import train
+    from elasticdenser.model.encoder import ElasticEncoder
+    from elasticdenser.training.loop import train
 
     cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir)
     res = train(cfg, collection=nq, pool=pool)
@@ -103,7 +103,7 @@ def test_training_lowers_every_point_loss(tmp_path, tiny_bert_dir, data_dir, nq,
 
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_bert_dir, data_dir, nq, pool):
-    from elasticdenser.training import train
+    from elasticdenser.training.loop import train
 
     kw = dict(sampling="sandwich", num_random=1, dropout=True, steps=6, checkpoint_every=3, eval_every=3,
               max_train_queries=60, batch_size=8)
@@ -124,7 +124,8 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_bert_dir, data_dir, nq, pool
 
 def test_leakage_guard_fires(tmp_path, tiny_bert_dir, data_dir, nq, pool):
     from elasticdenser.data import LeakageError
-    from elasticdenser.training import train
+
+    from elasticdenser.training.loop import train
 
     leaky = list(pool[:50]) + [nq.queries[0]]  # one nq-sample test question in the training pool
     cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir)
@@ -136,7 +137,8 @@ def test_leakage_guard_fires(tmp_path, tiny_bert_dir, data_dir, nq, pool):
 def test_training_calls_the_data_layer_guard(monkeypatch, tmp_path, tiny_bert_dir, data_dir, nq):
     """With no explicit pool, the query pool comes from load_query_pool(exclude=config.exclude)."""
     import elasticdenser.data as data
-    from elasticdenser.training import load_training_data
+
+    from elasticdenser.training.data import load_training_data
 
     calls = {}
 
@@ -152,8 +154,8 @@ def test_training_calls_the_data_layer_guard(monkeypatch, tmp_path, tiny_bert_di
 
 def test_static_trains_only_its_point(tmp_path, tiny_bert_dir, data_dir, nq, pool):
     """A static baseline trains one shape: weights outside it stay as they started, the full point untouched."""
-    from elasticdenser.encoder import ElasticEncoder
-    from elasticdenser.training import train
+    from elasticdenser.model.encoder import ElasticEncoder
+    from elasticdenser.training.loop import train
 
     point = "L2-H2-F64-D32"
     cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir, points=[point], static=True, reorder=False,

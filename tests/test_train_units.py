@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from elasticdenser.losses import (
+from elasticdenser.operating_point import ElasticSpace, OperatingPoint
+from elasticdenser.training.config import TrainConfig
+from elasticdenser.training.losses import (
     ContrastiveLoss,
     EmbeddingAlignmentLoss,
     FixedDocuments,
@@ -14,9 +16,7 @@ from elasticdenser.losses import (
     ScoreDistillationLoss,
     matryoshka_widths,
 )
-from elasticdenser.operating_point import ElasticSpace, OperatingPoint
-from elasticdenser.train_config import TrainConfig
-from elasticdenser.training import PointSampler, lr_lambda
+from elasticdenser.training.sampling import PointSampler, lr_lambda
 
 MINILM = ElasticSpace(num_layers=6, num_heads=12, intermediate_size=1536, hidden_size=384)
 

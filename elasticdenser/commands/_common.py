@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
+from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import OperatingPoint
 
 
@@ -25,19 +26,16 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def add_backend(p: argparse.ArgumentParser, default: Optional[str], help: str) -> None:
-    """``--backend``: the query encoder path (names of :data:`elasticdenser.fastpath.BACKENDS`; not
+    """``--backend``: the query encoder path (names of :data:`elasticdenser.model.fastpath.BACKENDS`; not
     imported here so that ``--help`` does not load torch)."""
     p.add_argument("--backend", default=default, choices=("auto", "eager", "jit", "onnx", "int8"), help=help)
 
 
-def load_encoder(model: Optional[str], device: Optional[str] = None, backend: str = "auto"):
-    """The encoder for inference: ``backend="auto"`` picks the fast path (ONNX Runtime, else
-    TorchScript) on CPU and falls back to eager elsewhere; ``"eager"`` is the reference."""
-    from elasticdenser.encoder import ElasticEncoder
+def load_encoder(model: Optional[str], device: Optional[str] = None):
+    """The encoder of ``--model`` (default all-MiniLM-L6-v2) on ``--device``, in eval mode."""
+    from elasticdenser.model.encoder import ElasticEncoder
 
-    encoder = ElasticEncoder.from_pretrained(model).to(pick_device(device))
-    encoder.serve_backend = backend
-    return encoder
+    return ElasticEncoder.from_pretrained(model).to(pick_device(device)).eval()
 
 
 def resolve_points(spec: Optional[str], encoder, available: Optional[List[OperatingPoint]] = None) -> List[OperatingPoint]:
@@ -49,7 +47,7 @@ def resolve_points(spec: Optional[str], encoder, available: Optional[List[Operat
         part = part.strip()
         if not part:
             continue
-        out.append(encoder.space.full if part == "full" else encoder.space.validate(OperatingPoint.parse(part)))
+        out.append(encoder.space.resolve(part))
     if not out:
-        raise ValueError(f"no operating points in {spec!r}")
+        raise InvalidInputError(f"no operating points in {spec!r}")
     return out

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from elasticdenser.commands._common import add_data_dir, add_device, load_encoder
+from elasticdenser.errors import InvalidInputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         coll = load_collection(args.collection, args.data_dir)
         stats = build.encode_stage(encoder, coll.corpus, args.out, collection=coll.name, shard=args.shard,
                                    num_shards=args.num_shards, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                                   dtype=args.dtype, bf16=args.bf16, progress=not args.no_progress)
+                                   dtype=args.dtype, bf16=args.bf16, progress=not args.no_progress,
+                                   backend="auto")
         print(f"shard {args.shard}/{args.num_shards}: encoded {stats['encoded_chunks']} chunk(s), "
               f"{stats['skipped_chunks']} already done, {stats['passages']} passages in {stats['seconds']:.1f}s")
         if args.num_shards > 1:
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     widths = [int(w) for w in args.widths.split(",")] if args.widths else encoder.space.widths(encoder.default_points())
     for w in widths:
         if not 8 <= w <= encoder.space.hidden_size:
-            raise ValueError(f"width {w} is outside 8..{encoder.space.hidden_size}")
+            raise InvalidInputError(f"width {w} is outside 8..{encoder.space.hidden_size}")
     m = build.index_stage(args.out, widths, fi.parse_index_types(args.index_type, widths), force=args.force,
                           train_size=args.train_size)
     for w in widths:

@@ -56,10 +56,9 @@ def load_model(ctx: Context) -> None:
 
 
 def build_index(ctx: Context) -> None:
+    from elasticdenser.commands._common import resolve_points
     from elasticdenser.index import build
     from elasticdenser.index import faiss_index as fi
-
-    from elasticdenser.commands._common import resolve_points
 
     enc = ctx.encoder
     # every default width is indexed, whichever points this run then evaluates
@@ -71,7 +70,7 @@ def build_index(ctx: Context) -> None:
     build.encode_stage(doc_enc, ctx.collection.corpus, ctx.out, collection=ctx.collection.name,
                        batch_size=ctx.args.batch_size, dtype=ctx.args.dtype, bf16=ctx.args.bf16,
                        progress=not ctx.args.quiet, save_model_dir=False,
-                       precomputed=np.load(cached, mmap_mode="r") if cached else None)
+                       precomputed=np.load(cached, mmap_mode="r") if cached else None, backend="auto")
     build.merge_stage(doc_enc, ctx.out, collection=ctx.collection.name)
     build.save_model(enc, ctx.out)
     if doc_enc is not enc:
@@ -110,11 +109,10 @@ def report(ctx: Context) -> None:
 def train(ctx: Context) -> None:
     """A short elastic training stage (skipped with ``--train-steps 0``)."""
     if ctx.args.train_steps > 0:
-        from elasticdenser.training import pipeline_train_stage
+        from elasticdenser.training.stage import pipeline_train_stage
 
         pipeline_train_stage(ctx)
         ctx.encoder.eval()
-        ctx.encoder.serve_backend = "auto"
 
 
 def simulate(ctx: Context) -> None:
@@ -123,9 +121,9 @@ def simulate(ctx: Context) -> None:
         return
     import random
 
-    from elasticdenser.eval.simulate import ramp_summary
-    from elasticdenser.profile import measure_profile, save_profile
-    from elasticdenser.router import RouterConfig
+    from elasticdenser.serve.profile import measure_profile, save_profile
+    from elasticdenser.serve.router import RouterConfig
+    from elasticdenser.serve.simulate import ramp_summary
 
     queries = random.Random(0).sample(ctx.collection.queries, min(200, len(ctx.collection.queries)))
     profile = measure_profile(ctx.searcher, queries, ctx.collection.qrels or None, k=10, points=ctx.points,

@@ -6,7 +6,8 @@ import random
 import sys
 
 from elasticdenser.commands._common import add_backend
-from elasticdenser.profile import DEFAULT_BATCH_SIZES
+from elasticdenser.errors import InvalidInputError
+from elasticdenser.serve.profile import DEFAULT_BATCH_SIZES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,19 +39,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from elasticdenser.atomic import write_json
     from elasticdenser.data import load_collection
     from elasticdenser.operating_point import parse_points
-    from elasticdenser.profile import atomic_write_json, measure_profile, save_profile
     from elasticdenser.searcher import Searcher
+    from elasticdenser.serve.profile import measure_profile, save_profile
 
     if args.max_queries < 1 or args.repeats < 1 or args.k < 1:
-        raise ValueError("--max-queries, --repeats and --k must be >= 1")
+        raise InvalidInputError("--max-queries, --repeats and --k must be >= 1")
     try:
         batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()})
     except ValueError:
-        raise ValueError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+        raise InvalidInputError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
     if not batch_sizes or batch_sizes[0] < 1:
-        raise ValueError("--batch-sizes needs positive integers")
+        raise InvalidInputError("--batch-sizes needs positive integers")
     if args.threads:
         import torch
 
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     searcher = Searcher.open(args.exp_dir, backend=args.backend)
     name = args.collection or searcher.manifest.get("collection", {}).get("name")
     if not name:
-        raise ValueError("the manifest names no collection; pass --collection")
+        raise InvalidInputError("the manifest names no collection; pass --collection")
     coll = load_collection(name, args.data_dir)
     queries = list(coll.queries)
     random.Random(args.seed).shuffle(queries)
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                            batch_sizes=batch_sizes, repeats=args.repeats, space=searcher.encoder.space, log=log)
     path = save_profile(args.exp_dir, prof)
     if args.output:
-        atomic_write_json(args.output, prof.to_json())
+        write_json(args.output, prof.to_json())
     print(f"profile of {len(prof.points)} points written to {path} (metric {prof.metric})")
     print(f"{'point':<22} {'b=1 med':>8} {'b=1 p90':>8} {'b=64 med':>9} {prof.metric:>12}  pareto")
     for p in sorted(prof.points.values(), key=lambda x: -x.cost()):

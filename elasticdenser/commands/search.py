@@ -5,6 +5,8 @@ import argparse
 import time
 from pathlib import Path
 
+from elasticdenser.errors import InvalidInputError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="batch-search a query set at one operating point, write a TREC run file")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         run_ = searcher.batch_search(queries, k=args.k, point=point, batch_size=args.batch_size, skip_empty=args.skip_empty)
     dt = time.perf_counter() - t0
     if run_ is None:
-        raise ValueError("no non-empty queries to search")
+        raise InvalidInputError("no non-empty queries to search")
     out = Path(args.output) if args.output else Path(args.exp_dir) / "runs" / f"{point.name}.trec"
     write_trec_run(run_, out)
     msg = f"{len(run_)} queries at {point.name} in {dt:.2f}s ({len(run_) / dt:.0f} q/s) -> {out}"

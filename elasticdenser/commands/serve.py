@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from elasticdenser.commands._common import add_backend
+from elasticdenser.errors import StateError
 
 
 def add_router_args(p: argparse.ArgumentParser) -> None:
@@ -21,7 +22,7 @@ def add_router_args(p: argparse.ArgumentParser) -> None:
 
 
 def router_config(args: argparse.Namespace):
-    from elasticdenser.router import RouterConfig
+    from elasticdenser.serve.router import RouterConfig
 
     return RouterConfig(
         slo_ms=args.slo_ms, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, margin=args.margin,
@@ -52,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise RuntimeError("`elasticdenser serve` needs the serve extra: pip install 'elasticdenser[serve]'") from None
-    from elasticdenser.profile import load_profile
+        raise StateError("`elasticdenser serve` needs the serve extra: pip install 'elasticdenser[serve]'") from None
     from elasticdenser.searcher import Searcher
-    from elasticdenser.server import serve
+    from elasticdenser.serve.profile import load_profile
+    from elasticdenser.serve.server import serve
 
     if args.threads:
         import torch

@@ -6,6 +6,7 @@ import json
 import re
 
 from elasticdenser.commands.serve import add_router_args, router_config
+from elasticdenser.errors import InvalidInputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,17 +48,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from elasticdenser.eval import simulate as sim
-    from elasticdenser.eval.traces import parse_trace
-    from elasticdenser.profile import load_profile
-    from elasticdenser.router import Router
+    from elasticdenser.serve import simulate as sim
+    from elasticdenser.serve.profile import load_profile
+    from elasticdenser.serve.router import Router
+    from elasticdenser.serve.traces import parse_trace
 
     profile = load_profile(args.profile)
     config = router_config(args)
     full = sim.full_point(profile)
     capacity = args.capacity or Router.static(profile, full, config).capacity[full]
     if capacity <= 0 and re.search(r"\dx\b", args.trace):
-        raise ValueError(f"{full} cannot meet a {config.slo_ms:g} ms SLO at any load on the profiled machine, so "
+        raise InvalidInputError(f"{full} cannot meet a {config.slo_ms:g} ms SLO at any load on the profiled machine, so "
                          "relative rates ('2x') are undefined: raise --slo-ms or pass --capacity")
     trace = parse_trace(args.trace, capacity, args.seed)
     policies = [x.strip() for x in args.policies.split(",") if x.strip()]
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
             exp_dir = args.exp_dir or (args.profile if Path(args.profile).is_dir() else None)
             if not exp_dir:
-                raise ValueError("--mode inprocess needs --exp-dir")
+                raise InvalidInputError("--mode inprocess needs --exp-dir")
             searcher = Searcher.open(exp_dir)
             for pol in policies:
                 results.append(sim.run_real_inprocess(trace.times, searcher, profile, pol, texts, config, args.k,
@@ -109,8 +110,8 @@ def _query_texts(args: argparse.Namespace, profile) -> list:
 
         name = mf.load(args.exp_dir).get("collection", {}).get("name")
     if not name:
-        raise ValueError("real runs need query texts: pass --collection")
+        raise InvalidInputError("real runs need query texts: pass --collection")
     texts = [q.text for q in load_collection(name, args.data_dir).queries if q.text.strip()]
     if not texts:
-        raise ValueError(f"collection {name} has no queries")
+        raise InvalidInputError(f"collection {name} has no queries")
     return texts

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="elastic training: every query operating point learns to search the full model's document embeddings",
         description=(
             "Train the elastic query encoder. Settings come from --config (YAML or TOML; every key of "
-            "elasticdenser.train_config.TrainConfig), then the explicit flags, then --set KEY=VALUE. "
+            "elasticdenser.training.config.TrainConfig), then the explicit flags, then --set KEY=VALUE. "
             "The resolved config is saved as train_config.yaml next to the checkpoints and the model. "
             "Multi-process: torchrun --nproc_per_node N -m elasticdenser train ..."
         ),
@@ -52,7 +52,7 @@ _FLAGS = {
 
 
 def resolve_config(args: argparse.Namespace):
-    from elasticdenser.train_config import TrainConfig
+    from elasticdenser.training.config import TrainConfig
 
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
     changes = {key: getattr(args, attr) for attr, key in _FLAGS.items() if getattr(args, attr, None) is not None}
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from elasticdenser.training import train
+    from elasticdenser.training.loop import train
 
     result = train(cfg, resume=not args.no_resume)
     if result.stopped_early:

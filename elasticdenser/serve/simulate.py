@@ -3,9 +3,9 @@
 Two modes, one report format:
 
 * :func:`simulate` -- a discrete-event simulation driven by the measured profile. One worker
-  serves batches back to back, exactly like :class:`elasticdenser.service.RoutedSearcher`; batch
+  serves batches back to back, exactly like :class:`elasticdenser.serve.service.RoutedSearcher`; batch
   formation, admission (bounded queue) and the point choice are made by the production
-  :class:`~elasticdenser.router.Router` with simulated time. A batch of ``b`` at point ``p`` takes
+  :class:`~elasticdenser.serve.router.Router` with simulated time. A batch of ``b`` at point ``p`` takes
   a lognormal time with the profile's median ``S_p(b)`` and p90 (interpolated). Deterministic for
   a seed; about a million requests per ~10 s.
 * :func:`run_real_inprocess` / :func:`run_real_http` -- a real run: a bounded load generator on
@@ -31,9 +31,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import OperatingPoint
-from elasticdenser.profile import Profile
-from elasticdenser.router import Overloaded, Router, RouterConfig
+from elasticdenser.serve.profile import Profile
+from elasticdenser.serve.router import Overloaded, Router, RouterConfig
 
 Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 
@@ -64,9 +65,9 @@ def resolve_policy(profile: Profile, policy: str) -> Optional[str]:
     if policy.startswith("static:"):
         name = OperatingPoint.parse(policy[len("static:"):]).name
         if name not in profile:
-            raise ValueError(f"policy {policy!r}: point {name} is not in the profile ({', '.join(profile.points)})")
+            raise InvalidInputError(f"policy {policy!r}: point {name} is not in the profile ({', '.join(profile.points)})")
         return name
-    raise ValueError(f"unknown policy {policy!r}; use router, static-full, static-smallest or static:POINT")
+    raise InvalidInputError(f"unknown policy {policy!r}; use router, static-full, static-smallest or static:POINT")
 
 
 #: Queue bound of the static baselines unless ``static_max_queue`` says otherwise: a plain server
@@ -312,7 +313,7 @@ def run_real_inprocess(
     A request the generator cannot send because ``max_in_flight`` are outstanding counts as
     rejected (it never happens unless the service loses requests).
     """
-    from elasticdenser.service import RoutedSearcher
+    from elasticdenser.serve.service import RoutedSearcher
 
     config = config or RouterConfig()
     router = make_router(profile, policy, config, clock=time.monotonic, points=[str(p) for p in searcher.points],
@@ -512,7 +513,7 @@ def ramp_summary(profile: Profile, config: Optional[RouterConfig] = None, durati
                  lo: float = 0.2, hi: float = 3.0) -> str:
     """A short discrete-event summary for the end of the main job: router vs static-full vs
     static-smallest on a ramp from ``lo``x to ``hi``x of the full point's SLO capacity and back."""
-    from elasticdenser.eval.traces import parse_trace
+    from elasticdenser.serve.traces import parse_trace
 
     config = config or RouterConfig()
     full = full_point(profile)

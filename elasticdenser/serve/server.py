@@ -10,14 +10,14 @@ Endpoints:
 * ``GET /metrics`` -> Prometheus text (requests, rejections, latency histogram, QPS, chosen point).
 """
 # no `from __future__ import annotations`: FastAPI must see the real types of the local models
-
 import asyncio
 import contextlib
 import math
 from typing import Any, Optional
 
-from elasticdenser.router import Overloaded, RouterConfig
-from elasticdenser.service import RoutedSearcher
+from elasticdenser.errors import InvalidInputError
+from elasticdenser.serve.router import Overloaded, RouterConfig
+from elasticdenser.serve.service import RoutedSearcher
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 10_000
@@ -55,7 +55,7 @@ def create_app(target: Any, profile: Any = None, config: Optional[RouterConfig] 
         @classmethod
         def _not_blank(cls, v: str) -> str:
             if not v.strip():
-                raise ValueError("query must contain non-whitespace text")
+                raise InvalidInputError("query must contain non-whitespace text")
             return v
 
     @contextlib.asynccontextmanager

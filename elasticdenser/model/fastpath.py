@@ -46,6 +46,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from elasticdenser.atomic import write_bytes
+from elasticdenser.errors import InvalidInputError, StateError
+
 __all__ = [
     "BACKENDS",
     "SMALL_BATCH",
@@ -84,11 +87,11 @@ def resolve_backend(backend: Optional[str]) -> str:
     """``None``/``"auto"`` -> ``"onnx"`` if onnxruntime imports, else ``"jit"``; validates names."""
     name = (backend or "auto").lower()
     if name not in BACKENDS:
-        raise ValueError(f"unknown encoder backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise InvalidInputError(f"unknown encoder backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         return "onnx" if _has_onnxruntime() else "jit"
     if name in _ORT and not _has_onnxruntime():
-        raise RuntimeError(f"backend {name!r} needs onnxruntime (pip install onnxruntime); use 'jit' or 'auto'")
+        raise StateError(f"backend {name!r} needs onnxruntime (pip install onnxruntime); use 'jit' or 'auto'")
     return name
 
 
@@ -137,7 +140,7 @@ def _quantize_int8(data: bytes) -> bytes:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:
-        raise RuntimeError(f"backend 'int8' needs onnx and onnxruntime (pip install 'elasticdenser[serve]'): {exc}") from exc
+        raise StateError(f"backend 'int8' needs onnx and onnxruntime (pip install 'elasticdenser[serve]'): {exc}") from exc
     model = onnx.load_from_string(data)
     weights = {init.name for init in model.graph.initializer}
     activations = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
@@ -174,7 +177,7 @@ class FastRunner:
         elif backend == "eager":
             self._module = module
         else:  # pragma: no cover - resolve_backend validates
-            raise ValueError(backend)
+            raise InvalidInputError(backend)
 
     @staticmethod
     def _onnx_model(encoder, point, module, example, int8: bool = False):
@@ -191,9 +194,7 @@ class FastRunner:
                     return str(path)
                 data = build()
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
+                write_bytes(path, data)
                 return str(path)
             except OSError:
                 pass
@@ -243,8 +244,8 @@ def get_runner(encoder, point=None, backend: Optional[str] = "auto") -> FastRunn
     """The cached :class:`FastRunner` of ``point`` (lazily built; rebuilt when any weight changed)."""
     p = encoder.resolve_point(point)
     name = resolve_backend(backend)
-    cache = encoder.__dict__.setdefault("_fast_cache", {})
-    key = (p, name, encoder.pooling, encoder.normalize, encoder._state_version())
+    cache = encoder.serving_cache("fast")
+    key = (p, name, encoder.pooling, encoder.normalize, encoder.state_version())
     with _lock:
         entry = cache.get((p, name))
         if entry is None or entry[0] != key:
@@ -256,7 +257,7 @@ def get_runner(encoder, point=None, backend: Optional[str] = "auto") -> FastRunn
 def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32, max_length: Optional[int] = None,
                 progress: bool = False, backend: Optional[str] = "auto", threads: Optional[int] = None) -> np.ndarray:
     """:meth:`ElasticEncoder.encode` on a fast backend (fp32): same batching (longest first), same output."""
-    p, texts, out = encoder._encode_inputs(texts, point)
+    p, texts, out = encoder.encode_inputs(texts, point)
     if not texts:
         return out
     runner = get_runner(encoder, p, backend)

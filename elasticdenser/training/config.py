@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from elasticdenser.errors import InvalidInputError, MissingFileError
+
 CONFIG_FILENAME = "train_config.yaml"
 
 _CHOICES = {
@@ -133,23 +135,23 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
-                raise ValueError(f"train config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+                raise InvalidInputError(f"train config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         positive = ["steps", "batch_size", "grad_accum", "query_max_length", "doc_max_length", "doc_batch_size"]
         for name in positive:
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"train config: {name} must be >= 1, got {getattr(self, name)!r}")
+                raise InvalidInputError(f"train config: {name} must be >= 1, got {getattr(self, name)!r}")
         for name in ["distill_weight", "align_weight", "contrastive_weight", "lr", "weight_decay", "max_grad_norm", "largest_weight"]:
             if float(getattr(self, name)) < 0:
-                raise ValueError(f"train config: {name} must be >= 0, got {getattr(self, name)!r}")
+                raise InvalidInputError(f"train config: {name} must be >= 0, got {getattr(self, name)!r}")
         for name in ["distill_temperature", "contrastive_temperature"]:
             if float(getattr(self, name)) <= 0:
-                raise ValueError(f"train config: {name} must be > 0, got {getattr(self, name)!r}")
+                raise InvalidInputError(f"train config: {name} must be > 0, got {getattr(self, name)!r}")
         if self.distill_weight == self.align_weight == self.contrastive_weight == 0:
-            raise ValueError("train config: every loss is switched off (all weights are 0)")
+            raise InvalidInputError("train config: every loss is switched off (all weights are 0)")
         if self.static and not self.points:
-            raise ValueError("train config: static needs the point(s) to train in `points`")
+            raise InvalidInputError("train config: static needs the point(s) to train in `points`")
         if self.num_random < 0:
-            raise ValueError("train config: num_random must be >= 0")
+            raise InvalidInputError("train config: num_random must be >= 0")
         if isinstance(self.exclude, str):
             self.exclude = [e for e in self.exclude.split(",") if e]
         if isinstance(self.points, str):
@@ -169,14 +171,14 @@ class TrainConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"train config: unknown key(s) {', '.join(unknown)}")
+            raise InvalidInputError(f"train config: unknown key(s) {', '.join(unknown)}")
         return cls(**{k: _coerce(known[k], v) for k, v in data.items()}).validate()
 
     @classmethod
     def load(cls, path: "str | Path") -> "TrainConfig":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"train config not found: {path}")
+            raise MissingFileError(f"train config not found: {path}")
         if path.suffix == ".toml":
             import tomllib
 
@@ -186,7 +188,7 @@ class TrainConfig:
 
             data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"train config {path}: expected a mapping at the top level")
+            raise InvalidInputError(f"train config {path}: expected a mapping at the top level")
         return cls.from_dict(data)
 
     def save(self, path: "str | Path") -> Path:
@@ -206,11 +208,11 @@ class TrainConfig:
         data = self.to_dict()
         for item in assignments:
             if "=" not in item:
-                raise ValueError(f"train config override {item!r}: expected key=value")
+                raise InvalidInputError(f"train config override {item!r}: expected key=value")
             key, value = item.split("=", 1)
             key = key.strip().replace("-", "_")
             if key not in data:
-                raise ValueError(f"train config: unknown key {key!r}")
+                raise InvalidInputError(f"train config: unknown key {key!r}")
             data[key] = yaml.safe_load(value)
         return TrainConfig.from_dict(data)
 
@@ -229,11 +231,11 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
                 return True
             if value.lower() in ("false", "no", "0", "off"):
                 return False
-            raise ValueError(f"train config: {f.name} must be a boolean, got {value!r}")
+            raise InvalidInputError(f"train config: {f.name} must be a boolean, got {value!r}")
         return bool(value)
     if isinstance(default, int) and not isinstance(value, bool):
         if isinstance(value, float) and value != int(value):
-            raise ValueError(f"train config: {f.name} must be an integer, got {value!r}")
+            raise InvalidInputError(f"train config: {f.name} must be an integer, got {value!r}")
         return int(value)
     if isinstance(default, float):
         return float(value)

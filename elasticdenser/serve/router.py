@@ -4,7 +4,7 @@ Nothing here sleeps, spawns threads or reads the wall clock on its own: every me
 ``now`` (seconds) or calls the injected ``clock``. The discrete-event simulator drives the very
 same object with simulated time, so simulating the router tests the production router.
 
-Model (all service times come from the measured :class:`~elasticdenser.profile.Profile`):
+Model (all service times come from the measured :class:`~elasticdenser.serve.profile.Profile`):
 
 * ``S_p(b)``: service time of one batch of ``b`` queries at point ``p`` (median for throughput,
   p90 for latency), linearly interpolated from the measured table.
@@ -50,8 +50,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import OperatingPoint
-from elasticdenser.profile import PointProfile, Profile
+from elasticdenser.serve.profile import PointProfile, Profile
 
 
 class Overloaded(RuntimeError):
@@ -81,19 +82,19 @@ class RouterConfig:
 
     def __post_init__(self) -> None:
         if self.slo_ms <= 0:
-            raise ValueError(f"slo_ms must be > 0, got {self.slo_ms}")
+            raise InvalidInputError(f"slo_ms must be > 0, got {self.slo_ms}")
         if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+            raise InvalidInputError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+            raise InvalidInputError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if not 0 < self.step_up_margin <= self.margin <= 1.5:
-            raise ValueError("need 0 < step_up_margin <= margin <= 1.5")
+            raise InvalidInputError("need 0 < step_up_margin <= margin <= 1.5")
         if self.step_up_after_s < 0 or self.rate_tau_s <= 0 or self.slow_rate_tau_s <= 0:
-            raise ValueError("step_up_after_s must be >= 0 and rate_tau_s, slow_rate_tau_s > 0")
+            raise InvalidInputError("step_up_after_s must be >= 0 and rate_tau_s, slow_rate_tau_s > 0")
         if not 0 < self.calibration_alpha <= 1:
-            raise ValueError("calibration_alpha must be in (0, 1]")
+            raise InvalidInputError("calibration_alpha must be in (0, 1]")
         if self.max_queue is not None and self.max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+            raise InvalidInputError(f"max_queue must be >= 1, got {self.max_queue}")
 
 
 @dataclass
@@ -147,11 +148,11 @@ class Router:
         allowed = None if points is None else {str(p) for p in points}
         ladder = [p for p in profile.ordered(pareto_only=True) if allowed is None or p.name in allowed]
         if not ladder:
-            raise ValueError("no profiled Pareto operating point is served by this searcher; re-run `elasticdenser profile`")
+            raise InvalidInputError("no profiled Pareto operating point is served by this searcher; re-run `elasticdenser profile`")
         if fixed is not None:
             fixed = str(fixed)
             if fixed not in profile:
-                raise ValueError(f"point {fixed} is not in the profile; known: {', '.join(profile.points)}")
+                raise InvalidInputError(f"point {fixed} is not in the profile; known: {', '.join(profile.points)}")
             ladder = [profile[fixed]]
         self.fixed = fixed
         self._tables: Dict[Tuple[str, str], List[float]] = {}

@@ -4,7 +4,7 @@ Every loss works on embeddings that are already truncated to one width; the Matr
 applies a loss at several widths of one pooled vector, so a point costs one forward pass.
 
 - :class:`FixedDocuments`: the frozen document embeddings, truncated and re-normalised per width
-  (what the index for width ``d`` holds), with scoring helpers.
+  (what the index for width ``d`` holds; the rule is :func:`elasticdenser.operating_point.truncate`).
 - :class:`ContrastiveLoss`: InfoNCE of queries against candidate documents (in-batch + hard negatives).
 - :class:`ScoreDistillationLoss`: KL(teacher || student) between score distributions over candidates.
 - :class:`EmbeddingAlignmentLoss`: cosine or MSE between a point's query embedding and the teacher's.
@@ -17,23 +17,23 @@ from typing import Callable, Dict, Iterable, Optional, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from elasticdenser.errors import InvalidInputError
+from elasticdenser.operating_point import truncate
 
-def truncate(x: Tensor, width: int, normalize: bool = True) -> Tensor:
-    """First ``width`` dimensions, re-normalised (the Matryoshka view of an embedding)."""
-    x = x[..., :width]
-    return F.normalize(x, dim=-1) if normalize else x
+__all__ = ["FixedDocuments", "ContrastiveLoss", "ScoreDistillationLoss", "EmbeddingAlignmentLoss",
+           "MatryoshkaLoss", "matryoshka_widths"]
 
 
 class FixedDocuments:
     """Full-width document embeddings computed once by the document tower; never trained.
 
-    ``at(width)`` returns the rows truncated to ``width`` and re-normalised (cached), i.e. exactly
-    the vectors the FAISS index for that width holds.
+    ``at(width)`` returns the rows cut to ``width`` by the width rule (cached), i.e. exactly the
+    vectors the FAISS index for that width holds.
     """
 
     def __init__(self, embeddings: Tensor, normalize: bool = True):
         if embeddings.dim() != 2:
-            raise ValueError(f"document embeddings must be 2-D (N, hidden), got shape {tuple(embeddings.shape)}")
+            raise InvalidInputError(f"document embeddings must be 2-D (N, hidden), got shape {tuple(embeddings.shape)}")
         self.full = embeddings.detach().float()
         self.normalize = normalize
         self._cache: Dict[int, Tensor] = {}
@@ -94,7 +94,7 @@ class EmbeddingAlignmentLoss(nn.Module):
     def __init__(self, kind: str = "cosine"):
         super().__init__()
         if kind not in ("cosine", "mse"):
-            raise ValueError(f"alignment kind must be 'cosine' or 'mse', got {kind!r}")
+            raise InvalidInputError(f"alignment kind must be 'cosine' or 'mse', got {kind!r}")
         self.kind = kind
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
@@ -114,11 +114,11 @@ class MatryoshkaLoss(nn.Module):
     def __init__(self, widths: Sequence[int], weights: Optional[Sequence[float]] = None):
         super().__init__()
         if not widths:
-            raise ValueError("MatryoshkaLoss needs at least one width")
+            raise InvalidInputError("MatryoshkaLoss needs at least one width")
         self.widths = [int(w) for w in widths]
         self.weights = [1.0] * len(self.widths) if weights is None else [float(w) for w in weights]
         if len(self.weights) != len(self.widths):
-            raise ValueError("MatryoshkaLoss: one weight per width")
+            raise InvalidInputError("MatryoshkaLoss: one weight per width")
 
     def forward(self, loss_fn: Callable[[int], Tensor]) -> Tensor:
         total = sum(w * loss_fn(d) for d, w in zip(self.widths, self.weights))

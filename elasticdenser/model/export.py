@@ -30,6 +30,8 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from elasticdenser.errors import InvalidInputError
+
 EXPORT_CONFIG_NAME = "export_config.json"
 FORMATS = ("pt2", "onnx")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -48,7 +50,7 @@ def _example_inputs(encoder):
 def export_point(encoder, point, path: Union[str, os.PathLike], format: str = "pt2") -> Path:
     """Write operating point ``point`` of ``encoder`` as a standalone artefact into ``path``."""
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise InvalidInputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     p = encoder.resolve_point(point)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

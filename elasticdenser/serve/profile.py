@@ -28,18 +28,29 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Union,
+)
 
+from elasticdenser.errors import InvalidInputError, MissingFileError
+from elasticdenser.eval.answers import has_answer
+from elasticdenser.index import manifest as mf
 from elasticdenser.operating_point import OperatingPoint
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 PROFILE_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -56,10 +67,10 @@ class PointProfile:
     def __post_init__(self) -> None:
         self.latency_ms = {int(b): {s: float(v) for s, v in d.items()} for b, d in self.latency_ms.items()}
         if not self.latency_ms:
-            raise ValueError(f"profile of {self.name} has no latency measurements")
+            raise InvalidInputError(f"profile of {self.name} has no latency measurements")
         for b, d in self.latency_ms.items():
             if b < 1 or "median" not in d or "p90" not in d:
-                raise ValueError(f"profile of {self.name}: latency_ms[{b}] needs 'median' and 'p90' (batch size >= 1)")
+                raise InvalidInputError(f"profile of {self.name}: latency_ms[{b}] needs 'median' and 'p90' (batch size >= 1)")
         self._sizes = sorted(self.latency_ms)
 
     @property
@@ -134,10 +145,10 @@ class Profile:
 
     def __post_init__(self) -> None:
         if not self.points:
-            raise ValueError("a profile needs at least one operating point")
+            raise InvalidInputError("a profile needs at least one operating point")
         for p in self.points.values():
             if self.metric not in p.quality:
-                raise ValueError(f"profile of {p.name} has no quality value for metric {self.metric!r}")
+                raise InvalidInputError(f"profile of {p.name} has no quality value for metric {self.metric!r}")
 
     # --- queries -------------------------------------------------------------------------
     def quality(self, name: str) -> float:
@@ -180,7 +191,12 @@ class Profile:
     def from_json(cls, data: Mapping[str, Any]) -> "Profile":
         known = {"version", "created", "machine", "k", "metric", "batch_sizes", "points"}
         if "points" not in data or "metric" not in data:
-            raise ValueError("not an operating-point profile: needs 'points' and 'metric'")
+            raise InvalidInputError("not an operating-point profile: needs 'points' and 'metric'")
+        if data.get("version", PROFILE_VERSION) != PROFILE_VERSION:
+            raise InvalidInputError(
+                f"profile version {data.get('version')!r} is not one this release reads ({PROFILE_VERSION}); "
+                "re-run `elasticdenser profile`"
+            )
         return cls(
             points={name: PointProfile.from_json(name, d) for name, d in data["points"].items()},
             metric=str(data["metric"]),
@@ -210,39 +226,17 @@ def mark_pareto(points: Iterable[PointProfile], metric: str) -> None:
         )
 
 
-# --- manifest I/O ----------------------------------------------------------------------------
-def _manifest_path(exp_dir: Union[str, Path]) -> Path:
-    path = Path(exp_dir)
-    return path if path.name.endswith(".json") else path / MANIFEST
-
-
-def atomic_write_json(path: Union[str, Path], data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync, then ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# --- manifest I/O (the manifest and its atomic writes are owned by elasticdenser.index) --------
+def _experiment_dir(source: Union[str, Path]) -> Path:
+    path = Path(source)
+    return path.parent if path.name == mf.MANIFEST else path
 
 
 def save_profile(exp_dir: Union[str, Path], profile: Profile) -> Path:
     """Store ``profile`` under ``"profile"`` in the experiment's manifest (atomic replace)."""
-    path = _manifest_path(exp_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest at {path}; is {Path(exp_dir)} an experiment directory?")
-    with open(path) as f:
-        manifest = json.load(f)
-    manifest["profile"] = profile.to_json()
-    atomic_write_json(path, manifest)
-    return path
+    exp_dir = _experiment_dir(exp_dir)
+    mf.update(exp_dir, profile=profile.to_json())
+    return exp_dir / mf.MANIFEST
 
 
 def load_profile(source: Union[str, Path, Mapping[str, Any]]) -> Profile:
@@ -251,16 +245,19 @@ def load_profile(source: Union[str, Path, Mapping[str, Any]]) -> Profile:
         data = source
     else:
         path = Path(source)
-        if path.is_dir():
-            path = path / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"no manifest or profile file at {path}")
-        with open(path) as f:
-            data = json.load(f)
+        if path.is_dir() or path.name == mf.MANIFEST:
+            data = mf.load(_experiment_dir(path))
+        else:
+            if not path.is_file():
+                raise MissingFileError(f"no manifest or profile file at {path}")
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(f"{path} is not valid JSON: {exc}") from None
     if isinstance(data.get("profile"), Mapping):  # a manifest (which also has a "points" list)
         data = data["profile"]
     elif not isinstance(data.get("points"), Mapping):
-        raise ValueError(
+        raise InvalidInputError(
             f"{source} holds no operating-point profile; run `elasticdenser profile EXP_DIR` first "
             "(the router uses measured numbers only)"
         )
@@ -296,29 +293,6 @@ def machine_info() -> Dict[str, Any]:
     return info
 
 
-def _normalize_answer(text: str) -> str:
-    import re
-    import string
-    import unicodedata
-
-    text = unicodedata.normalize("NFD", text).lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def has_answer(passage: str, answers: Sequence[str]) -> bool:
-    """DPR answer match (``elasticdenser.eval.answers``), else a normalised-substring test."""
-    try:
-        from elasticdenser.eval.answers import has_answer as dpr_has_answer
-    except ImportError:
-        dpr_has_answer = None
-    if dpr_has_answer is not None:
-        return dpr_has_answer(answers, passage)
-    norm = " " + _normalize_answer(passage) + " "
-    return any((a := _normalize_answer(ans)) and f" {a} " in norm for ans in answers)
-
-
 def quality_of_hits(
     hits: Sequence[Sequence[Any]],
     queries: Sequence[Any],
@@ -327,8 +301,9 @@ def quality_of_hits(
 ) -> Dict[str, float]:
     """Recall@k (if qrels cover the queries) and answer-match accuracy@k (if answers exist).
 
-    ``hits[i]`` are the ranked ``Hit``s of ``queries[i]`` (objects with ``doc_id`` and ``text``,
-    optionally ``title``); ``queries[i]`` has ``query_id`` and ``answers``.
+    ``hits[i]`` are the ranked ``Hit``s of ``queries[i]`` (objects with ``doc_id`` and ``text``);
+    ``queries[i]`` has ``query_id`` and ``answers``. Answers match passage text by DPR's rule
+    (:func:`elasticdenser.eval.answers.has_answer`), exactly as ``elasticdenser evaluate`` scores them.
     """
     out: Dict[str, float] = {}
     if qrels:
@@ -343,7 +318,7 @@ def quality_of_hits(
     answered = [(q, hs) for q, hs in zip(queries, hits) if getattr(q, "answers", None)]
     if answered:
         out[f"accuracy@{k}"] = statistics.fmean(
-            float(any(has_answer(f"{getattr(h, 'title', '') or ''} {h.text}", q.answers) for h in list(hs)[:k]))
+            float(any(has_answer(q.answers, h.text) for h in list(hs)[:k]))
             for q, hs in answered
         )
     return out
@@ -364,7 +339,7 @@ def measure_latency(
     Each repeat uses a different slice of ``texts`` (cycled), so caches do not flatter the numbers.
     """
     if not texts:
-        raise ValueError("latency measurement needs at least one query text")
+        raise InvalidInputError("latency measurement needs at least one query text")
     out: Dict[int, Dict[str, float]] = {}
     offset = 0
     for b in batch_sizes:
@@ -381,12 +356,12 @@ def measure_latency(
     return out
 
 
-def encoder_backend(encoder: Any) -> Optional[str]:
-    """The query path the latencies were measured on (the server must run the same one)."""
-    name = getattr(encoder, "serve_backend", None)
+def encoder_backend(searcher: Any) -> Optional[str]:
+    """The query path ``searcher`` runs, resolved (the server must run the one the profile measured)."""
+    name = getattr(searcher, "backend", None)
     if name is None:
         return None
-    from elasticdenser.fastpath import resolve_backend
+    from elasticdenser.model.fastpath import resolve_backend
 
     return resolve_backend(name)
 
@@ -413,10 +388,10 @@ def measure_profile(
     """
     names = [str(p) for p in (points or searcher.points)]
     if not names:
-        raise ValueError("no operating points to profile")
+        raise InvalidInputError("no operating points to profile")
     texts = [q.text for q in queries]
     if not texts:
-        raise ValueError("profiling needs a validation query set with at least one query")
+        raise InvalidInputError("profiling needs a validation query set with at least one query")
     if space is None:
         encoder = getattr(searcher, "encoder", None)
         space = getattr(encoder, "space", None)
@@ -429,24 +404,20 @@ def measure_profile(
             hits.extend(searcher.search_texts(texts[i : i + 64], k, point))
         quality = quality_of_hits(hits, queries, qrels, k)
         if not quality:
-            raise ValueError("validation queries have neither qrels nor answer strings; cannot measure quality")
+            raise InvalidInputError("validation queries have neither qrels nor answer strings; cannot measure quality")
         log(f"profiling {name}: latency at batch sizes {list(batch_sizes)}")
         latency = measure_latency(searcher.search_texts, point, texts, k, batch_sizes, repeats)
         flops = params = None
         if space is not None:
-            try:
-                flops = space.flops(point, seq_len)
-                head_dim = space.hidden_size // space.num_heads
-                attn = point.heads * head_dim
-                params = float(point.layers * (4 * space.hidden_size * attn + 2 * space.hidden_size * point.ffn))
-            except Exception:
-                pass
+            flops = space.flops(point, seq_len)
+            encoder = getattr(searcher, "encoder", None)
+            params = float(encoder.point_params(point) if hasattr(encoder, "point_params") else space.params(point))
         table[name] = PointProfile(name, latency, quality, params=params, flops=flops)
     available = set.intersection(*(set(p.quality) for p in table.values()))
     if metric is None:
         metric = f"recall@{k}" if f"recall@{k}" in available else f"accuracy@{k}"
     if metric not in available:
-        raise ValueError(f"metric {metric!r} not measurable on this query set; available: {sorted(available)}")
+        raise InvalidInputError(f"metric {metric!r} not measurable on this query set; available: {sorted(available)}")
     mark_pareto(table.values(), metric)
     return Profile(
         points=table,
@@ -456,5 +427,5 @@ def measure_profile(
         machine=machine_info(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         extra={"num_queries": len(texts), "repeats": repeats, "seq_len_for_flops": seq_len,
-               "encoder_backend": encoder_backend(getattr(searcher, "encoder", None))},
+               "encoder_backend": encoder_backend(searcher)},
     )

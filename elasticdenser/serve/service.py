@@ -2,7 +2,7 @@
 
 The searcher only needs ``points`` and ``search_texts(texts, k, point) -> list[list[Hit]]``
 (the :class:`elasticdenser.searcher.Searcher` contract). One worker thread serves batches back to
-back; the :class:`~elasticdenser.router.Router` decides admission, when a batch is ready and
+back; the :class:`~elasticdenser.serve.router.Router` decides admission, when a batch is ready and
 which operating point serves it. Nothing accepted is dropped: :meth:`RoutedSearcher.close`
 serves the remaining queue before it returns.
 """
@@ -15,9 +15,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
+from elasticdenser.errors import InvalidInputError, StateError
 from elasticdenser.operating_point import OperatingPoint
-from elasticdenser.profile import Profile, encoder_backend, load_profile
-from elasticdenser.router import Overloaded, Router, RouterConfig
+from elasticdenser.serve.profile import Profile, encoder_backend, load_profile
+from elasticdenser.serve.router import Overloaded, Router, RouterConfig
 
 #: Prometheus latency histogram buckets (seconds).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -117,7 +118,7 @@ def _searcher_profile(searcher: Any) -> Profile:
         d = getattr(searcher, attr, None)
         if d is not None:
             return load_profile(d)
-    raise ValueError("no operating-point profile for this searcher; run `elasticdenser profile EXP_DIR` first")
+    raise InvalidInputError("no operating-point profile for this searcher; run `elasticdenser profile EXP_DIR` first")
 
 
 class RoutedSearcher:
@@ -189,19 +190,19 @@ class RoutedSearcher:
             return None
         name = OperatingPoint.parse(point).name  # InvalidOperatingPoint (ValueError) if malformed
         if name not in self.point_names:
-            raise ValueError(f"operating point {name} is not served here; available: {', '.join(self.point_names)}")
+            raise InvalidInputError(f"operating point {name} is not served here; available: {', '.join(self.point_names)}")
         return name
 
     def submit(self, query: str, k: int = 10, point: Union[str, OperatingPoint, None] = None) -> "Future[RoutedResult]":
         """Queue one query; raises :class:`Overloaded` at once if the bounded queue is full."""
         if not isinstance(query, str) or not query.strip():
-            raise ValueError("query must be a non-empty string")
+            raise InvalidInputError("query must be a non-empty string")
         if int(k) < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise InvalidInputError(f"k must be >= 1, got {k}")
         name = self.validate_point(point)
         with self._cond:
             if not self._accepting:
-                raise RuntimeError("the search service is not running (call start() or use it as a context manager)")
+                raise StateError("the search service is not running (call start() or use it as a context manager)")
             now = self.clock()
             if not self.router.admit(len(self._queue), now):
                 self.metrics.rejections += 1
@@ -257,7 +258,7 @@ class RoutedSearcher:
                 kmax = max(r.k for r in batch)
                 results = self.searcher.search_texts([r.text for r in batch], kmax, OperatingPoint.parse(point))
                 if len(results) != len(batch):
-                    raise RuntimeError(f"searcher returned {len(results)} results for {len(batch)} queries")
+                    raise StateError(f"searcher returned {len(results)} results for {len(batch)} queries")
             except BaseException as exc:  # fail this batch's requests, keep serving
                 with self.metrics.lock:
                     self.metrics.errors += len(batch)
@@ -292,6 +293,6 @@ class RoutedSearcher:
             "max_queue": self.router.max_queue,
             "slo_ms": self.router.config.slo_ms,
             # the query path this process runs, and the one the profile's latencies were measured on
-            "encoder_backend": encoder_backend(getattr(self.searcher, "encoder", None)),
+            "encoder_backend": encoder_backend(self.searcher),
             "profiled_backend": self.router.profile.extra.get("encoder_backend"),
         }

@@ -20,6 +20,8 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
+from elasticdenser.errors import InvalidInputError, MissingFileError
+
 RateFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -37,7 +39,7 @@ class Trace:
 def nhpp(rate_fn: RateFn, duration: float, rate_max: float, seed: int = 0) -> np.ndarray:
     """Arrival times of a Poisson process with rate ``rate_fn(t) <= rate_max`` on [0, duration)."""
     if duration <= 0:
-        raise ValueError(f"trace duration must be > 0, got {duration}")
+        raise InvalidInputError(f"trace duration must be > 0, got {duration}")
     if rate_max <= 0:
         return np.zeros(0)
     rng = np.random.default_rng(seed)
@@ -55,7 +57,7 @@ def ramp_rate(lo: float, hi: float, duration: float, hold: float = 0.2, base: fl
     """``lo`` for a ``base`` fraction of the duration, linearly up to ``hi``, ``hi`` for a ``hold``
     fraction, linearly back down, ``lo`` for a final ``base`` fraction."""
     if hold < 0 or base < 0 or hold + 2 * base >= 1:
-        raise ValueError(f"ramp needs hold >= 0, base >= 0 and hold + 2*base < 1 (got hold={hold}, base={base})")
+        raise InvalidInputError(f"ramp needs hold >= 0, base >= 0 and hold + 2*base < 1 (got hold={hold}, base={base})")
     b = duration * base
     up = duration * (1 - hold - 2 * base) / 2
 
@@ -80,7 +82,7 @@ def _rate(value: str, capacity: Optional[float]) -> float:
     value = value.strip()
     if value.endswith("x"):
         if not capacity:
-            raise ValueError(f"relative rate {value!r} needs a reference capacity (the full point's, from a profile)")
+            raise InvalidInputError(f"relative rate {value!r} needs a reference capacity (the full point's, from a profile)")
         return float(value[:-1]) * capacity
     return float(value)
 
@@ -88,7 +90,7 @@ def _rate(value: str, capacity: Optional[float]) -> float:
 def from_file(path: str) -> Trace:
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"trace file {path} not found")
+        raise MissingFileError(f"trace file {path} not found")
     vals = []
     for line in p.read_text().splitlines():
         line = line.strip()
@@ -99,9 +101,9 @@ def from_file(path: str) -> Trace:
             vals.append(float(first))
         except ValueError:
             if vals:  # a header is fine only on the first line
-                raise ValueError(f"{path}: not a timestamp: {first!r}") from None
+                raise InvalidInputError(f"{path}: not a timestamp: {first!r}") from None
     if not vals:
-        raise ValueError(f"{path}: no timestamps")
+        raise InvalidInputError(f"{path}: no timestamps")
     times = np.sort(np.asarray(vals, dtype=float))
     times -= times[0]
     return Trace(f"file:{p.name}", times, float(times[-1]) + 1e-9)
@@ -117,13 +119,13 @@ def parse_trace(spec: str, capacity: Optional[float] = None, seed: int = 0) -> T
     for part in filter(None, (x.strip() for x in rest.split(","))):
         key, eq, val = part.partition("=")
         if not eq:
-            raise ValueError(f"trace spec {spec!r}: expected key=value, got {part!r}")
+            raise InvalidInputError(f"trace spec {spec!r}: expected key=value, got {part!r}")
         args[key.strip()] = val
     duration = float(args.pop("duration", 60))
 
     def need(key: str, default: Optional[str] = None) -> float:
         if key not in args and default is None:
-            raise ValueError(f"trace spec {spec!r} needs {key}=")
+            raise InvalidInputError(f"trace spec {spec!r} needs {key}=")
         return _rate(args.pop(key, default), capacity)
 
     if kind == "poisson":
@@ -141,7 +143,7 @@ def parse_trace(spec: str, capacity: Optional[float] = None, seed: int = 0) -> T
         lo, hi = need("lo"), need("hi")
         fn, peak = day_rate(lo, hi, duration), max(lo, hi)
     else:
-        raise ValueError(f"unknown trace kind {kind!r}; use poisson, ramp, spike, day or file:PATH")
+        raise InvalidInputError(f"unknown trace kind {kind!r}; use poisson, ramp, spike, day or file:PATH")
     if args:
-        raise ValueError(f"trace spec {spec!r}: unknown parameters {sorted(args)}")
+        raise InvalidInputError(f"trace spec {spec!r}: unknown parameters {sorted(args)}")
     return Trace(spec, nhpp(fn, duration, peak, seed), duration, fn)

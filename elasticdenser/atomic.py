@@ -1,5 +1,8 @@
 """Atomic file writes: write to a temporary name in the same folder, fsync, then rename.
 
+The one temporary-name scheme of the package (:func:`tmp_name`: ``.<name>.tmp-<pid>``), for files
+and for directories that are renamed into place (models, checkpoints).
+
 An interrupted run can leave ``*.tmp-*`` files behind but never a file under its final name
 that looks complete and is not.
 """
@@ -10,6 +13,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
+
+__all__ = ["tmp_name", "atomic_path", "write_bytes", "write_text", "write_json", "clean_stale_tmp"]
 
 
 def tmp_name(path: "str | os.PathLike") -> Path:
@@ -31,6 +36,11 @@ def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_bytes(path: "str | os.PathLike", data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(path: "str | os.PathLike", text: str) -> None:

@@ -1,0 +1,66 @@
+"""The training stage of ``elasticdenser pipeline`` (the main job): a short elastic run whose
+result replaces the pipeline's encoder before indexing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from elasticdenser.training.config import TrainConfig
+from elasticdenser.training.documents import load_encoder
+from elasticdenser.training.loop import SUMMARY_FILE, train
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PIPELINE_TRAIN_DEFAULTS", "pipeline_train_stage"]
+
+
+# main-job stage (elasticdenser pipeline)
+
+#: the short elastic-training stage of the main job (a few hundred steps; see BENCHMARKS.md)
+PIPELINE_TRAIN_DEFAULTS = dict(
+    steps=200, batch_size=16, sampling="sandwich", num_random=1, lr=3e-4, warmup_steps=10,
+    reorder_samples=64, reorder_documents=256, val_size=64, eval_every=100, checkpoint_every=100,
+    log_every=20,
+)
+
+
+def pipeline_train_stage(ctx) -> None:
+    """Stage for ``elasticdenser pipeline`` (insert before ``build_index``).
+
+    Trains the query tower of ``ctx.encoder``'s starting model against the fixed document
+    embeddings of ``ctx.collection`` (distillation on the unlabeled query pool, leakage-guarded
+    against the collection), then sets ``ctx.encoder`` to the trained encoder and
+    ``ctx.extra["document_encoder"]`` / ``ctx.extra["document_embeddings"]`` to the document tower
+    and its cached full-width embeddings: documents must be indexed with those (the trained
+    model's own full point drifts slightly from them). Settings: ``PIPELINE_TRAIN_DEFAULTS``,
+    overridden by ``ctx.args.train_config`` (a YAML/TOML path) and ``ctx.args.train_steps`` if present.
+    """
+    args = ctx.args
+    cfg = TrainConfig(**PIPELINE_TRAIN_DEFAULTS)
+    if getattr(args, "train_config", None):
+        cfg = TrainConfig.load(args.train_config)
+    changes = dict(
+        model=getattr(args, "model", None),
+        output_dir=str(Path(ctx.out) / "training"),
+        data_dir=str(args.data_dir) if getattr(args, "data_dir", None) else None,
+        collection=ctx.collection.name,
+        exclude=sorted(set(cfg.exclude) | {ctx.collection.name}),
+        progress=not getattr(args, "quiet", False),
+    )
+    if getattr(args, "train_steps", None):
+        changes["steps"] = int(args.train_steps)
+    cfg = cfg.replace(**changes)
+    result = train(cfg, collection=ctx.collection)
+    summary = json.loads((result.model_dir / SUMMARY_FILE).read_text())
+    # the document tower: the starting model when frozen, the trained one after a joint stage
+    doc_encoder = ctx.encoder
+    if summary["mode"] == "joint":
+        doc_encoder = load_encoder(summary["document_model"], ctx.encoder.device)
+    ctx.extra["document_encoder"] = doc_encoder
+    ctx.extra["document_embeddings"] = summary["document_embeddings"]
+    ctx.extra["training"] = {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
+                             "model_dir": str(result.model_dir), "last_losses": result.last_losses}
+    ctx.encoder = result.encoder.to(ctx.encoder.device)
+    ctx.log(f"[train] {result.steps} steps in {result.wall_time_s:.0f} s -> {result.model_dir}")
