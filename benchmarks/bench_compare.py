@@ -202,9 +202,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from elasticdenser.index.faiss_index import tune_faiss
-
     from elasticdenser.atomic import write_json, write_text
+    from elasticdenser.index.faiss_index import tune_faiss
     from elasticdenser.model.encoder import ElasticEncoder
     from elasticdenser.operating_point import OperatingPoint
 
@@ -245,7 +244,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"{name}: {docs.shape[0]} passage vectors for {len(c.doc_ids)} passages")
         rows, results = [], {}
 
-        def run_dense(method: str, enc, p: OperatingPoint, doc_vecs: np.ndarray, shape: OperatingPoint) -> None:
+        def run_dense(method: str, enc, p: OperatingPoint, doc_vecs: np.ndarray, shape: OperatingPoint,
+                      c=c, results=results, rows=rows) -> None:
             q = enc.encode([x.text for x in c.queries], p, batch_size=128, max_length=64)
             res = c.search(q, doc_vecs, p.width)
             row = {"method": method, "point": shape.name, "served_as": p.name,
@@ -309,7 +309,7 @@ def main(argv=None) -> int:
             lat[key].append(m)
     for key, vals in lat.items():
         report["latency"][f"{key[0]}:{key[1]}"] = {m: round(statistics.median(v[m] for v in vals), 3) for m in vals[0]}
-    for name, block in report["collections"].items():
+    for _name, block in report["collections"].items():
         for r in block["rows"]:
             key = f"peer:{r['point']}" if r["method"] == "peer" else f"dense:{r['point']}"
             r.update(report["latency"].get(key, {}))
@@ -319,7 +319,8 @@ def main(argv=None) -> int:
     report["training_s"] = {"elastic": elastic_summary.get("wall_time_s"),
                             "static": {n: s.get("wall_time_s") for n, (_, s) in static.items()}}
     if args.peer:
-        report["training_s"]["peer"] = json.loads((Path(args.peer).parent / "training_summary.json").read_text()).get("wall_time_s")
+        report["training_s"]["peer"] = json.loads(
+            (Path(args.peer).parent / "training_summary.json").read_text()).get("wall_time_s")
     report["serving_bytes"] = {
         "elastic_one_model": model_bytes(elastic.model),
         "static_models": {p.name: model_bytes(elastic.materialize(p)) for p in points},

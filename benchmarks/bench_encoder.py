@@ -172,11 +172,13 @@ def main(argv=None):
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         lat = bench_latency(variants, b1, args.calls, args.seed)
-        result["latency"][threads] = {n: {"median_ms": 1e3 * statistics.median(t), "p90_ms": 1e3 * p90(t)} for n, t in lat.items()}
+        result["latency"][threads] = {n: {"median_ms": 1e3 * statistics.median(t), "p90_ms": 1e3 * p90(t)}
+                                      for n, t in lat.items()}
         print(f"[{threads} thread(s)] batch-1 done", file=sys.stderr)
     torch.set_num_threads(int(args.threads.split(",")[0]))
     thr = bench_latency(variants, b32, args.batches, args.seed + 1)
-    result["throughput"] = {n: {"median_batch_ms": 1e3 * statistics.median(t), "qps": 32 / statistics.median(t)} for n, t in thr.items()}
+    result["throughput"] = {n: {"median_batch_ms": 1e3 * statistics.median(t), "qps": 32 / statistics.median(t)}
+                            for n, t in thr.items()}
     result["timing_s"] = round(time.perf_counter() - t_start, 1)
     if args.quality:
         result["quality"] = quality(enc, questions, passages, args.eval_queries, args.importance_queries,
@@ -217,18 +219,21 @@ def report(r, points) -> str:
         L = r["latency"][t]
         cells += [f"{L[hf]['median_ms']:.2f}", f"{L[hf]['p90_ms']:.2f}"]
     T = r["throughput"]
-    lines.append(f"| {hf} (plain transformers) | " + " | ".join(cells) + f" | {T[hf]['median_batch_ms']:.1f} | {T[hf]['qps']:.0f} | - |")
+    lines.append(f"| {hf} (plain transformers) | " + " | ".join(cells)
+                 + f" | {T[hf]['median_batch_ms']:.1f} | {T[hf]['qps']:.0f} | - |")
     lines.append("")
     for kind in ("sliced", "mat"):
         full = f"{kind} {points[0].name}"
-        ov = [f"b1 {t}T {100 * (r['latency'][t][full]['median_ms'] / r['latency'][t][hf]['median_ms'] - 1):+.1f}%" for t in t_first]
+        ov = [f"b1 {t}T {100 * (r['latency'][t][full]['median_ms'] / r['latency'][t][hf]['median_ms'] - 1):+.1f}%"
+              for t in t_first]
         ov.append(f"b32 {100 * (T[hf]['qps'] / T[full]['qps'] - 1):+.1f}%")
         lines.append(f"full point overhead vs plain transformers ({kind}): " + ", ".join(ov))
     if "quality" in r:
         q = r["quality"]
         lines += ["", f"Recall@20, plain truncation, {q['eval_queries']} NQ-open questions vs {q['corpus']} gold passages "
                   f"(importance sample: {q['importance_queries']} other questions, {q['importance_documents']} passages; "
-                  f"reorder took {q['reorder_s']} s; full-model max |diff| after reorder {q['reorder_full_max_abs_diff']:.1e})", "",
+                  f"reorder took {q['reorder_s']} s; full-model max |diff| after reorder "
+                  f"{q['reorder_full_max_abs_diff']:.1e})", "",
                   "| point | original order | reordered |", "|---|---|---|"]
         for name, v in q["recall@20"].items():
             lines.append(f"| {name} | {v['original order']:.3f} | {v['reordered']:.3f} |")

@@ -175,7 +175,7 @@ def main(argv=None):
     with torch.inference_mode():
         for f in list(v1.values()):
             f(b1[0])
-        for k, f in v32.items():
+        for _k, f in v32.items():
             f(b32[0])
         for f in ve2e.values():
             f(questions[0])

@@ -20,8 +20,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
-from elasticdenser.data import load_collection
 
+from elasticdenser.data import load_collection
 from elasticdenser.model.encoder import ElasticEncoder
 
 
@@ -64,14 +64,16 @@ def main(argv=None):
         docs = enc.encode(doc_texts, None, batch_size=32, backend="eager")
         np.save(dpath, docs)
     print(f"docs {docs.shape} in {time.time() - t:.1f}s", flush=True)
-    result = {"model": args.model or "all-MiniLM-L6-v2", "queries": len(qs), "documents": len(doc_ids), "points": {}, "docs_bulk": {}}
+    result = {"model": args.model or "all-MiniLM-L6-v2", "queries": len(qs), "documents": len(doc_ids), "points": {},
+              "docs_bulk": {}}
     backends = [b for b in args.backends.split(",") if b]
     for b in backends:
         t = time.time()
         n = args.bulk_docs
         d2 = enc.encode(doc_texts[:n], None, batch_size=32, backend=b)
         cos = (d2 * docs[:n]).sum(1) / np.linalg.norm(d2, axis=1) / np.linalg.norm(docs[:n], axis=1)
-        result["docs_bulk"][b] = {"docs": n, "cos_min": float(cos.min()), "cos_mean": float(cos.mean()), "seconds": time.time() - t}
+        result["docs_bulk"][b] = {"docs": n, "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
+                                  "seconds": time.time() - t}
         print("docs", b, result["docs_bulk"][b], flush=True)
     for p in enc.default_points():
         dw = docs[:, : p.width]

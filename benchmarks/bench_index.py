@@ -26,14 +26,13 @@ import numpy as np
 def bench_encode(args) -> list:
     from elasticdenser.data import load_collection
     from elasticdenser.index.encode import encode_texts
-
     from elasticdenser.model.encoder import ElasticEncoder
 
     coll = load_collection("nq-sample", args.data_dir)
     texts = [coll.corpus[i].contents for i in range(0, len(coll.corpus), max(1, len(coll.corpus) // args.n))][: args.n]
     enc = ElasticEncoder.from_pretrained()
     encode_texts(enc, texts[:32], batch_size=32)  # warm-up
-    out = []
+    out, ref = [], None
     for bf16 in (False, True):
         t0 = time.perf_counter()
         emb = encode_texts(enc, texts, batch_size=args.batch_size, bf16=bf16)
@@ -67,9 +66,9 @@ def _vectors(args):
 
 def bench_index(args) -> list:
     import faiss
+
     from elasticdenser.index import faiss_index as fi
     from elasticdenser.index.store import EmbeddingStore
-
     from elasticdenser.operating_point import truncate
 
     fi.tune_faiss()

@@ -40,7 +40,6 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     import elasticdenser.data as data
-
     from elasticdenser.model.encoder import ElasticEncoder
     from elasticdenser.operating_point import OperatingPoint
 

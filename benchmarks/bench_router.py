@@ -38,7 +38,6 @@ def log(msg: str) -> None:
 def build(exp_dir: Path, data_dir: str, reorder_queries: int) -> None:
     from elasticdenser.data import load_collection
     from elasticdenser.index import build as b
-
     from elasticdenser.model.encoder import ElasticEncoder
 
     coll = load_collection("nq-sample", data_dir)
@@ -92,7 +91,8 @@ def criteria(results, cap: float, slo: float, trace) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exp-dir", default="/tmp/ed-bench/nq-minilm")
-    ap.add_argument("--data-dir", default=os.environ.get("ELASTICDENSER_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
+    ap.add_argument("--data-dir", default=os.environ.get("ELASTICDENSER_DATA",
+                                                         str(Path(__file__).resolve().parents[2] / "shared" / "data")))
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--stages", default="build,profile,des,real")
     ap.add_argument("--reprofile", action="store_true")
@@ -113,6 +113,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from elasticdenser.serve import replay
     from elasticdenser.serve import simulate as sim
     from elasticdenser.serve.profile import load_profile
     from elasticdenser.serve.router import Router, RouterConfig
@@ -154,7 +155,6 @@ def main() -> int:
                           "switches": res[0].switches}
     if "real" in stages or "http" in stages or args.http:
         from elasticdenser.data import load_collection
-
         from elasticdenser.searcher import Searcher
 
         texts = [q.text for q in load_collection("nq-sample", args.data_dir).queries]
@@ -167,7 +167,7 @@ def main() -> int:
             real = []
             for pol in policies:
                 t = time.time()
-                real.append(sim.run_real_inprocess(trace.times, searcher, prof, pol, texts, cfg, duration=trace.duration))
+                real.append(replay.run_real_inprocess(trace.times, searcher, prof, pol, texts, cfg, duration=trace.duration))
                 log(f"real in-process {pol}: {time.time() - t:.0f} s")
             print("real run, in-process:")
             print(sim.format_summary(real, cfg.slo_ms))
@@ -200,12 +200,12 @@ def main() -> int:
                         break
                     except OSError:
                         if proc.poll() is not None:
-                            raise RuntimeError("the server exited")
+                            raise RuntimeError("the server exited") from None
                         time.sleep(0.2)
                 http = []
                 for pol in args.http_policies.split(","):
                     t = time.time()
-                    http.append(sim.run_real_http(trace.times, url, prof, pol, texts, cfg.slo_ms,
+                    http.append(replay.run_real_http(trace.times, url, prof, pol, texts, cfg.slo_ms,
                                                   duration=trace.duration))
                     log(f"real HTTP {pol}: {time.time() - t:.0f} s")
                     time.sleep(3)  # let a static policy's backlog drain before the next policy

@@ -84,7 +84,8 @@ def evaluate_points(encoder, points, collection, doc_emb: np.ndarray, batch_size
     queries = [q for q in collection.queries if q.query_id in collection.qrels]
     texts = [q.text for q in queries]
     doc_ids = collection.corpus.doc_ids()
-    qrels = Qrels.from_dict({q: {d: int(g) for d, g in v.items()} for q, v in collection.qrels.items() if q in {x.query_id for x in queries}})
+    qrels = Qrels.from_dict({q: {d: int(g) for d, g in v.items()} for q, v in collection.qrels.items()
+                             if q in {x.query_id for x in queries}})
     out = {}
     for p in points:
         qv = encoder.encode(texts, p, batch_size=batch_size, max_length=64)
@@ -138,7 +139,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
 
     import elasticdenser.data as data
-
     from elasticdenser.model.encoder import ElasticEncoder
     from elasticdenser.training.config import TrainConfig
     from elasticdenser.training.loop import SUMMARY_FILE, train
@@ -244,7 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         + ", ".join(f"{m} {100 * v:.1f}% (target {100 * targets[m]:.0f}%)" for m, v in verdict.items())
         + f" -> {'MET' if ok else 'NOT met'}; larger points keep more: {monotone}"
     )
-    print(f"train wall {train_wall or float('nan'):.0f} s, eval {eval_wall:.0f} s, peak RSS {peak_rss_gb():.2f} GB, threads {torch.get_num_threads()}")
+    print(f"train wall {train_wall or float('nan'):.0f} s, eval {eval_wall:.0f} s, peak RSS {peak_rss_gb():.2f} GB, "
+          f"threads {torch.get_num_threads()}")
     return 0
 
 

@@ -16,23 +16,13 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+from elasticdenser.data.dpr import DprExample, dpr_examples_to_collection, iter_dpr_biencoder, load_dpr_biencoder
 from elasticdenser.data.formats import (
-    DprExample,
-    check_qrels,
-    dpr_examples_to_collection,
-    iter_dpr_biencoder,
     iter_jsonl,
-    load_beir_folder,
-    load_dpr_biencoder,
     load_jsonl_corpus,
     load_jsonl_queries,
-    load_local,
     load_nq_open,
     load_qa_pairs,
-    load_squad,
-    load_trec_qrels,
-    load_trec_run,
-    load_trec_topics,
     load_tsv_corpus,
     load_tsv_queries,
 )
@@ -42,8 +32,9 @@ from elasticdenser.data.leakage import (
     evaluation_keys,
     normalize_question,
 )
+from elasticdenser.data.local import load_beir_folder, load_local, load_squad
+from elasticdenser.data.trec import check_qrels, load_trec_qrels, load_trec_run, load_trec_topics
 from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
-
 from elasticdenser.errors import InvalidInputError, MissingFileError
 
 DATA_ENV = "ELASTICDENSER_DATA"
@@ -120,9 +111,9 @@ def load_query_pool(
     :class:`LeakageError`; ``drop_overlap=True`` drops them instead, reported the same way.
     Known: one pool question ("what is the roman numeral for 50") is also a SQuAD dev question,
     so ``exclude=["squad-sample"]`` needs ``drop_overlap=True``.
-    Returns a :class:`~elasticdenser.data.samples.QueryPool` (a ``list[Query]``).
+    Returns a :class:`~elasticdenser.data.pool.QueryPool` (a ``list[Query]``).
     """
-    from elasticdenser.data.samples import build_query_pool
+    from elasticdenser.data.pool import build_query_pool
 
     if name != QUERY_POOL:
         raise InvalidInputError(f"unknown query pool {name!r}: expected {QUERY_POOL!r}")

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Dict, Union
 
-from elasticdenser.data.types import Collection
 from tqdm.auto import tqdm
 
+from elasticdenser.data.types import Collection
 from elasticdenser.errors import InvalidInputError
 
 FORMATS = ("beir", "jsonl")
@@ -47,7 +47,8 @@ def export_collection(collection: Collection, out_dir: Union[str, Path], fmt: st
         eval_ids = {q.query_id for q in collection.queries}
         clash = [q.query_id for q in collection.train_queries if q.query_id in eval_ids]
         if clash:
-            raise InvalidInputError(f"{collection.name}: train and evaluation query ids collide ({clash[:5]}); BEIR keeps one queries.jsonl")
+            raise InvalidInputError(f"{collection.name}: train and evaluation query ids collide ({clash[:5]}); "
+                                    "BEIR keeps one queries.jsonl")
         queries = list(collection.queries) + list(collection.train_queries)
         written["queries.jsonl"] = _write_jsonl(out / "queries.jsonl", (
             {"_id": q.query_id, "text": q.text, "metadata": {"answers": list(q.answers)} if q.answers else {}}

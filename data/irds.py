@@ -21,9 +21,9 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
 from tqdm.auto import tqdm
 
+from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
 from elasticdenser.errors import InvalidInputError
 
 #: test splits served from DPR's QA lists in the data directory (see module docstring)

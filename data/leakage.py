@@ -12,7 +12,6 @@ import unicodedata
 from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 from elasticdenser.data.types import Collection, Query
-
 from elasticdenser.errors import InvalidInputError
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ Ids and deduplication (why they look the way they do):
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import logging
@@ -31,25 +30,18 @@ import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Tuple
 
-from elasticdenser.data.formats import (
-    check_qrels,
-    dpr_examples_to_collection,
-    iter_jsonl,
-    load_dpr_biencoder,
-    load_nq_open,
-    load_qa_pairs,
-    load_squad,
-    load_trec_qrels,
-    load_tsv_queries,
-    open_text,
-)
-from elasticdenser.data.leakage import check_leakage, normalize_question
-from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
 from tqdm.auto import tqdm
 
-from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
+from elasticdenser.data.classic import load_cacm, load_climate_fever, load_cranfield
+from elasticdenser.data.dpr import dpr_examples_to_collection, load_dpr_biencoder
+from elasticdenser.data.formats import data_file, iter_jsonl, load_nq_open, load_qa_pairs, load_tsv_queries, open_text
+from elasticdenser.data.leakage import check_leakage
+from elasticdenser.data.local import load_squad
+from elasticdenser.data.trec import check_qrels, load_trec_qrels
+from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
+from elasticdenser.errors import InvalidInputError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +64,11 @@ TREC_DL_YEARS = {"dl19": ("topics.dl19-passage.txt", "qrels.dl19-passage.txt"),
                  "dl20": ("topics.dl20.txt", "qrels.dl20-passage.txt")}
 
 
-def _file(data_dir: Path, relative: str) -> Path:
-    path = data_dir / relative
-    if not path.is_file():
-        raise MissingFileError(f"{path}: missing from the data directory {data_dir} (see its README.md)")
-    return path
-
-
 # --------------------------------------------------------------------------- nq-sample
 
 def nq_test_questions(data_dir: Path) -> List[str]:
     """All 3,610 NQ test questions (NQ-open dev, and DPR's tokenised copy of the same set)."""
-    texts = [q.text for q in load_nq_open(_file(data_dir, NQ_OPEN_DEV))]
+    texts = [q.text for q in load_nq_open(data_file(data_dir, NQ_OPEN_DEV))]
     dpr = data_dir / DPR_NQ_TEST
     if dpr.is_file():
         texts += [q.text for q in load_qa_pairs(dpr)]
@@ -92,7 +77,7 @@ def nq_test_questions(data_dir: Path) -> List[str]:
 
 def load_nq_sample(data_dir: Path) -> Collection:
     """NQ test questions with gold passages, plus DPR-style distractors (see module docstring)."""
-    gold_path = _file(data_dir, NQ_GOLD)
+    gold_path = data_file(data_dir, NQ_GOLD)
     docs: List[Document] = []
     by_content: Dict[Tuple[str, str], str] = {}
     queries: List[Query] = []
@@ -136,7 +121,7 @@ def load_nq_sample(data_dir: Path) -> Collection:
         by_content[key] = doc.doc_id
         docs.append(doc)
 
-    wiki_path = _file(data_dir, DPR_WIKI)
+    wiki_path = data_file(data_dir, DPR_WIKI)
     for lineno, rec in iter_jsonl(wiki_path, desc="dpr wiki sample"):
         where = f"{wiki_path}:{lineno}"
         if not isinstance(rec.get("id"), str) or not isinstance(rec.get("contents"), str) or "\n" not in rec["contents"]:
@@ -144,7 +129,7 @@ def load_nq_sample(data_dir: Path) -> Collection:
         title, text = rec["contents"].split("\n", 1)
         add(Document(f"wiki-{rec['id']}", title.strip().strip('"'), text), "dpr-wiki-sample")
 
-    examples = load_dpr_biencoder(_file(data_dir, DPR_NQ_DEV), id_prefix="dpr-")
+    examples = load_dpr_biencoder(data_file(data_dir, DPR_NQ_DEV), id_prefix="dpr-")
     dpr = dpr_examples_to_collection(examples, "dpr-nq-dev-sample", str(data_dir / DPR_NQ_DEV))
     known_dpr_ids = set()
     for doc in dpr.corpus:
@@ -184,7 +169,7 @@ def load_nq_sample(data_dir: Path) -> Collection:
 
 def load_squad_sample(data_dir: Path) -> Collection:
     """SQuAD v1.1 dev: 2,067 paragraphs, 10,570 questions, qrels = the question's paragraph."""
-    coll = load_squad(_file(data_dir, SQUAD_DEV), name="squad-sample")
+    coll = load_squad(data_file(data_dir, SQUAD_DEV), name="squad-sample")
     dpr_copy = data_dir / "dpr-qa-topics/topics.dpr.squad.test.txt.gz"
     if dpr_copy.is_file():  # DPR's copy of the same questions: guard it too
         coll.held_out_questions = [q.text for q in load_qa_pairs(dpr_copy)]
@@ -212,7 +197,8 @@ def _numpy_list(raw: str, where: str, what: str = "abstract") -> List[str]:
                 items.append(ast.literal_eval(tok.string))
             elif tok.type == tokenize.NUMBER:
                 items.append(tok.string)
-            elif tok.type not in (tokenize.OP, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.INDENT, tokenize.DEDENT):
+            elif tok.type not in (tokenize.OP, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.INDENT,
+                                  tokenize.DEDENT):
                 raise InvalidInputError(f"unexpected token {tok.string!r}")
     except (tokenize.TokenError, ValueError, SyntaxError) as exc:
         raise InvalidInputError(f"{where}: cannot parse {what} list ({exc})") from None
@@ -231,7 +217,7 @@ def load_scifact(data_dir: Path) -> Collection:
     Document text = the abstract's sentences joined by spaces; train positives = a claim's
     ``cited_doc_ids`` plus any ``evidence_doc_id`` (union over the claim's rows).
     """
-    zip_path = _file(data_dir, SCIFACT_ZIP)
+    zip_path = data_file(data_dir, SCIFACT_ZIP)
     docs: List[Document] = []
     with zipfile.ZipFile(zip_path) as archive:
         for line, row in tqdm(_csv_rows(archive, "corpus_train.csv", zip_path), desc="scifact corpus", disable=None, leave=False):
@@ -241,8 +227,8 @@ def load_scifact(data_dir: Path) -> Collection:
             docs.append(Document(row["doc_id"], row.get("title") or "", " ".join(_numpy_list(row["abstract"], where))))
         train_rows = _csv_rows(archive, "claims_train.csv", zip_path)
     corpus = Corpus(docs, source=str(zip_path))
-    queries = load_tsv_queries(_file(data_dir, SCIFACT_TOPICS))
-    qrels = load_trec_qrels(_file(data_dir, SCIFACT_QRELS))
+    queries = load_tsv_queries(data_file(data_dir, SCIFACT_TOPICS))
+    qrels = load_trec_qrels(data_file(data_dir, SCIFACT_QRELS))
     check_qrels(qrels, queries, corpus, str(data_dir / SCIFACT_QRELS))
 
     train: Dict[str, Query] = {}
@@ -284,7 +270,7 @@ def load_scifact(data_dir: Path) -> Collection:
 
 def trec_dl_pool_files(data_dir: Path) -> Dict[str, Path]:
     """``{"<RETRIEVER>.<year>": path}`` for the ten candidate-pool files."""
-    return {f"{r}.{year}": _file(data_dir, f"{TREC_DL}/{r}.retrieve_results_{year}.json.gz")
+    return {f"{r}.{year}": data_file(data_dir, f"{TREC_DL}/{r}.retrieve_results_{year}.json.gz")
             for year in TREC_DL_YEARS for r in TREC_DL_RETRIEVERS}
 
 
@@ -331,9 +317,9 @@ def load_trec_dl(data_dir: Path) -> Collection:
     queries: List[Query] = []
     qrels: Qrels = {}
     unjudged = 0
-    for year, (topics, qrels_file) in TREC_DL_YEARS.items():
-        year_topics = load_tsv_queries(_file(data_dir, f"{TREC_DL}/{topics}"))
-        year_qrels = load_trec_qrels(_file(data_dir, f"{TREC_DL}/{qrels_file}"))
+    for _year, (topics, qrels_file) in TREC_DL_YEARS.items():
+        year_topics = load_tsv_queries(data_file(data_dir, f"{TREC_DL}/{topics}"))
+        year_qrels = load_trec_qrels(data_file(data_dir, f"{TREC_DL}/{qrels_file}"))
         check_qrels(year_qrels, year_topics, None, str(data_dir / TREC_DL / qrels_file))
         for q in year_topics:
             if q.query_id in year_qrels:
@@ -346,7 +332,8 @@ def load_trec_dl(data_dir: Path) -> Collection:
         qrels.update(year_qrels)
     missing = check_qrels(qrels, queries, corpus, str(data_dir / TREC_DL), allow_unknown_docs=True)
     coll = Collection("trec-dl", corpus, queries, qrels,
-                      description="TREC DL 2019+2020 passage: judged topics, graded qrels, closed corpus = the 5 retrievers' top-100 pools")
+                      description="TREC DL 2019+2020 passage: judged topics, graded qrels, "
+                                  "closed corpus = the 5 retrievers' top-100 pools")
     coll.skipped["topics without judgments (dl20 has 200 topics, 54 judged)"] = unjudged
     coll.skipped["judgments whose passage has no text in the pools (kept in qrels)"] = missing
     return coll
@@ -354,245 +341,8 @@ def load_trec_dl(data_dir: Path) -> Collection:
 
 # --------------------------------------------------------------------------- cranfield / climate-fever
 
-CRANFIELD = "cranfield"
-CLIMATE_FEVER_ZIP = "climate-fever/climate-fever.zip"
-
-
-class _PlainFile:
-    """``dlc`` interface over a local file, so ir_datasets' Cranfield parsers read our copy."""
-
-    def __init__(self, path: Path):
-        self._path = path
-
-    def stream(self):
-        return open(self._path, "rb")
-
-    def path(self, force: bool = True) -> Path:
-        return self._path
-
-
-def load_cranfield(data_dir: Path) -> Collection:
-    """Cranfield 1400, parsed by ir_datasets' Cranfield classes (SMART ``.I/.T/.A/.B/.W``).
-
-    Query ids are 1..225 in file order (``cranqrel`` numbers them so, not by ``.I``; ir_datasets
-    does the same). Grades: code 1..4 -> 5 - code (4 = complete answer); the 225 code ``-1``
-    judgments, which the readme does not explain, are kept as grade 0 and counted in ``skipped``.
-    """
-    from ir_datasets.datasets.cranfield import (
-        CranfieldDocs,
-        CranfieldQrels,
-        CranfieldQueries,
-    )
-
-    root = data_dir / CRANFIELD
-    docs_file = _file(data_dir, f"{CRANFIELD}/cran.all.1400")
-    qry_file = _file(data_dir, f"{CRANFIELD}/cran.qry")
-    qrels_file = _file(data_dir, f"{CRANFIELD}/cranqrel")
-    # ``docs_iter`` is wrapped to prefer a docstore under $IR_DATASETS_HOME; call the parser itself.
-    raw_docs = CranfieldDocs.docs_iter.__wrapped__(CranfieldDocs(_PlainFile(docs_file)))
-    corpus = Corpus([Document(d.doc_id, d.title, d.text) for d in raw_docs], source=str(root))
-    queries = [Query(q.query_id, " ".join(q.text.split())) for q in CranfieldQueries(_PlainFile(qry_file)).queries_iter()]
-    qrels: Qrels = {}
-    minus_one = 0
-    try:
-        judgments = list(CranfieldQrels(_PlainFile(qrels_file)).qrels_iter())
-    except RuntimeError as exc:
-        raise InvalidInputError(f"{qrels_file}: expected 'qid docid code' lines ({exc})") from None
-    for j in judgments:
-        if j.relevance == -1:
-            grade, minus_one = 0, minus_one + 1
-        elif 1 <= j.relevance <= 4:
-            grade = 5 - j.relevance
-        else:
-            raise InvalidInputError(f"{qrels_file}: query {j.query_id} doc {j.doc_id}: code {j.relevance} is not 1-4 or -1")
-        judged = qrels.setdefault(j.query_id, {})
-        if j.doc_id in judged:
-            raise InvalidInputError(f"{qrels_file}: query {j.query_id} doc {j.doc_id} is judged twice")
-        judged[j.doc_id] = grade
-    check_qrels(qrels, queries, corpus, str(qrels_file))
-    coll = Collection("cranfield", corpus, [q for q in queries if q.query_id in qrels], qrels,
-                      description="Cranfield 1400 (aeronautics abstracts), graded qrels 5 - code")
-    coll.skipped["code -1 judgments kept as grade 0 (non-relevant)"] = minus_one
-    if len(coll.queries) != len(queries):
-        coll.skipped["queries without judgments"] = len(queries) - len(coll.queries)
-    return coll
-
-
-def load_climate_fever(data_dir: Path) -> Collection:
-    """CLIMATE-FEVER as a re-ranking-like retrieval task over its candidate evidence sentences.
-
-    Corpus = the distinct evidence sentences (id = ``evidence_id`` "Article:idx", title = article;
-    an id seen twice must carry the same sentence). Queries = claims with at least one SUPPORTS or
-    REFUTES evidence (grade 1); the others are counted in ``skipped``.
-    """
-    zip_path = _file(data_dir, CLIMATE_FEVER_ZIP)
-    docs: Dict[str, Document] = {}
-    queries: List[Query] = []
-    qrels: Qrels = {}
-    unlabelled = 0
-    with zipfile.ZipFile(zip_path) as archive:
-        with archive.open("climate-fever.jsonl") as raw:
-            for lineno, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), start=1):
-                where = f"{zip_path}!climate-fever.jsonl:{lineno}"
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    qid, claim, evidences = str(rec["claim_id"]), rec["claim"], rec["evidences"]
-                except json.JSONDecodeError as exc:
-                    raise InvalidInputError(f"{where}: malformed JSON line ({exc.msg})") from None
-                except KeyError as exc:
-                    raise InvalidInputError(f"{where}: missing field {exc.args[0]!r}") from None
-                positives = {}
-                for k, ev in enumerate(evidences):
-                    try:
-                        doc = Document(ev["evidence_id"], ev["article"], ev["evidence"])
-                        label = ev["evidence_label"]
-                    except (KeyError, TypeError):
-                        raise InvalidInputError(f"{where}: evidences[{k}] needs evidence_id, article, evidence, evidence_label") from None
-                    old = docs.setdefault(doc.doc_id, doc)
-                    if old != doc:
-                        raise InvalidInputError(f"{where}: evidence id {doc.doc_id!r} has two different sentences")
-                    if label in ("SUPPORTS", "REFUTES"):
-                        positives[doc.doc_id] = 1
-                if positives:
-                    queries.append(Query(qid, claim))
-                    qrels[qid] = positives
-                else:
-                    unlabelled += 1
-    coll = Collection("climate-fever", Corpus(list(docs.values()), source=str(zip_path)), queries, qrels,
-                      description="CLIMATE-FEVER claims over their 5,240 candidate evidence sentences")
-    coll.skipped["claims without SUPPORTS/REFUTES evidence (not evaluable)"] = unlabelled
-    return coll
-
-
-CACM = "cacm"
-
-
-def load_cacm(data_dir: Path) -> Collection:
-    """CACM: 3,204 abstracts (one ``<html><pre>`` file each), 64 topics, 796 binary judgments.
-
-    Doc ids are ``CACM-<n>`` without zero padding, as in the qrels (files are ``CACM-0046.html``).
-    Title = the first paragraph of the ``<pre>`` block; text = the rest (abstract when present,
-    date, authors, ids, citation lines), whitespace-normalised, nothing removed. Topics are
-    ``<DOC><DOCNO>`` blocks of bare text (no tag a TREC parser reads as content). Only the 52 judged
-    topics are evaluation queries; the 12 others are counted in ``skipped``.
-    """
-    import html
-    import re
-    import tarfile
-
-    tar_path = _file(data_dir, f"{CACM}/cacm.tar.gz")
-    docs: List[Document] = []
-    with tarfile.open(tar_path, "r:gz") as archive:
-        members = sorted((m for m in archive.getmembers() if m.isfile() and m.name.endswith(".html")), key=lambda m: m.name)
-        for member in tqdm(members, desc="cacm", disable=None, leave=False):
-            raw = archive.extractfile(member).read().decode("utf-8", errors="strict")
-            match = re.search(r"<pre>(.*)</pre>", raw, re.S | re.I)
-            if not match:
-                raise InvalidInputError(f"{tar_path}!{member.name}: expected <html><pre>...</pre>")
-            blocks = [" ".join(b.split()) for b in re.split(r"\n\s*\n", html.unescape(match.group(1)))]
-            blocks = [b for b in blocks if b]
-            if not blocks:
-                raise InvalidInputError(f"{tar_path}!{member.name}: empty document")
-            stem = Path(member.name).stem  # CACM-0046; the qrels write CACM-46, so ids drop the padding
-            prefix, _, number = stem.partition("-")
-            if not number.isdigit():
-                raise InvalidInputError(f"{tar_path}!{member.name}: expected a name like CACM-0001.html")
-            docs.append(Document(f"{prefix}-{int(number)}", blocks[0], " ".join(blocks[1:])))
-    corpus = Corpus(docs, source=str(tar_path))
-    topics_file = _file(data_dir, f"{CACM}/topics.cacm.txt")
-    content = topics_file.read_text(encoding="utf-8")
-    # ir_datasets' TrecDocs/TrecQueries expect <TEXT>/<top> tags; these topics are bare text in <DOC>.
-    topics = [Query(m.group(1), " ".join(m.group(2).split()))
-              for m in re.finditer(r"<DOC>\s*<DOCNO>\s*(\S+)\s*</DOCNO>(.*?)</DOC>", content, re.S)]
-    if len(topics) != content.count("<DOC>") or any(not q.text for q in topics):
-        raise InvalidInputError(f"{topics_file}: expected <DOC><DOCNO> n </DOCNO> text </DOC> blocks with text")
-    qrels = load_trec_qrels(_file(data_dir, f"{CACM}/qrels.cacm.txt"))
-    check_qrels(qrels, topics, corpus, str(data_dir / CACM / "qrels.cacm.txt"))
-    coll = Collection("cacm", corpus, [q for q in topics if q.query_id in qrels], qrels,
-                      description="CACM abstracts (1958-1979), 52 judged topics, binary qrels")
-    coll.skipped["topics without judgments"] = len(topics) - len(coll.queries)
-    return coll
-
 
 # --------------------------------------------------------------------------- query pool
-
-class QueryPool(list):
-    """A ``list[Query]`` that also reports what building it removed, so nothing vanishes silently.
-
-    ``dropped``: (query, collection) pairs removed as evaluation questions (``drop_overlap``);
-    ``skipped``: counts by reason (e.g. duplicate questions within the pool).
-    """
-
-    def __init__(self, queries: Iterable[Query] = (), dropped: Sequence[Tuple[Query, str]] = (),
-                 skipped: Optional[Dict[str, int]] = None):
-        super().__init__(queries)
-        self.dropped: List[Tuple[Query, str]] = list(dropped)
-        self.skipped: Dict[str, int] = dict(skipped or {})
-
-
-#: Pool sources: DPR's NQ dev (drawn from NQ *train*) and TriviaQA dev. NQ test is never a source.
-QUERY_POOL_SOURCES = {"nq-dev": DPR_NQ_DEV_TOPICS, "tqa-dev": DPR_TQA_DEV_TOPICS}
-
-
-NQ_TEST_OWNER = "NQ test (NQ-open dev)"
-
-
-@functools.lru_cache(maxsize=4)
-def _pool_candidates(data_dir: Path, stamp: tuple) -> Tuple[Tuple[Query, ...], int, Tuple[str, ...]]:
-    """Parsed pool sources (deduplicated) and the normalised NQ test questions.
-
-    Cached per data directory and file stamp (path, mtime, size): several collections and the
-    trainer ask for the pool in one process, and parsing 17,594 QA lines is the slow part.
-    Queries are frozen dataclasses, so sharing them is safe.
-    """
-    seen: set = set()
-    queries: List[Query] = []
-    duplicates = 0
-    for prefix, relative in QUERY_POOL_SOURCES.items():
-        for q in load_qa_pairs(_file(data_dir, relative), id_prefix=f"{prefix}-"):
-            key = normalize_question(q.text)
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            queries.append(q)
-    nq_keys = tuple(dict.fromkeys(normalize_question(t) for t in nq_test_questions(data_dir)))
-    return tuple(queries), duplicates, nq_keys
-
-
-def build_query_pool(data_dir: Path, protected: Dict[str, str], *, drop_overlap: bool = False) -> QueryPool:
-    """Unlabeled training questions for distillation: DPR NQ dev + TriviaQA dev (17,594 lines).
-
-    Query ids are ``nq-dev-<line>`` / ``tqa-dev-<line>``; answers are kept (handy for checks,
-    ignored by distillation). Repeated questions (same normalised text) are kept once and
-    counted in ``skipped``.
-
-    Two steps, deliberately different:
-
-    1. NQ test questions are *always* removed: keeping NQ test out of training is part of what
-       this pool is. DPR's NQ dev (from NQ train) repeats 2 NQ test questions up to
-       tokenisation (``it 's`` / ``it's``), so the removal is not hypothetical; the removed
-       questions are listed in ``dropped``, counted in ``skipped`` and logged.
-    2. Overlap with ``protected`` (the evaluation questions of the collections you evaluate on)
-       raises ``LeakageError`` unless ``drop_overlap`` (then also listed in ``dropped``).
-    """
-    files = [_file(data_dir, relative) for relative in QUERY_POOL_SOURCES.values()]
-    stamp = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
-    queries, duplicates, nq_keys = _pool_candidates(data_dir, stamp)
-    queries = list(queries)
-    nq_test = dict.fromkeys(nq_keys, NQ_TEST_OWNER)
-    queries, nq_dropped = check_leakage(queries, nq_test, drop_overlap=True, pool_name="query-pool (NQ test rule)")
-    kept, dropped = check_leakage(queries, protected, drop_overlap=drop_overlap, pool_name="query-pool")
-    skipped = {}
-    if duplicates:
-        skipped["repeated questions (same normalised text) kept once"] = duplicates
-    if nq_dropped:
-        skipped["NQ test questions removed (always)"] = len(nq_dropped)
-    if dropped:
-        skipped["evaluation questions of excluded collections removed (drop_overlap)"] = len(dropped)
-    return QueryPool(kept, nq_dropped + dropped, skipped)
 
 
 # --------------------------------------------------------------------------- registry
@@ -614,6 +364,7 @@ SAMPLES: Dict[str, SampleSpec] = {
         SampleSpec("trec-dl", load_trec_dl, "TREC DL 2019+2020 passage: 97 judged topics, graded qrels, 24,884-passage pool"),
         SampleSpec("cacm", load_cacm, "CACM: 52 judged topics, binary qrels, 3,204 abstracts"),
         SampleSpec("cranfield", load_cranfield, "Cranfield 1400: 225 queries, graded qrels (5 - code), 1,400 abstracts"),
-        SampleSpec("climate-fever", load_climate_fever, "CLIMATE-FEVER: 1,061 claims with labelled evidence over 5,240 sentences"),
+        SampleSpec("climate-fever", load_climate_fever,
+                   "CLIMATE-FEVER: 1,061 claims with labelled evidence over 5,240 sentences"),
     )
 }

@@ -47,7 +47,8 @@ class Corpus:
         self._index: Dict[str, int] = {}
         for position, doc in enumerate(self._docs):
             if doc.doc_id in self._index:
-                raise InvalidInputError(f"{source}: duplicate doc id {doc.doc_id!r} (entries {self._index[doc.doc_id]} and {position})")
+                raise InvalidInputError(f"{source}: duplicate doc id {doc.doc_id!r} "
+                                        f"(entries {self._index[doc.doc_id]} and {position})")
             self._index[doc.doc_id] = position
         self.source = source
 

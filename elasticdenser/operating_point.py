@@ -142,8 +142,8 @@ class ElasticSpace:
             sorted(set(widths if widths is not None else (p.width for p in defaults))),
         ]
         points = {
-            self.validate(OperatingPoint(l, h, f, w))
-            for l in axes[0] for h in axes[1] for f in axes[2] for w in axes[3]
+            self.validate(OperatingPoint(d, h, f, w))
+            for d in axes[0] for h in axes[1] for f in axes[2] for w in axes[3]
         }
         return sorted(points, reverse=True)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import List
 
 from elasticdenser.data.types import Query
-
 from elasticdenser.errors import InvalidInputError, MissingFileError
 
 

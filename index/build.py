@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
+from elasticdenser.atomic import tmp_name
+from elasticdenser.errors import InvalidInputError
 from elasticdenser.index import encode as enc
 from elasticdenser.index import faiss_index as fi
 from elasticdenser.index import manifest as mf
 from elasticdenser.index.store import EmbeddingStore
-
-from elasticdenser.atomic import tmp_name
-from elasticdenser.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Iterable, List
 
 import numpy as np
-from elasticdenser.data.types import Document
 
 from elasticdenser.atomic import atomic_path
+from elasticdenser.data.types import Document
 from elasticdenser.errors import MissingFileError
 
 DOCS = "docs.jsonl"

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
-from elasticdenser.index import docstore
-from elasticdenser.index.store import EmbeddingStore, check_dtype
 
 from elasticdenser.atomic import atomic_path, clean_stale_tmp, write_json
 from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
+from elasticdenser.index import docstore
+from elasticdenser.index.store import EmbeddingStore, check_dtype
 
 log = logging.getLogger(__name__)
 

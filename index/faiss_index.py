@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
-from elasticdenser.index.store import EmbeddingStore
 
 from elasticdenser.atomic import atomic_path
 from elasticdenser.errors import InvalidInputError, MissingFileError
+from elasticdenser.index.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def new_index(width: int, factory: str):
     try:
         index = faiss.index_factory(int(width), factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise InvalidInputError(f"FAISS cannot build index type {factory!r} at width {width}: {str(exc).strip().splitlines()[-1]}") from None
+        reason = str(exc).strip().splitlines()[-1]
+        raise InvalidInputError(f"FAISS cannot build index type {factory!r} at width {width}: {reason}") from None
     # The factory turns on polysemous training for IVF-PQ: a simulated-annealing pass that is only
     # useful for polysemous (Hamming) filtering, which we never use, and that dominated training time
     # (minutes even at 4k vectors on 2 cores). Plain PQ codes are identical in quality without it.
@@ -171,7 +172,8 @@ def set_search_params(index, params: Optional[str]) -> None:
         return
     import faiss
 
-    space = faiss.GpuParameterSpace() if "Gpu" in type(index).__name__ and hasattr(faiss, "GpuParameterSpace") else faiss.ParameterSpace()
+    on_gpu = "Gpu" in type(index).__name__ and hasattr(faiss, "GpuParameterSpace")
+    space = faiss.GpuParameterSpace() if on_gpu else faiss.ParameterSpace()
     space.set_index_parameters(index, params)
 
 

@@ -77,3 +77,20 @@ def small_nq(data_dir):
         return Collection("nq-small", Corpus(docs), queries, {q.query_id: full.qrels[q.query_id] for q in queries})
 
     return make
+
+
+#: modules whose every test trains, spawns processes, runs a server or the main job
+_SLOW_MODULES = {"test_pipeline_nq", "test_train_ddp", "test_train_run", "test_profile"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """``needs_data`` for every test that reads the real collections; ``slow`` for those, for the
+    real MiniLM (the ``minilm`` fixtures) and for the heavy modules. ``pytest -m "not slow"`` is then
+    the data-free unit subset: tiny random models and synthetic inputs."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        needs_data = "data_dir" in fixtures
+        if needs_data:
+            item.add_marker(pytest.mark.needs_data)
+        if needs_data or "minilm" in fixtures or item.module.__name__.rsplit(".", 1)[-1] in _SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+
 from elasticdenser.data import (
     Corpus,
     Document,
@@ -109,7 +110,8 @@ def test_trec_topics_qrels_and_runs(data_dir, tmp_path):
 
 def test_trec_topics_sgml(tmp_path):
     path = tmp_path / "topics.txt"
-    path.write_text("<top>\n<num> Number: 301\n<title> International Organized Crime\n<desc> Description:\nfind it\n<narr> Narrative:\nx\n</top>\n")
+    path.write_text("<top>\n<num> Number: 301\n<title> International Organized Crime\n"
+                    "<desc> Description:\nfind it\n<narr> Narrative:\nx\n</top>\n")
     (q,) = load_trec_topics(path)
     assert (q.query_id, q.text) == ("301", "International Organized Crime")
 
@@ -172,7 +174,8 @@ def test_bad_jsonl_lines(data_dir, tmp_path):
         load_jsonl_corpus(bad)
     missing = _copy_lines(wiki, tmp_path / "missing.jsonl", 3,
                           lambda ls: ls[:2] + [json.dumps({"id": "2", "title": "x"}) + "\n"])
-    with pytest.raises(ValueError, match=r"missing\.jsonl:3: missing field for document text: expected one of \['text', 'contents'"):
+    with pytest.raises(ValueError,
+                       match=r"missing\.jsonl:3: missing field for document text: expected one of \['text', 'contents'"):
         load_jsonl_corpus(missing)
     dup = _copy_lines(wiki, tmp_path / "dup.jsonl", 4, lambda ls: ls + [ls[1]])
     with pytest.raises(ValueError, match=r"dup\.jsonl:5: duplicate doc id '1' \(first on line 2\)"):

@@ -117,7 +117,7 @@ def irds_run(tmp_path_factory, data_dir):
                https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9", NO_PROXY="", no_proxy="")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+    line = next(out_line for out_line in proc.stdout.splitlines() if out_line.startswith("RESULT"))
     return home, built, json.loads(line[len("RESULT"):])
 
 

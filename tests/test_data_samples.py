@@ -5,6 +5,7 @@ import time
 import unicodedata
 
 import pytest
+
 from elasticdenser.data import (
     Collection,
     LeakageError,
@@ -102,8 +103,10 @@ def test_nq_sample_train_and_held_out(nq, data_dir):
     # the whole NQ test (3,610, two tokenisations) is held out, not only the 2,655 with gold passages
     assert nq.summary()["held_out_questions"] == 3610
     summary = nq.summary()
-    assert {k: summary[k] for k in ("documents", "queries", "queries_with_answers", "qrels", "judged_queries", "train_queries")} \
-        == {"documents": 4351, "queries": 2655, "queries_with_answers": 2655, "qrels": 2655, "judged_queries": 2655, "train_queries": 5}
+    assert {k: summary[k] for k in ("documents", "queries", "queries_with_answers", "qrels", "judged_queries",
+                                    "train_queries")} \
+        == {"documents": 4351, "queries": 2655, "queries_with_answers": 2655, "qrels": 2655, "judged_queries": 2655,
+            "train_queries": 5}
 
 
 def test_nq_sample_is_stable_and_fast(nq, data_dir):
@@ -170,7 +173,8 @@ def test_trec_dl(data_dir):
 
 
 def test_normalize_question_sees_through_dpr_tokenisation(data_dir):
-    assert normalize_question("who sings i do n't want to be lonely") == normalize_question("Who sings I don't want to be lonely?")
+    assert (normalize_question("who sings i do n't want to be lonely")
+            == normalize_question("Who sings I don't want to be lonely?"))
     assert normalize_question("Röntgen") == normalize_question("rontgen")
     assert normalize_question("who won") != normalize_question("who lost")
     # NQ-open dev and DPR's NQ test are the same 3,610 questions once normalised
@@ -197,7 +201,8 @@ def test_query_pool_leakage_error_and_explicit_drop(data_dir, squad):
         load_query_pool(data_dir=data_dir, exclude=[squad])
     pool = load_query_pool(data_dir=data_dir, exclude=[squad], drop_overlap=True)
     assert len(pool) == 17583
-    assert [(q.text, owner) for q, owner in pool.dropped if owner == "squad-sample"] == [("What is the Roman numeral for 50?", "squad-sample")]
+    assert [(q.text, owner) for q, owner in pool.dropped if owner == "squad-sample"] \
+        == [("What is the Roman numeral for 50?", "squad-sample")]
     assert pool.skipped["evaluation questions of excluded collections removed (drop_overlap)"] == 1
 
 
@@ -225,7 +230,8 @@ def test_cacm_cranfield_and_climate_fever(data_dir):
     cran = load_collection("cranfield", data_dir)
     assert (len(cran.corpus), len(cran.queries), sum(map(len, cran.qrels.values()))) == (1400, 225, 1837)
     # queries are numbered 1..225 in file order (cran.qry's .I numbers skip), as cranqrel numbers them
-    assert cran.queries[2].query_id == "3" and cran.queries[2].text.startswith("what problems of heat conduction in composite slabs")
+    assert cran.queries[2].query_id == "3" and cran.queries[2].text.startswith(
+        "what problems of heat conduction in composite slabs")
     assert cran.qrels["1"]["184"] == 3 and cran.qrels["1"]["12"] == 2  # grade = 5 - code
     assert cran.corpus.get("1").title.startswith("experimental investigation of the aerodynamics")
     assert cran.skipped == {"code -1 judgments kept as grade 0 (non-relevant)": 225}

@@ -428,7 +428,8 @@ def test_bad_points_rejected_elsewhere(tiny, tmp_path):
 def test_unsupported_architectures_refused(tmp_path, tiny_bert_dir):
     from transformers import BertConfig, DistilBertConfig, DistilBertModel
 
-    DistilBertModel(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(tmp_path / "d")
+    DistilBertModel(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(
+        tmp_path / "d")
     with pytest.raises(UnsupportedModelError, match="distilbert"):
         ElasticEncoder.from_pretrained(tmp_path / "d")
     cfg = BertConfig.from_pretrained(tiny_bert_dir)
@@ -467,7 +468,8 @@ def test_materialized_serving_cache_follows_weights(tiny, questions):
 
 
 @pytest.mark.parametrize("types", [
-    ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling", "sentence_transformers.models.Normalize"),
+    ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+     "sentence_transformers.models.Normalize"),
     ("sentence_transformers.base.modules.transformer.Transformer",
      "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
      "sentence_transformers.base.modules.normalize.Normalize"),
@@ -483,7 +485,8 @@ def test_sentence_transformers_layouts(tmp_path, tiny_bert_dir, types):
     legacy = types[0].startswith("sentence_transformers.models")
     pool = {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False} if legacy else {"pooling_mode": "cls"}
     (d / "1_Pooling" / "config.json").write_text(json.dumps(pool))
-    modules = [{"idx": i, "name": str(i), "path": p, "type": t} for i, (p, t) in enumerate(zip(["", "1_Pooling", "2_Normalize"], types))]
+    modules = [{"idx": i, "name": str(i), "path": p, "type": t}
+               for i, (p, t) in enumerate(zip(["", "1_Pooling", "2_Normalize"], types))]
     (d / "modules.json").write_text(json.dumps(modules))
     enc = ElasticEncoder.from_pretrained(d)
     assert (enc.pooling, enc.normalize) == ("cls", True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+
 from elasticdenser.eval import answers as ans
 from elasticdenser.eval import metrics
 from elasticdenser.eval.report import markdown_table, save_report
@@ -23,6 +24,7 @@ def test_topk_accuracy():
     assert ans.topk_accuracy(ranks, (1, 5)) == {"answer@1": 0.0, "answer@5": 0.5}
 
 
+@pytest.mark.slow  # ranx compiles its metrics with numba on first use in a process (~10 s)
 def test_ranx_metrics_and_missing_queries():
     qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
     run = {"q1": {"d1": 0.9, "d3": 0.5}, "q9": {"d2": 1.0}}  # q2 not retrieved, q9 unjudged

@@ -131,8 +131,9 @@ def test_int8_is_quantised_opt_in_and_close(tiny_bert_dir, tmp_path, monkeypatch
 
 def test_minilm_smallest_point_retrieval_matches_eager(minilm, data_dir):
     """Real MiniLM, smallest default point, real nq-sample text: cosine and MRR@10 / nDCG@10."""
-    from elasticdenser.data import load_collection
     from ranx import Qrels, Run, evaluate
+
+    from elasticdenser.data import load_collection
 
     col = load_collection("nq-sample", data_dir)
     queries = [q for q in col.queries if q.query_id in col.qrels][:32]

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from elasticdenser.index import build
 from elasticdenser.index import encode as enc
 from elasticdenser.index.store import EmbeddingStore
-
 from elasticdenser.operating_point import truncate
 
 
@@ -105,9 +105,8 @@ def test_float16_store(tmp_path, tiny_encoder, coll, reference):
 
 def test_cli_sharded_index_then_merge(tmp_path, tiny_bert_dir, data_dir, capsys):
     """`elasticdenser index` on a named collection: 2 shard workers, then --merge builds the indexes."""
-    from elasticdenser.index import manifest as mf
-
     from elasticdenser.cli import main
+    from elasticdenser.index import manifest as mf
 
     out = tmp_path / "exp"
     common = ["index", "nq-sample", "--data-dir", str(data_dir), "--out", str(out), "--model", str(tiny_bert_dir),

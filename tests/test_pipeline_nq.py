@@ -23,7 +23,7 @@ TOL = 0.005
 def nq_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("nq-sample")
     # all 2,655 questions at the full point (pinned); the smaller points are checked on a subset below
-    assert main(["pipeline", "nq-sample", "--data-dir", str(data_dir), "--out", str(out), "--quiet",
+    assert main(["pipeline", "nq-sample", "--data-dir", str(data_dir), "--out", str(out), "--no-progress",
                  "--points", "full"]) == 0
     return out, json.loads((out / "metrics.json").read_text())
 

@@ -10,9 +10,10 @@ import time
 import httpx
 import numpy as np
 import pytest
-from elasticdenser.index import build
 
 from elasticdenser.cli import main
+from elasticdenser.index import build
+from elasticdenser.serve import replay
 from elasticdenser.serve import simulate as sim
 from elasticdenser.serve.profile import load_profile
 from elasticdenser.serve.router import RouterConfig
@@ -74,7 +75,13 @@ def test_profile_is_stored_in_the_manifest(exp, tiny_encoder):
         assert all(0 < v["median"] <= v["p90"] for v in p.latency_ms.values())
         assert 0.0 <= p.quality["accuracy@10"] <= 1.0 and "recall@10" in p.quality
         assert p.flops and p.flops > 0
-    assert any(p.pareto for p in prof.points.values())
+    # the stored Pareto flags are the definition applied to the stored numbers
+    pts, metric = list(prof.points.values()), prof.metric
+    for p in pts:
+        dominated = any(q is not p and q.cost() <= p.cost() and q.quality[metric] >= p.quality[metric]
+                        and (q.cost() < p.cost() or q.quality[metric] > p.quality[metric]) for q in pts)
+        assert p.pareto == (not dominated)
+        assert p.params == tiny_encoder.point_params(p.point)
     assert prof.machine["cpu_count"] >= 1
     from elasticdenser.model import fastpath
 
@@ -117,7 +124,7 @@ def test_real_searcher_behind_http_and_both_real_run_modes(exp, data_dir):
     texts = ["who wrote the declaration of independence", "when did the titanic sink", "largest planet"]
     cfg = RouterConfig(slo_ms=1000)  # a loose SLO: this checks wiring, not speed
     times = np.arange(12) * 0.05  # 12 requests over 0.6 s
-    res = sim.run_real_inprocess(times, searcher, prof, "router", texts, cfg, k=3)
+    res = replay.run_real_inprocess(times, searcher, prof, "router", texts, cfg, k=3)
     assert res.summary["served"] == 12 and res.summary["rejected"] == 0
     assert all(r["point"] in prof.points for r in res.series if r["point"])
     app = create_app(searcher, profile=prof, config=cfg)
@@ -131,6 +138,6 @@ def test_real_searcher_behind_http_and_both_real_run_modes(exp, data_dir):
             assert body["point"] in [str(p) for p in searcher.points] and len(body["hits"]) == 3
             assert body["hits"][0]["doc_id"] in set(searcher.doc_ids)
         small = sim.smallest_point(prof)
-        res = sim.run_real_http(times, url, prof, f"static:{small}", texts, slo_ms=1000, k=3)
+        res = replay.run_real_http(times, url, prof, f"static:{small}", texts, slo_ms=1000, k=3)
         assert res.summary["served"] == 12
         assert {r["point"] for r in res.series if r["point"]} == {small}

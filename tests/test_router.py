@@ -7,15 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from elasticdenser.serve.profile import (
-    PointProfile,
-    Profile,
-    load_profile,
-    mark_pareto,
-    measure_latency,
-    measure_profile,
-    save_profile,
-)
+from elasticdenser.serve.measure import measure_latency, measure_profile
+from elasticdenser.serve.profile import PointProfile, Profile, load_profile, mark_pareto, save_profile
 from elasticdenser.serve.router import Overloaded, RateEstimator, Router, RouterConfig
 
 FULL, P2, P3, SMALL = "L6-H12-F1536-D384", "L5-H10-F1280-D384", "L4-H8-F1024-D256", "L3-H6-F768-D192"
@@ -39,7 +32,7 @@ def drive(router, rate_fn, t0, t1, dt_batch=0.01, queue_len=1):
         while next_arrival <= t:
             router.admit(0, next_arrival)
             next_arrival += 1.0 / rate_fn(next_arrival)
-        choices.append((t, router.choose(queue_len, t)))
+        choices.append((t, router.choose(queue_len, t).name))
         t += dt_batch
     return choices
 
@@ -244,6 +237,6 @@ def test_a_queue_burst_moves_one_batch_down_without_changing_the_routed_point():
     burst = 40  # the full point cannot drain 40 queued requests within 50 ms; the smallest can
     assert r.drain_ms(prof[FULL], burst) > 50 >= r.drain_ms(prof[SMALL], burst)
     chosen = r.choose(burst, 2.0)
-    assert chosen != FULL and r.drain_ms(prof[chosen], burst) <= 50
-    assert r.current == FULL and r.switches == [] and r.burst_batches == 1
-    assert r.choose(1, 2.01) == FULL
+    assert chosen.name != FULL and r.drain_ms(prof[chosen], burst) <= 50
+    assert r.current.name == FULL and r.switches == [] and r.burst_batches == 1
+    assert r.choose(1, 2.01).name == FULL

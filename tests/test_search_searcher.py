@@ -4,10 +4,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from elasticdenser.index import build
-from elasticdenser.index import manifest as mf
 
 from elasticdenser.cli import main
+from elasticdenser.index import build
+from elasticdenser.index import manifest as mf
 from elasticdenser.searcher import Searcher
 
 

@@ -87,8 +87,8 @@ def test_requests_arriving_together_share_one_batch_and_say_their_point():
         pinned_res = pinned.result(20)
     assert [len(texts) for _, texts in fake.batches] == [1, 5, 1]
     assert [r.batch_size for r in results] == [1, 5, 5, 5, 5, 5]
-    assert all(r.point == FULL for r in results)  # low load: the router keeps the full point
-    assert pinned_res.point == SMALL and fake.batches[2] == (SMALL, ["pinned"])
+    assert all(r.point.name == FULL for r in results)  # low load: the router keeps the full point
+    assert pinned_res.point.name == SMALL and fake.batches[2] == (SMALL, ["pinned"])
     assert len(results[0].hits) == 3 and len(results[1].hits) == 2  # each request gets its own k
 
 

@@ -96,7 +96,7 @@ def test_training_lowers_every_point_loss(tmp_path, tiny_bert_dir, data_dir, nq,
     assert ckpts and all((c / "train_config.yaml").is_file() for c in ckpts)
     assert TrainConfig.load(out / "model" / "train_config.yaml") == cfg.validate()
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert any('"type": "val"' in l and "recall@10" in l for l in lines)
+    assert any('"type": "val"' in line and "recall@10" in line for line in lines)
     enc = ElasticEncoder.from_pretrained(out / "model")
     assert [p.name for p in enc.default_points()] == POINTS
     assert enc.reordered
@@ -124,7 +124,6 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_bert_dir, data_dir, nq, pool
 
 def test_leakage_guard_fires(tmp_path, tiny_bert_dir, data_dir, nq, pool):
     from elasticdenser.data import LeakageError
-
     from elasticdenser.training.loop import train
 
     leaky = list(pool[:50]) + [nq.queries[0]]  # one nq-sample test question in the training pool
@@ -137,7 +136,6 @@ def test_leakage_guard_fires(tmp_path, tiny_bert_dir, data_dir, nq, pool):
 def test_training_calls_the_data_layer_guard(monkeypatch, tmp_path, tiny_bert_dir, data_dir, nq):
     """With no explicit pool, the query pool comes from load_query_pool(exclude=config.exclude)."""
     import elasticdenser.data as data
-
     from elasticdenser.training.data import load_training_data
 
     calls = {}

@@ -9,7 +9,10 @@ from elasticdenser.operating_point import OperatingPoint
 
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="folder of the sample data (default: $ELASTICDENSER_DATA)")
+    """``--data-dir``: where named collections (nq-sample, ...) and the query pool are read from."""
+    p.add_argument("--data-dir", default=None,
+                   help="data directory of the named collections and the query pool (default: $ELASTICDENSER_DATA; "
+                   "a clear error if neither is set and one is needed)")
 
 
 def pick_device(device: Optional[str] = None) -> str:
@@ -22,7 +25,18 @@ def pick_device(device: Optional[str] = None) -> str:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
+    """``--device``, resolved by :func:`pick_device` wherever it is used."""
     p.add_argument("--device", default=None, help="torch device for the encoder (default: cuda if available, else cpu)")
+
+
+def add_out(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    """``--out`` / ``-o``: the one spelling of "where the output goes" in every command."""
+    p.add_argument("--out", "-o", required=required, default=None, help=help)
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    """``--no-progress``: the one switch for progress bars (they go to stderr)."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_backend(p: argparse.ArgumentParser, default: Optional[str], help: str) -> None:

@@ -24,8 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("name", help="nq-sample, squad-sample, scifact, trec-dl, query-pool, an ir_datasets id, or a path")
     add_data_dir(sp)
     sp.add_argument("--exclude", default=None,
-                    help="query-pool only: comma-separated collections whose evaluation questions are guarded (default nq-sample)")
-    sp.add_argument("--drop-overlap", action="store_true", help="query-pool only: drop (and count) overlapping questions instead of failing")
+                    help="query-pool only: comma-separated collections whose evaluation questions are guarded "
+                    "(default nq-sample)")
+    sp.add_argument("--drop-overlap", action="store_true",
+                    help="query-pool only: drop (and count) overlapping questions instead of failing")
     sp.add_argument("--json", action="store_true", help="print the counts as JSON")
     sp.set_defaults(func=run_show)
 

@@ -4,20 +4,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from elasticdenser.commands._common import add_data_dir, add_device, add_out
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate operating points of an experiment on a collection (ranx + answer match)")
     p.add_argument("exp_dir")
     p.add_argument("collection", help="collection whose queries/qrels/answers to evaluate (normally the indexed one)")
-    p.add_argument("--data-dir", default=None)
+    add_data_dir(p)
     p.add_argument("--points", default="default", help="comma-separated points, 'full', or 'default'")
     p.add_argument("-k", "--k", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--out", default=None, help="where to write metrics.json/.md (default: EXP)")
+    add_out(p, "where to write metrics.json/.md (default: EXP)")
     p.add_argument("--stat-test", default="student", choices=["student", "fisher", "tukey"])
     p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
     p.add_argument("--allow-model-mismatch", action="store_true")
-    p.add_argument("--device", default=None, help="torch device for the query encoder (default: cpu)")
+    add_device(p)
     p.set_defaults(func=run)
 
 

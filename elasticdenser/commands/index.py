@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from elasticdenser.commands._common import add_data_dir, add_device, load_encoder
+from elasticdenser.commands._common import add_data_dir, add_device, add_out, add_progress, load_encoder
 from elasticdenser.errors import InvalidInputError
 
 
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="encode a corpus once and build one FAISS index per embedding width",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("collection", help="collection name (nq-sample, squad-sample, scifact, trec-dl, an ir_datasets id, or a path)")
-    p.add_argument("--out", required=True, help="experiment directory")
+    add_out(p, "experiment directory", required=True)
     add_data_dir(p)
     p.add_argument("--model", default=None, help="encoder directory (default: all-MiniLM-L6-v2)")
     p.add_argument("--widths", default=None, help="comma-separated widths to index (default: the widths of the default points)")
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-size", type=int, default=262144, help="training sample for IVF/PQ indexes")
     p.add_argument("--force", action="store_true", help="rebuild the indexes even if present")
     p.add_argument("--remove-chunks", action="store_true", help="delete chunks/ after a successful merge (halves peak disk)")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress(p)
     add_device(p)
     p.set_defaults(func=run)
 

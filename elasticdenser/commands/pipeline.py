@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from elasticdenser.commands._common import add_data_dir, add_device, add_out, add_progress
+
 
 @dataclass
 class Context:
@@ -33,7 +35,7 @@ class Context:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def log(self, msg: str) -> None:
-        if not getattr(self.args, "quiet", False):
+        if not getattr(self.args, "no_progress", False):
             print(msg, flush=True)
 
 
@@ -69,7 +71,7 @@ def build_index(ctx: Context) -> None:
     cached = ctx.extra.get("document_embeddings")  # the training stage already encoded them
     build.encode_stage(doc_enc, ctx.collection.corpus, ctx.out, collection=ctx.collection.name,
                        batch_size=ctx.args.batch_size, dtype=ctx.args.dtype, bf16=ctx.args.bf16,
-                       progress=not ctx.args.quiet, save_model_dir=False,
+                       progress=not ctx.args.no_progress, save_model_dir=False,
                        precomputed=np.load(cached, mmap_mode="r") if cached else None, backend="auto")
     build.merge_stage(doc_enc, ctx.out, collection=ctx.collection.name)
     build.save_model(enc, ctx.out)
@@ -121,7 +123,8 @@ def simulate(ctx: Context) -> None:
         return
     import random
 
-    from elasticdenser.serve.profile import measure_profile, save_profile
+    from elasticdenser.serve.measure import measure_profile
+    from elasticdenser.serve.profile import save_profile
     from elasticdenser.serve.router import RouterConfig
     from elasticdenser.serve.simulate import ramp_summary
 
@@ -140,8 +143,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="main job: encode, index per width, search every default point, metrics table",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("collection", nargs="?", default="nq-sample")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", required=True, help="experiment directory")
+    add_data_dir(p)
+    add_out(p, "experiment directory", required=True)
     p.add_argument("--model", default=None, help="encoder directory (default: all-MiniLM-L6-v2)")
     p.add_argument("--index-type", action="append", default=None, metavar="[WIDTH=]FACTORY")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
@@ -150,8 +153,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", default="default", help="points to evaluate: 'default' (all default points), 'full', or names")
     p.add_argument("-k", "--k", type=int, default=100)
     p.add_argument("--max-queries", type=int, default=None)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_progress(p)
+    add_device(p)
     p.add_argument("--train-steps", type=int, default=0,
                    help="elastic training steps before indexing (0: evaluate the starting model by plain truncation)")
     p.add_argument("--train-config", default=None, help="YAML/TOML training config (elasticdenser train --print-config)")

@@ -5,7 +5,7 @@ import argparse
 import random
 import sys
 
-from elasticdenser.commands._common import add_backend
+from elasticdenser.commands._common import add_backend, add_data_dir, add_out
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.serve.profile import DEFAULT_BATCH_SIZES
 
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("exp_dir", help="experiment directory (manifest.json, model/, index-d*.faiss)")
     p.add_argument("--collection", help="validation queries (default: the experiment's collection)")
-    p.add_argument("--data-dir", help="data directory (default: $ELASTICDENSER_DATA)")
+    add_data_dir(p)
     p.add_argument("--max-queries", type=int, default=300, help="validation queries sampled (seeded; default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=10, help="quality at k (default 10)")
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch intra-op threads while measuring (default: torch's)")
     add_backend(p, "auto", "query encoder path to measure (default auto: ONNX Runtime, else TorchScript; int8: opt-in "
                         "quantised ONNX, see BENCHMARKS.md); recorded so that `serve` runs the same one")
-    p.add_argument("--output", help="also write the profile JSON here")
+    add_out(p, "also write the profile JSON to this file (it is always stored in EXP/manifest.json)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from elasticdenser.data import load_collection
     from elasticdenser.operating_point import parse_points
     from elasticdenser.searcher import Searcher
-    from elasticdenser.serve.profile import measure_profile, save_profile
+    from elasticdenser.serve.measure import measure_profile
+    from elasticdenser.serve.profile import save_profile
 
     if args.max_queries < 1 or args.repeats < 1 or args.k < 1:
         raise InvalidInputError("--max-queries, --repeats and --k must be >= 1")
@@ -73,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     prof = measure_profile(searcher, queries, coll.qrels, k=args.k, metric=args.metric, points=points,
                            batch_sizes=batch_sizes, repeats=args.repeats, space=searcher.encoder.space, log=log)
     path = save_profile(args.exp_dir, prof)
-    if args.output:
-        write_json(args.output, prof.to_json())
+    if args.out:
+        write_json(args.out, prof.to_json())
     print(f"profile of {len(prof.points)} points written to {path} (metric {prof.metric})")
     print(f"{'point':<22} {'b=1 med':>8} {'b=1 p90':>8} {'b=64 med':>9} {prof.metric:>12}  pareto")
     for p in sorted(prof.points.values(), key=lambda x: -x.cost()):

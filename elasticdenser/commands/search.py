@@ -5,6 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
+from elasticdenser.commands._common import add_data_dir, add_device, add_out
 from elasticdenser.errors import InvalidInputError
 
 
@@ -13,14 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("exp_dir", help="experiment directory (from `elasticdenser index` or `pipeline`)")
     p.add_argument("--queries", required=True,
                    help="query file (.tsv 'qid<TAB>text' or .jsonl) or a collection name (its evaluation queries)")
-    p.add_argument("--data-dir", default=None)
+    add_data_dir(p)
     p.add_argument("--point", default=None, help="operating point, e.g. L3-H6-F768-D192 (default: full model)")
     p.add_argument("-k", "--k", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--output", "-o", default=None, help="TREC run file (default: EXP/runs/<point>.trec)")
+    add_out(p, "TREC run file (default: EXP/runs/<point>.trec)")
     p.add_argument("--skip-empty", action="store_true", help="drop empty queries instead of failing")
     p.add_argument("--allow-model-mismatch", action="store_true")
-    p.add_argument("--device", default=None, help="torch device for the query encoder (default: cpu)")
+    add_device(p)
     p.add_argument("--model", default=None, help="search with this encoder instead of EXP/model")
     p.set_defaults(func=run)
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     dt = time.perf_counter() - t0
     if run_ is None:
         raise InvalidInputError("no non-empty queries to search")
-    out = Path(args.output) if args.output else Path(args.exp_dir) / "runs" / f"{point.name}.trec"
+    out = Path(args.out) if args.out else Path(args.exp_dir) / "runs" / f"{point.name}.trec"
     write_trec_run(run_, out)
     msg = f"{len(run_)} queries at {point.name} in {dt:.2f}s ({len(run_) / dt:.0f} q/s) -> {out}"
     if searcher.truncated_queries:

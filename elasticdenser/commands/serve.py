@@ -5,25 +5,31 @@ import argparse
 
 from elasticdenser.commands._common import add_backend
 from elasticdenser.errors import StateError
+from elasticdenser.serve.router import RouterConfig
 
 
 def add_router_args(p: argparse.ArgumentParser) -> None:
-    """Router / batching / queue flags shared by `serve` and `simulate`."""
+    """Router / batching / queue flags shared by `serve` and `simulate`; defaults are RouterConfig's."""
+    d = RouterConfig()
     g = p.add_argument_group("router")
-    g.add_argument("--slo-ms", type=float, default=50.0, help="latency target in ms (default 50)")
-    g.add_argument("--max-batch", type=int, default=64, help="largest batch encoded at once (default 64)")
-    g.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill (default 2)")
-    g.add_argument("--margin", type=float, default=0.6, help="use at most this share of a point's SLO capacity")
-    g.add_argument("--step-up-margin", type=float, default=0.5, help="stricter share required before stepping up")
-    g.add_argument("--step-up-after", type=float, default=5.0, help="seconds a better point must stay feasible")
-    g.add_argument("--rate-tau", type=float, default=1.0, help="EWMA time constant of the QPS estimate (s)")
-    g.add_argument("--slow-rate-tau", type=float, default=5.0, help="time constant of the step-up QPS estimate (s)")
+    g.add_argument("--slo-ms", type=float, default=d.slo_ms, help=f"latency target in ms (default {d.slo_ms:g})")
+    g.add_argument("--max-batch", type=int, default=d.max_batch, help=f"largest batch encoded at once (default {d.max_batch})")
+    g.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help=f"longest wait for a batch to fill, ms (default {d.max_wait_ms:g})")
+    g.add_argument("--margin", type=float, default=d.margin,
+                   help=f"use at most this share of a point's SLO capacity (default {d.margin:g})")
+    g.add_argument("--step-up-margin", type=float, default=d.step_up_margin,
+                   help=f"stricter share required before stepping up (default {d.step_up_margin:g})")
+    g.add_argument("--step-up-after", type=float, default=d.step_up_after_s,
+                   help=f"seconds a better point must stay feasible (default {d.step_up_after_s:g})")
+    g.add_argument("--rate-tau", type=float, default=d.rate_tau_s,
+                   help=f"EWMA time constant of the QPS estimate, s (default {d.rate_tau_s:g})")
+    g.add_argument("--slow-rate-tau", type=float, default=d.slow_rate_tau_s,
+                   help=f"time constant of the step-up QPS estimate, s (default {d.slow_rate_tau_s:g})")
     g.add_argument("--max-queue", type=int, help="bounded queue (default: what the cheapest point drains in the SLO)")
 
 
-def router_config(args: argparse.Namespace):
-    from elasticdenser.serve.router import RouterConfig
-
+def router_config(args: argparse.Namespace) -> RouterConfig:
     return RouterConfig(
         slo_ms=args.slo_ms, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, margin=args.margin,
         step_up_margin=args.step_up_margin, step_up_after_s=args.step_up_after, rate_tau_s=args.rate_tau,
@@ -40,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("exp_dir", help="experiment directory with a profiled manifest")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (use what `profile --threads` used)")
     add_backend(p, None, "query encoder path (default: the one the profile was measured on, else auto)")
     add_router_args(p)

@@ -5,6 +5,7 @@ import argparse
 import json
 import re
 
+from elasticdenser.commands._common import add_data_dir
 from elasticdenser.commands.serve import add_router_args, router_config
 from elasticdenser.errors import InvalidInputError
 
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exp-dir", help="experiment to search (inprocess mode; default: --profile if it is a dir)")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (http mode)")
     p.add_argument("--collection", help="query texts for real runs (default: the experiment's collection)")
-    p.add_argument("--data-dir", help="data directory (default: $ELASTICDENSER_DATA)")
+    add_data_dir(p)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=float, default=1.0, help="time-series window in seconds (default 1)")
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from elasticdenser.serve import replay
     from elasticdenser.serve import simulate as sim
     from elasticdenser.serve.profile import load_profile
     from elasticdenser.serve.router import Router
@@ -82,12 +84,12 @@ def run(args: argparse.Namespace) -> int:
                 raise InvalidInputError("--mode inprocess needs --exp-dir")
             searcher = Searcher.open(exp_dir)
             for pol in policies:
-                results.append(sim.run_real_inprocess(trace.times, searcher, profile, pol, texts, config, args.k,
+                results.append(replay.run_real_inprocess(trace.times, searcher, profile, pol, texts, config, args.k,
                                                       window_s=args.window, duration=trace.duration,
                                                       static_max_queue=static_q))
         else:
             for pol in policies:
-                results.append(sim.run_real_http(trace.times, args.url, profile, pol, texts, config.slo_ms, args.k,
+                results.append(replay.run_real_http(trace.times, args.url, profile, pol, texts, config.slo_ms, args.k,
                                                  window_s=args.window, duration=trace.duration))
     print(sim.format_summary(results, config.slo_ms))
     if args.csv:

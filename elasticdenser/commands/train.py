@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from elasticdenser.commands._common import add_data_dir, add_out, add_progress
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--config", help="YAML (.yaml/.yml) or TOML (.toml) train config")
-    p.add_argument("--output-dir", "-o", help="run directory (checkpoints, model/, metrics.jsonl)")
+    add_out(p, "run directory: checkpoints, model/, metrics.jsonl (default: the config's output_dir)")
     p.add_argument("--model", help="starting encoder directory (default: all-MiniLM-L6-v2)")
-    p.add_argument("--data-dir", help="data directory (default: $ELASTICDENSER_DATA)")
+    add_data_dir(p)
     p.add_argument("--collection", help="corpus whose document embeddings stay fixed (default nq-sample)")
     p.add_argument("--mode", choices=["frozen", "joint"], help="document tower: frozen (default) or joint first")
     p.add_argument("--sampling", choices=["sandwich", "fixed"], help="operating points per step")
@@ -29,14 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast for the student forward")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in the output dir")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other config key, e.g. distill_weight=0")
     p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     p.set_defaults(func=run)
 
 
 _FLAGS = {
-    "output_dir": "output_dir",
+    "out": "output_dir",
     "model": "model",
     "data_dir": "data_dir",
     "collection": "collection",

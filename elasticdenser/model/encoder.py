@@ -21,8 +21,6 @@ nothing depends on transformers' internal attention classes. Which checkpoints l
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -36,10 +34,8 @@ from elasticdenser.errors import InvalidInputError
 from elasticdenser.model.functional import attention_bias, pool
 from elasticdenser.model.loading import (
     DEFAULT_MAX_LENGTH,
-    ELASTIC_CONFIG_NAME,
-    ELASTIC_CONFIG_VERSION,
+    CheckpointIO,
     UnsupportedModelError,
-    check_elastic_config,
     check_supported,
     load_checkpoint,
 )
@@ -49,14 +45,13 @@ from elasticdenser.operating_point import (
     ElasticSpace,
     OperatingPoint,
     PointLike,
-    parse_points,
     truncate,
 )
 
 __all__ = ["ElasticEncoder", "MaterializedEncoder", "UnsupportedModelError", "load_exported"]
 
 
-class ElasticEncoder(ImportanceReordering, ServingCache, nn.Module):
+class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module):
     """Elastic query/document encoder over a BERT-family checkpoint (see module docstring)."""
 
     def __init__(
@@ -135,42 +130,6 @@ class ElasticEncoder(ImportanceReordering, ServingCache, nn.Module):
             elastic_config=elastic,
             source=parts["source"],
         )
-
-    def load_elastic_state(self, config: dict, source: "str | os.PathLike | None" = None) -> None:
-        """Set the elastic state (head / neuron permutations, layer order, points) from an elastic
-        config: the one reader of the schema :meth:`elastic_config` writes (a checkpoint's
-        ``elastic_config.json``, a training checkpoint's copy), version-checked."""
-        ec = check_elastic_config(dict(config or {}), source or "elastic config")
-        L, H, Fn = self.space.num_layers, self.space.num_heads, self.space.intermediate_size
-        self.reordered = bool(ec.get("reordered", False))
-        self.head_permutation = [list(x) for x in ec.get("head_permutation") or [range(H)] * L]
-        self.ffn_permutation = [list(x) for x in ec.get("ffn_permutation") or [range(Fn)] * L]
-        #: layers by importance, most important first; depth k runs ``layers_of(k)``. Bottom-up
-        #: (identity) unless :meth:`reorder_layers` chose otherwise.
-        self.layer_order = [int(i) for i in ec.get("layer_order") or range(L)]
-        if sorted(self.layer_order) != list(range(L)):
-            raise InvalidInputError(f"{source or 'model'}: layer_order {self.layer_order} is not a permutation of range({L})")
-        self.importance_info = ec.get("importance")
-        points = ec.get("points")
-        self._points = [self.space.validate(p) for p in parse_points(points)] if points else self.space.default_points()
-
-    def elastic_config(self) -> dict:
-        """The elastic config written next to the HF files (JSON-serialisable)."""
-        return {
-            "elastic_config_version": ELASTIC_CONFIG_VERSION,
-            "model_type": self.model.config.model_type,
-            "space": self.space.full.name,
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-            "max_length": self.max_length,
-            "points": [p.name for p in self._points],
-            "reordered": self.reordered,
-            "importance": self.importance_info,
-            "head_permutation": self.head_permutation,
-            "ffn_permutation": self.ffn_permutation,
-            # written only when it is not bottom-up, so fingerprints of earlier models are unchanged
-            **({"layer_order": self.layer_order} if self.layer_order != list(range(self.space.num_layers)) else {}),
-        }
 
     def default_points(self) -> List[OperatingPoint]:
         """The operating points this encoder supports / was trained for (largest first)."""
@@ -382,31 +341,6 @@ class ElasticEncoder(ImportanceReordering, ServingCache, nn.Module):
         finally:
             self.train(was_training)
         return out
-
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: Union[str, os.PathLike]) -> Path:
-        """Write the HF model + tokenizer files and ``elastic_config.json`` into ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        with open(path / ELASTIC_CONFIG_NAME, "w", encoding="utf-8") as fh:
-            json.dump(self.elastic_config(), fh, indent=1)
-        return path
-
-    def fingerprint(self) -> str:
-        """sha256 of every weight (names, shapes, dtypes, bytes) plus the elastic config."""
-        h = hashlib.sha256()
-        cfg = self.elastic_config()
-        h.update(json.dumps(cfg, sort_keys=True).encode())
-        mc = self.model.config
-        arch = {k: getattr(mc, k, None) for k in ("model_type", "hidden_act", "layer_norm_eps", "pad_token_id")}
-        h.update(json.dumps(arch, sort_keys=True).encode())
-        for name, tensor in sorted(self.model.state_dict().items()):
-            t = tensor.detach().cpu().contiguous()
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
 
     # ------------------------------------------------------------------ serving / export
     #: encode() default: run cached materialised modules (True) or slice on the fly (False).

@@ -13,12 +13,16 @@ refused with :class:`UnsupportedModelError`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from elasticdenser.errors import ElasticDenserError, MissingFileError
+import torch
+
+from elasticdenser.errors import ElasticDenserError, InvalidInputError, MissingFileError
+from elasticdenser.operating_point import parse_points
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -30,6 +34,7 @@ __all__ = [
     "read_json",
     "check_elastic_config",
     "load_checkpoint",
+    "CheckpointIO",
 ]
 
 #: model_type values whose layer layout this module knows how to slice.
@@ -160,3 +165,69 @@ def load_checkpoint(path: Union[str, os.PathLike, None]) -> Dict[str, Any]:
         hf_logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return {"model": model, "tokenizer": tokenizer, "elastic": elastic, "layout": layout, "source": str(path)}
+
+
+class CheckpointIO:
+    """The checkpoint side of :class:`~elasticdenser.model.encoder.ElasticEncoder` (a mixin): the
+    elastic state read from / written to ``elastic_config.json``, saving, and the fingerprint that
+    ties indexes and profiles to the exact weights."""
+
+    def load_elastic_state(self, config: dict, source: "str | os.PathLike | None" = None) -> None:
+        """Set the elastic state (head / neuron permutations, layer order, points) from an elastic
+        config: the one reader of the schema :meth:`elastic_config` writes (a checkpoint's
+        ``elastic_config.json``, a training checkpoint's copy), version-checked."""
+        ec = check_elastic_config(dict(config or {}), source or "elastic config")
+        L, H, Fn = self.space.num_layers, self.space.num_heads, self.space.intermediate_size
+        self.reordered = bool(ec.get("reordered", False))
+        self.head_permutation = [list(x) for x in ec.get("head_permutation") or [range(H)] * L]
+        self.ffn_permutation = [list(x) for x in ec.get("ffn_permutation") or [range(Fn)] * L]
+        #: layers by importance, most important first; depth k runs ``layers_of(k)``. Bottom-up
+        #: (identity) unless :meth:`reorder_layers` chose otherwise.
+        self.layer_order = [int(i) for i in ec.get("layer_order") or range(L)]
+        if sorted(self.layer_order) != list(range(L)):
+            raise InvalidInputError(f"{source or 'model'}: layer_order {self.layer_order} is not a permutation of range({L})")
+        self.importance_info = ec.get("importance")
+        points = ec.get("points")
+        self._points = [self.space.validate(p) for p in parse_points(points)] if points else self.space.default_points()
+
+    def elastic_config(self) -> dict:
+        """The elastic config written next to the HF files (JSON-serialisable)."""
+        return {
+            "elastic_config_version": ELASTIC_CONFIG_VERSION,
+            "model_type": self.model.config.model_type,
+            "space": self.space.full.name,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "max_length": self.max_length,
+            "points": [p.name for p in self._points],
+            "reordered": self.reordered,
+            "importance": self.importance_info,
+            "head_permutation": self.head_permutation,
+            "ffn_permutation": self.ffn_permutation,
+            # written only when it is not bottom-up, so fingerprints of earlier models are unchanged
+            **({"layer_order": self.layer_order} if self.layer_order != list(range(self.space.num_layers)) else {}),
+        }
+
+    def save_pretrained(self, path: Union[str, os.PathLike]) -> Path:
+        """Write the HF model + tokenizer files and ``elastic_config.json`` into ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        with open(path / ELASTIC_CONFIG_NAME, "w", encoding="utf-8") as fh:
+            json.dump(self.elastic_config(), fh, indent=1)
+        return path
+
+    def fingerprint(self) -> str:
+        """sha256 of every weight (names, shapes, dtypes, bytes) plus the elastic config."""
+        h = hashlib.sha256()
+        cfg = self.elastic_config()
+        h.update(json.dumps(cfg, sort_keys=True).encode())
+        mc = self.model.config
+        arch = {k: getattr(mc, k, None) for k in ("model_type", "hidden_act", "layer_norm_eps", "pad_token_id")}
+        h.update(json.dumps(arch, sort_keys=True).encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()

@@ -148,7 +148,9 @@ class Router:
         allowed = None if points is None else {str(p) for p in points}
         ladder = [p for p in profile.ordered(pareto_only=True) if allowed is None or p.name in allowed]
         if not ladder:
-            raise InvalidInputError("no profiled Pareto operating point is served by this searcher; re-run `elasticdenser profile`")
+            raise InvalidInputError(
+                "no profiled Pareto operating point is served by this searcher; re-run `elasticdenser profile`"
+            )
         if fixed is not None:
             fixed = str(fixed)
             if fixed not in profile:
@@ -165,7 +167,7 @@ class Router:
         self._refresh()
         self.rate = RateEstimator(self.config.rate_tau_s)
         self.slow_rate = RateEstimator(self.config.slow_rate_tau_s)
-        self.current = ladder[0].name
+        self._current = ladder[0].name
         self._ok_since: Dict[str, Optional[float]] = {p.name: None for p in ladder}
         self.switches: List[Tuple[float, str, str]] = []
         self.accepted = 0
@@ -178,6 +180,11 @@ class Router:
     def static(cls, profile: Profile, point: Union[str, OperatingPoint], config: Optional[RouterConfig] = None,
                clock: Callable[[], float] = time.monotonic) -> "Router":
         return cls(profile, config, clock, fixed=point)
+
+    @property
+    def current(self) -> OperatingPoint:
+        """The routed point (what ``choose`` serves unless a burst sends a batch lower)."""
+        return self.profile[self._current].point
 
     @property
     def best(self) -> PointProfile:
@@ -193,7 +200,7 @@ class Router:
         self.capacity = {p.name: self._capacity(p) for p in self.ladder}
         self.max_queue = self.config.max_queue or self._default_max_queue(self.cheapest)
 
-    def observe_service(self, point: str, batch: int, ms: float) -> None:
+    def observe_service(self, point: Union[str, OperatingPoint], batch: int, ms: float) -> None:
         """Feed back a measured batch service time (ms); keeps the profile honest online.
 
         The ratio observed / profiled median (same point, same batch size) is averaged with an EWMA
@@ -298,7 +305,7 @@ class Router:
         self.accepted += 1
         return True
 
-    def route(self, n: int = 1, now: Optional[float] = None) -> str:
+    def route(self, n: int = 1, now: Optional[float] = None) -> OperatingPoint:
         """Synchronous callers (``Searcher.search`` with no point): record ``n`` arrivals, choose.
 
         There is no queue in a synchronous call, so nothing is rejected; ``n`` is the batch.
@@ -322,7 +329,7 @@ class Router:
         now = self._now(now)
         return max(0.0, oldest_arrival + self.config.max_wait_ms / 1000.0 - now)
 
-    def choose(self, queue_len: int, now: Optional[float] = None) -> str:
+    def choose(self, queue_len: int, now: Optional[float] = None) -> OperatingPoint:
         """The point for the next batch, given ``queue_len`` requests waiting (incl. that batch).
 
         Two layers: the *routed* point (``self.current``) follows the load with hysteresis (down at
@@ -336,7 +343,7 @@ class Router:
         qps = self.rate.rate(now)
         if self.fixed is not None:
             self.last = Decision(self.fixed, qps, queue_len, self.drain_ms(self.ladder[0], queue_len))
-            return self.fixed
+            return self.ladder[0].point
         c = self.config
         slow = self.slow_rate.rate(now)
         target = None
@@ -351,8 +358,8 @@ class Router:
                 target = p
         if target is None:
             target = self.cheapest
-        cur = self._index[self.current]
-        new = self.current
+        cur = self._index[self._current]
+        new = self._current
         if self._index[target.name] > cur:
             new = target.name  # load beyond the current point's capacity: step down at once
         else:
@@ -361,9 +368,9 @@ class Router:
                 if since is not None and now - since >= c.step_up_after_s:
                     new = p.name
                     break
-        if new != self.current:
-            self.switches.append((now, self.current, new))
-            self.current = new
+        if new != self._current:
+            self.switches.append((now, self._current, new))
+            self._current = new
         chosen = self.cheapest
         for p in self.ladder[self._index[new]:]:
             if self.drain_ms(p, queue_len) <= c.slo_ms:
@@ -372,7 +379,7 @@ class Router:
         if chosen.name != new:
             self.burst_batches += 1
         self.last = Decision(chosen.name, qps, queue_len, self.drain_ms(chosen, queue_len))
-        return chosen.name
+        return chosen.point
 
     def describe(self) -> List[Dict[str, float]]:
         """Per point: quality, SLO capacity (qps) and service time at batch 1 and ``max_batch``."""

@@ -96,7 +96,7 @@ def create_app(target: Any, profile: Any = None, config: Optional[RouterConfig] 
         except Exception as exc:
             return JSONResponse(status_code=500, content={"error": "search failed", "detail": str(exc)})
         return {
-            "point": res.point,
+            "point": res.point.name,
             "hits": [_hit_json(h) for h in res.hits],
             "latency_ms": round(res.latency_ms, 3),
             "batch_size": res.batch_size,

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
 from elasticdenser.errors import InvalidInputError, StateError
-from elasticdenser.operating_point import OperatingPoint
-from elasticdenser.serve.profile import Profile, encoder_backend, load_profile
+from elasticdenser.operating_point import OperatingPoint, PointLike
+from elasticdenser.serve.measure import encoder_backend
+from elasticdenser.serve.profile import Profile, load_profile
 from elasticdenser.serve.router import Overloaded, Router, RouterConfig
 
 #: Prometheus latency histogram buckets (seconds).
@@ -27,7 +28,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 @dataclass
 class RoutedResult:
     hits: List[Any]
-    point: str  #: the operating point that served this request
+    point: OperatingPoint  #: the operating point that served this request
     latency_ms: float  #: queueing + batched service, as seen by the service
     queue_ms: float
     batch_size: int
@@ -38,7 +39,7 @@ class RoutedResult:
 class _Request:
     text: str
     k: int
-    point: Optional[str]
+    point: Optional[OperatingPoint]
     arrival: float
     future: Future = field(default_factory=Future)
 
@@ -133,7 +134,8 @@ class RoutedSearcher:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.searcher = searcher
-        self.point_names = [str(p) for p in searcher.points]
+        self.points: List[OperatingPoint] = [OperatingPoint.parse(p) for p in searcher.points]
+        self.point_names = [p.name for p in self.points]
         if router is None:
             profile = profile or _searcher_profile(searcher)
             router = Router(profile, config, clock, points=self.point_names)
@@ -150,8 +152,8 @@ class RoutedSearcher:
     def warm_up(self) -> None:
         """One tiny search per point, so first requests do not pay for loading indexes and caches
         (and the router's calibration does not mistake a cold start for a slow machine)."""
-        for name in self.point_names:
-            self.searcher.search_texts(["warm up"], 1, OperatingPoint.parse(name))
+        for point in self.points:
+            self.searcher.search_texts(["warm up"], 1, point)
 
     def start(self, warm_up: bool = False) -> "RoutedSearcher":
         if warm_up and self._thread is None:
@@ -185,13 +187,15 @@ class RoutedSearcher:
     def queue_len(self) -> int:
         return len(self._queue)
 
-    def validate_point(self, point: Union[str, OperatingPoint, None]) -> Optional[str]:
+    def validate_point(self, point: PointLike) -> Optional[OperatingPoint]:
+        """``None`` (or ``""`` from a form): routed; else a point this service serves (its name is
+        parsed here, at the edge; everything behind it passes :class:`OperatingPoint`)."""
         if point is None or point == "":
             return None
-        name = OperatingPoint.parse(point).name  # InvalidOperatingPoint (ValueError) if malformed
-        if name not in self.point_names:
-            raise InvalidInputError(f"operating point {name} is not served here; available: {', '.join(self.point_names)}")
-        return name
+        parsed = OperatingPoint.parse(point)  # InvalidOperatingPoint (an InvalidInputError) if malformed
+        if parsed not in self.points:
+            raise InvalidInputError(f"operating point {parsed} is not served here; available: {', '.join(self.point_names)}")
+        return parsed
 
     def submit(self, query: str, k: int = 10, point: Union[str, OperatingPoint, None] = None) -> "Future[RoutedResult]":
         """Queue one query; raises :class:`Overloaded` at once if the bounded queue is full."""
@@ -256,7 +260,7 @@ class RoutedSearcher:
             started = self.clock()
             try:
                 kmax = max(r.k for r in batch)
-                results = self.searcher.search_texts([r.text for r in batch], kmax, OperatingPoint.parse(point))
+                results = self.searcher.search_texts([r.text for r in batch], kmax, point)
                 if len(results) != len(batch):
                     raise StateError(f"searcher returned {len(results)} results for {len(batch)} queries")
             except BaseException as exc:  # fail this batch's requests, keep serving
@@ -270,24 +274,24 @@ class RoutedSearcher:
                 self.router.observe_service(point, len(batch), (done - started) * 1000.0)
             for r, hits in zip(batch, results):
                 latency = done - r.arrival
-                self.metrics.served(point, latency)
+                self.metrics.served(point.name, latency)
                 r.future.set_result(
                     RoutedResult(list(hits)[: r.k], point, latency * 1000.0, (started - r.arrival) * 1000.0,
                                  len(batch), done)
                 )
 
     # --- status ---------------------------------------------------------------------------
-    def current_point(self) -> str:
+    def current_point(self) -> OperatingPoint:
         return self.router.current
 
     def metrics_text(self) -> str:
-        return self.metrics.render(self.router.qps(), self.router.current, len(self._queue), self.point_names)
+        return self.metrics.render(self.router.qps(), self.router.current.name, len(self._queue), self.point_names)
 
     def health(self) -> Dict[str, Any]:
         return {
             "status": "ok" if self._thread is not None and self._thread.is_alive() else "stopped",
             "points": self.point_names,
-            "current_point": self.router.current,
+            "current_point": self.router.current.name,
             "qps_estimate": round(self.router.qps(), 3),
             "queue_length": len(self._queue),
             "max_queue": self.router.max_queue,

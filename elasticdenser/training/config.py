@@ -140,7 +140,9 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise InvalidInputError(f"train config: {name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ["distill_weight", "align_weight", "contrastive_weight", "lr", "weight_decay", "max_grad_norm", "largest_weight"]:
+        non_negative = ["distill_weight", "align_weight", "contrastive_weight", "lr", "weight_decay", "max_grad_norm",
+                        "largest_weight"]
+        for name in non_negative:
             if float(getattr(self, name)) < 0:
                 raise InvalidInputError(f"train config: {name} must be >= 0, got {getattr(self, name)!r}")
         for name in ["distill_temperature", "contrastive_temperature"]:

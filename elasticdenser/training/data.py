@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Example", "TrainingData", "load_training_data"]
 
 
-# data
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Dist", "setup_distributed", "broadcast_parameters", "allreduce_gradients", "allreduce_scalar"]
 
 
-# distributed helpers
 
 
 @dataclass

@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 __all__ = ["joint_stage"]
 
 
-# joint stage: both towers at the full point, contrastive
 
 
 def joint_stage(encoder, data: TrainingData, config: TrainConfig, dist: Dist, cache_dir: Path) -> None:
@@ -75,7 +74,7 @@ def joint_stage(encoder, data: TrainingData, config: TrainConfig, dist: Dist, ca
                 col_of[d] = len(columns)
                 columns.append(d)
         labels = [col_of[ex.positives[0]] for ex in exs]
-        for j, ex in zip(idx, exs):
+        for j in idx:
             for d in mined[labelled[j]]:
                 if d not in col_of:
                     col_of[d] = len(columns)
@@ -98,7 +97,7 @@ def joint_stage(encoder, data: TrainingData, config: TrainConfig, dist: Dist, ca
         scheduler.step()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
     if bar is not None:
         bar.close()
     encoder.eval()

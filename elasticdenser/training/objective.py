@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 __all__ = ["ElasticObjective"]
 
 
-# the elastic step
 
 
 class ElasticObjective:
@@ -110,19 +109,19 @@ class ElasticObjective:
             total = s.new_zeros(())
             if cfg.distill_weight > 0:
                 student_scores = self.docs.scores(s, w, prep["candidates"])
-                l = self.distill(student_scores, prep["teacher_scores"][w])
-                parts["distill"] = parts.get("distill", 0.0) + float(l.detach()) / len(widths)
-                total = total + cfg.distill_weight * l
+                loss = self.distill(student_scores, prep["teacher_scores"][w])
+                parts["distill"] = parts.get("distill", 0.0) + float(loss.detach()) / len(widths)
+                total = total + cfg.distill_weight * loss
             if cfg.align_weight > 0:
-                l = self.align(s, encoder.truncate(prep["t_pooled"], w))
-                parts["align"] = parts.get("align", 0.0) + float(l.detach()) / len(widths)
-                total = total + cfg.align_weight * l
+                loss = self.align(s, encoder.truncate(prep["t_pooled"], w))
+                parts["align"] = parts.get("align", 0.0) + float(loss.detach()) / len(widths)
+                total = total + cfg.align_weight * loss
             if "contrastive" in prep:
                 rows, cols, labels, mask = prep["contrastive"]
                 scores = self.docs.scores(s[rows], w, cols).masked_fill(mask, float("-inf"))
-                l = self.contrastive(scores, labels)
-                parts["contrastive"] = parts.get("contrastive", 0.0) + float(l.detach()) / len(widths)
-                total = total + cfg.contrastive_weight * l
+                loss = self.contrastive(scores, labels)
+                parts["contrastive"] = parts.get("contrastive", 0.0) + float(loss.detach()) / len(widths)
+                total = total + cfg.contrastive_weight * loss
             return total
 
         loss = MatryoshkaLoss(widths)(at_width)

@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 __all__ = ["PointSampler", "lr_lambda"]
 
 
-# operating-point sampling
 
 
 class PointSampler:
@@ -52,7 +51,8 @@ class PointSampler:
         self.largest = max(self.points, key=lambda p: (space.flops(p, 32), p.width))
         self.smallest = min(self.points, key=lambda p: (space.flops(p, 32), p.width))
         lo, hi = self.smallest, self.largest
-        self.widths = sorted({int(w) for w in (widths or space.widths(self.points)) if lo.width <= w <= hi.width} or {lo.width, hi.width})
+        in_range = {int(w) for w in (widths or space.widths(self.points)) if lo.width <= w <= hi.width}
+        self.widths = sorted(in_range or {lo.width, hi.width})
         self.ffn_step = int(ffn_step or max(1, space.intermediate_size // space.num_heads))
 
     def sample(self, step: int) -> List[OperatingPoint]:

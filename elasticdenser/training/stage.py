@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 __all__ = ["PIPELINE_TRAIN_DEFAULTS", "pipeline_train_stage"]
 
 
-# main-job stage (elasticdenser pipeline)
 
 #: the short elastic-training stage of the main job (a few hundred steps; see BENCHMARKS.md)
 PIPELINE_TRAIN_DEFAULTS = dict(
@@ -47,7 +46,7 @@ def pipeline_train_stage(ctx) -> None:
         data_dir=str(args.data_dir) if getattr(args, "data_dir", None) else None,
         collection=ctx.collection.name,
         exclude=sorted(set(cfg.exclude) | {ctx.collection.name}),
-        progress=not getattr(args, "quiet", False),
+        progress=not getattr(args, "no_progress", False),
     )
     if getattr(args, "train_steps", None):
         changes["steps"] = int(args.train_steps)
