@@ -27,12 +27,15 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from elasticdenser.operating_point import truncate
+
 METRICS = ["ndcg@10", "mrr@10", "recall@20", "recall@100"]
 ANSWER_KS = (20, 100)
 
 
 def _norm(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+    """Every method compared here is a normalising model: the width rule with normalize=True."""
+    return np.ascontiguousarray(truncate(x, x.shape[1], normalize=True))
 
 
 class Collection:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from elasticdenser.model.encoder import ElasticEncoder
-from elasticdenser.operating_point import OperatingPoint
+from elasticdenser.operating_point import OperatingPoint, truncate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,9 +115,7 @@ def quality(enc, questions, passages, n_eval, n_imp_q, n_imp_d, points, seed):
     def run(e, tag):
         for p in points:
             qv = e.encode(qs, p, batch_size=64)
-            dv = docs[:, : p.width]
-            if e.normalize:
-                dv = dv / np.linalg.norm(dv, axis=1, keepdims=True)
+            dv = truncate(docs, p.width, e.normalize)
             res["recall@20"].setdefault(p.name, {})[tag] = recall_at_k(qv, dv, gold)
 
     run(enc, "original order")

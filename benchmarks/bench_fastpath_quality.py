@@ -23,6 +23,7 @@ import torch
 
 from elasticdenser.data import load_collection
 from elasticdenser.model.encoder import ElasticEncoder
+from elasticdenser.operating_point import truncate
 
 
 def metrics(qids, q, docs, doc_ids, qrels):
@@ -76,8 +77,7 @@ def main(argv=None):
                                   "seconds": time.time() - t}
         print("docs", b, result["docs_bulk"][b], flush=True)
     for p in enc.default_points():
-        dw = docs[:, : p.width]
-        dw = dw / np.linalg.norm(dw, axis=1, keepdims=True)
+        dw = truncate(docs, p.width, enc.normalize)
         entry = {}
         ref = enc.encode(qtexts, p, batch_size=32, backend="eager")
         entry["eager"] = metrics(qids, ref, dw, doc_ids, col.qrels)

@@ -31,6 +31,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 import torch
 
+from elasticdenser.operating_point import truncate
+
 METRICS = ["mrr@10", "ndcg@10", "recall@20"]
 
 
@@ -71,10 +73,7 @@ def search(queries: np.ndarray, docs: np.ndarray, k: int = 100):
 
 
 def truncate_docs(doc_emb: np.ndarray, width: int, normalize: bool = True) -> np.ndarray:
-    d = doc_emb[:, :width].astype(np.float32)
-    if normalize:
-        d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-    return np.ascontiguousarray(d)
+    return np.ascontiguousarray(truncate(doc_emb, width, normalize))
 
 
 def evaluate_points(encoder, points, collection, doc_emb: np.ndarray, batch_size: int = 128) -> Dict[str, Dict[str, float]]:

@@ -11,6 +11,7 @@ from typing import Dict, Union
 
 from tqdm.auto import tqdm
 
+from elasticdenser.atomic import atomic_path
 from elasticdenser.data.types import Collection
 from elasticdenser.errors import InvalidInputError
 
@@ -19,7 +20,7 @@ FORMATS = ("beir", "jsonl")
 
 def _write_jsonl(path: Path, records) -> int:
     count = 0
-    with open(path, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
@@ -58,7 +59,7 @@ def export_collection(collection: Collection, out_dir: Union[str, Path], fmt: st
         if collection.train_positives:
             splits["train"] = {qid: {d: 1 for d in docs_} for qid, docs_ in collection.train_positives.items()}
         for split, qrels in splits.items():
-            with open(out / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as handle:
+            with atomic_path(out / "qrels" / f"{split}.tsv") as tmp, open(tmp, "w", encoding="utf-8") as handle:
                 handle.write("query-id\tcorpus-id\tscore\n")
                 n = 0
                 for qid, judged in qrels.items():
@@ -75,7 +76,7 @@ def export_collection(collection: Collection, out_dir: Union[str, Path], fmt: st
                     {"id": q.query_id, "text": q.text, "answers": list(q.answers),
                      **({"positives": collection.train_positives.get(q.query_id, [])} if name.startswith("train") else {})}
                     for q in queries))
-        with open(out / "qrels.trec", "w", encoding="utf-8") as handle:
+        with atomic_path(out / "qrels.trec") as tmp, open(tmp, "w", encoding="utf-8") as handle:
             n = 0
             for qid, judged in collection.qrels.items():
                 for doc_id, grade in judged.items():

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from tqdm.auto import tqdm
 
 from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
-from elasticdenser.errors import InvalidInputError
+from elasticdenser.errors import InvalidInputError, StateError
 
 #: test splits served from DPR's QA lists in the data directory (see module docstring)
 DPR_TEST_TOPICS = {
@@ -76,9 +76,9 @@ def missing_cache_files(dataset_id: str) -> List[Path]:
     return missing
 
 
-def _offline_error(dataset_id: str, missing: List[Path], exc: BaseException) -> RuntimeError:
+def _offline_error(dataset_id: str, missing: List[Path], exc: BaseException) -> StateError:
     files = ", ".join(str(p) for p in missing) if missing else "its source files"
-    return RuntimeError(
+    return StateError(
         f"ir_datasets dataset {dataset_id!r} is not in the local cache {irds_home() / dataset_id.split('/')[0]} "
         f"and could not be downloaded ({exc.__class__.__name__}: network unreachable?). Put {files} there "
         "(IR_DATASETS_HOME selects the cache root), or run once on a machine with network access."

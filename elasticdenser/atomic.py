@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["tmp_name", "atomic_path", "write_bytes", "write_text", "write_json", "clean_stale_tmp"]
+__all__ = ["tmp_name", "atomic_path", "atomic_dir", "write_bytes", "write_text", "write_json", "clean_stale_tmp"]
 
 
 def tmp_name(path: "str | os.PathLike") -> Path:
@@ -36,6 +37,24 @@ def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: "str | os.PathLike") -> Iterator[Path]:
+    """Yield an empty temporary directory; on success it replaces ``path`` (a model, a checkpoint),
+    on error it is removed. Readers never see a half-written directory under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes(path: "str | os.PathLike", data: bytes) -> None:

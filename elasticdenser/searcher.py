@@ -138,9 +138,14 @@ class Searcher:
         with self._index_lock:
             if width not in self._indexes:
                 from elasticdenser.index import faiss_index as fi
+                from elasticdenser.index import manifest as mf
 
                 index = fi.load_index(self.exp_dir / fi.index_file(width), use_gpu=self.use_gpu)
                 info = self.manifest.get("indexes", {}).get(str(width), {})
+                if info.get("normalize", True) != mf.normalizes(self.manifest):
+                    rule = "cosine" if info.get("normalize", True) else "dot-product"
+                    raise StateError(f"{fi.index_file(width)} was built for {rule} search, which this model does not use; "
+                                     "rebuild it: `elasticdenser index ... --merge --force`")
                 fi.set_search_params(index, info.get("search_params"))
                 if index.ntotal != len(self.doc_ids):
                     raise StateError(f"{fi.index_file(width)} holds {index.ntotal} vectors, doc_ids.txt {len(self.doc_ids)}")

@@ -83,7 +83,9 @@ def index_stage(exp_dir, widths: Iterable[int], index_types: Optional[Dict[int, 
         factory = types.get(w, fi.DEFAULT_FACTORY)
         path = exp_dir / fi.index_file(w)
         old = indexes.get(str(w))
-        if path.is_file() and old and old.get("factory") == factory and not force:
+        # an index built under the other width rule (cosine vs dot product) is rebuilt, not reused
+        if path.is_file() and old and old.get("factory") == factory and old.get("normalize", True) == normalize \
+                and not force:
             continue
         t0 = time.perf_counter()
         index = fi.build_index(store, w, factory, train_size=train_size, use_gpu=use_gpu, normalize=normalize)
@@ -91,6 +93,7 @@ def index_stage(exp_dir, widths: Iterable[int], index_types: Optional[Dict[int, 
         indexes[str(w)] = {
             "file": path.name, "factory": factory, "ntotal": int(index.ntotal), "bytes": size,
             "build_seconds": round(time.perf_counter() - t0, 3), "search_params": fi.default_search_params(factory),
+            "normalize": normalize,
         }
         log.info("built %s (%s, %d vectors, %.1f MB)", path.name, factory, index.ntotal, size / 1e6)
     all_widths = sorted({int(k) for k in indexes}, reverse=True)

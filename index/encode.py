@@ -148,7 +148,7 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
                     bar.update(hi - lo)
             else:
                 emb = encode_texts(encoder, [d.contents for d in docs], batch_size=batch_size, bf16=bf16,
-                                   max_length=max_length, on_batch=bar.update if bar else None)
+                                   max_length=max_length, on_batch=bar.update if bar else None, backend=backend)
             # passages first, embeddings last: a chunk counts as done once its .npy exists
             with atomic_path(chunk_path(exp_dir, c, ".jsonl")) as tmp:
                 tmp.write_bytes(b"".join(docstore.doc_line(d) for d in docs))

@@ -64,6 +64,39 @@ def test_imports_run_one_way():
     assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
 
 
+def test_no_import_cycle_between_modules():
+    """Module-level imports only (an import inside a function runs late and cannot deadlock)."""
+    modules = dict(_modules())
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        deps = set()
+        for node in tree.body:  # top level only
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("elasticdenser"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    deps.add(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("elasticdenser"))
+        graph[name] = {d for d in deps if d in modules and d != name}
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
 def test_eval_uses_only_data_and_the_base():
     """The evaluation scores what any searcher returns: it needs the data types, not the model."""
     for name, path in _modules():

@@ -196,6 +196,10 @@ def test_query_path_is_an_argument(tiny_encoder, corpus, tmp_path, monkeypatch):
     Searcher.open(exp, encoder=tiny_encoder, backend="jit").search("who wrote hamlet", k=2)
     Searcher.open(exp, encoder=tiny_encoder, backend="eager").search("who wrote hamlet", k=2)
     assert seen == ["jit", "eager"]
+    seen.clear()  # corpus encoding takes it as an argument too (`elasticdenser index` passes "auto")
+    build.encode_stage(tiny_encoder, corpus.corpus, tmp_path / "exp2", collection=corpus.name, chunk_size=64,
+                       progress=False, backend="jit")
+    assert seen and set(seen) == {"jit"}
     assert not hasattr(tiny_encoder, "serve_backend")  # no encoder-wide switch that callers assign
 
 

@@ -24,13 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elasticdenser.commands._common import resolve_points
+    from elasticdenser.commands._common import pick_device, resolve_points
     from elasticdenser.data import load_collection
     from elasticdenser.eval.evaluate import compare_points, evaluate_points
     from elasticdenser.eval.report import markdown_table, save_report
     from elasticdenser.searcher import Searcher
 
-    searcher = Searcher.open(args.exp_dir, allow_mismatch=args.allow_model_mismatch, device=args.device)
+    searcher = Searcher.open(args.exp_dir, allow_mismatch=args.allow_model_mismatch, device=pick_device(args.device))
     coll = load_collection(args.collection, args.data_dir)
     if coll.name != searcher.manifest.get("collection", {}).get("name"):
         print(f"note: evaluating {coll.name} queries against the {searcher.manifest['collection']['name']} index")

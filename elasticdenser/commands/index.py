@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import List
 
 from elasticdenser.commands._common import add_data_dir, add_device, add_out, add_progress, load_encoder
 from elasticdenser.errors import InvalidInputError
+from elasticdenser.operating_point import WIDTH_MULTIPLE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,11 +39,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _widths(spec: str, hidden: int) -> List[int]:
+    """``--widths`` checked before any work: integers, multiples of 8, at most the hidden size."""
+    try:
+        widths = [int(w) for w in spec.split(",") if w.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--widths must be comma-separated integers, got {spec!r}") from None
+    for w in widths or [0]:
+        if not WIDTH_MULTIPLE <= w <= hidden or w % WIDTH_MULTIPLE:
+            raise InvalidInputError(f"--widths: {w} is not a multiple of {WIDTH_MULTIPLE} in {WIDTH_MULTIPLE}..{hidden}")
+    return widths
+
+
 def run(args: argparse.Namespace) -> int:
     from elasticdenser.index import build
     from elasticdenser.index import faiss_index as fi
 
+    for flag in ("chunk_size", "batch_size", "train_size"):
+        if getattr(args, flag) < 1:
+            raise InvalidInputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     encoder = load_encoder(args.model, args.device)
+    widths = _widths(args.widths, encoder.space.hidden_size) if args.widths else None
     if not args.merge:
         from elasticdenser.data import load_collection
 
@@ -59,10 +77,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         name = args.collection
     build.merge_stage(encoder, args.out, collection=name, remove_chunks=args.remove_chunks)
-    widths = [int(w) for w in args.widths.split(",")] if args.widths else encoder.space.widths(encoder.default_points())
-    for w in widths:
-        if not 8 <= w <= encoder.space.hidden_size:
-            raise InvalidInputError(f"width {w} is outside 8..{encoder.space.hidden_size}")
+    widths = widths or encoder.space.widths(encoder.default_points())
     m = build.index_stage(args.out, widths, fi.parse_index_types(args.index_type, widths), force=args.force,
                           train_size=args.train_size)
     for w in widths:

@@ -35,8 +35,7 @@ class Context:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def log(self, msg: str) -> None:
-        if not getattr(self.args, "no_progress", False):
-            print(msg, flush=True)
+        print(msg, flush=True)  # stage messages always; --no-progress turns off only the bars
 
 
 def load_data(ctx: Context) -> None:

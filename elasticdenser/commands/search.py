@@ -39,15 +39,13 @@ def load_queries(spec: str, data_dir=None):
 def run(args: argparse.Namespace) -> int:
     import warnings
 
+    from elasticdenser.commands._common import load_encoder, pick_device
     from elasticdenser.eval.runs import write_trec_run
     from elasticdenser.searcher import Searcher
 
-    encoder = None
-    if args.model:
-        from elasticdenser.commands._common import load_encoder
-
-        encoder = load_encoder(args.model, args.device)
-    searcher = Searcher.open(args.exp_dir, allow_mismatch=args.allow_model_mismatch, device=args.device, encoder=encoder)
+    encoder = load_encoder(args.model, args.device) if args.model else None
+    searcher = Searcher.open(args.exp_dir, allow_mismatch=args.allow_model_mismatch, device=pick_device(args.device),
+                             encoder=encoder)
     queries = load_queries(args.queries, args.data_dir)
     point = searcher.resolve_point(args.point)
     t0 = time.perf_counter()

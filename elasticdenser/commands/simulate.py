@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 
 from elasticdenser.commands._common import add_data_dir
@@ -49,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from elasticdenser.atomic import write_json
     from elasticdenser.serve import replay
     from elasticdenser.serve import simulate as sim
     from elasticdenser.serve.profile import load_profile
@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         print(f"time series: {sim.write_csv(results, args.csv)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"trace": trace.name, "capacity_1x_qps": capacity,
-                                               "results": [r.summary for r in results]}, indent=2))
+        write_json(args.json, {"trace": trace.name, "capacity_1x_qps": capacity,
+                               "results": [r.summary for r in results]})
     if args.plot:
         out = sim.plot(results, args.plot, profile, config.slo_ms, title=f"{args.mode}: {trace.name}")
         print(f"plot: {out}" if out else "plot skipped: matplotlib not installed (pip install 'elasticdenser[plots]')")

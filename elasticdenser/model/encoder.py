@@ -305,8 +305,8 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         matrix multiplications under ``torch.autocast`` (bfloat16). ``materialized`` (default
         :attr:`serve_materialized`) runs a cached :meth:`materialize` copy of the point instead of
         slicing the shared weights on the fly; the cache is rebuilt whenever a weight changes.
-        ``backend`` (default :attr:`serve_backend`): ``"eager"`` (this reference path), ``"jit"``,
-        ``"onnx"`` or ``"auto"`` (see :mod:`elasticdenser.model.fastpath`); fast backends run fp32 on CPU
+        ``backend`` (default None = ``"eager"``, this reference path), ``"jit"``, ``"onnx"``, ``"int8"``
+        or ``"auto"`` (see :mod:`elasticdenser.model.fastpath`); fast backends run fp32 on CPU
         only, so ``bf16=True``, a training-mode encoder or a non-CPU device fall back to eager.
         """
         name = backend or "eager"

@@ -30,6 +30,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from elasticdenser.atomic import write_text
 from elasticdenser.errors import InvalidInputError
 
 EXPORT_CONFIG_NAME = "export_config.json"
@@ -88,8 +89,7 @@ def export_point(encoder, point, path: Union[str, os.PathLike], format: str = "p
         "output": "embedding (batch, width) float32, pooled, truncated, normalised if normalize",
         "source_fingerprint": encoder.fingerprint(),
     }
-    with open(path / EXPORT_CONFIG_NAME, "w", encoding="utf-8") as fh:
-        json.dump(config, fh, indent=1)
+    write_text(path / EXPORT_CONFIG_NAME, json.dumps(config, indent=1))
     return path
 
 

@@ -21,7 +21,8 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from elasticdenser.errors import ElasticDenserError, InvalidInputError, MissingFileError
+from elasticdenser.atomic import write_text
+from elasticdenser.errors import InvalidInputError, MissingFileError
 from elasticdenser.operating_point import parse_points
 
 __all__ = [
@@ -46,7 +47,7 @@ DEFAULT_MAX_LENGTH = 256
 
 
 
-class UnsupportedModelError(ElasticDenserError):
+class UnsupportedModelError(InvalidInputError):
     """The checkpoint is not an architecture the elastic encoder can slice."""
 
 
@@ -57,10 +58,13 @@ def default_model_path() -> str:
 
 
 def read_json(path: Path) -> Optional[dict]:
-    if path.is_file():
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    return None
+    """The JSON object in ``path``, None if there is no such file; a clear error if it is not JSON."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path} is not valid JSON: {exc}") from None
 
 
 def sentence_transformers_layout(path: Path) -> Dict[str, Any]:
@@ -214,8 +218,7 @@ class CheckpointIO:
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        with open(path / ELASTIC_CONFIG_NAME, "w", encoding="utf-8") as fh:
-            json.dump(self.elastic_config(), fh, indent=1)
+        write_text(path / ELASTIC_CONFIG_NAME, json.dumps(self.elastic_config(), indent=1))
         return path
 
     def fingerprint(self) -> str:

@@ -192,6 +192,8 @@ class RoutedSearcher:
         parsed here, at the edge; everything behind it passes :class:`OperatingPoint`)."""
         if point is None or point == "":
             return None
+        if isinstance(point, str) and point.strip() == "full":  # as ElasticSpace.resolve reads it
+            return max(self.points)
         parsed = OperatingPoint.parse(point)  # InvalidOperatingPoint (an InvalidInputError) if malformed
         if parsed not in self.points:
             raise InvalidInputError(f"operating point {parsed} is not served here; available: {', '.join(self.point_names)}")

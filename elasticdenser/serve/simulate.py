@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from elasticdenser.atomic import atomic_path
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import OperatingPoint
 from elasticdenser.serve.profile import Profile
@@ -297,8 +298,7 @@ def simulate_policies(
 # --- output ----------------------------------------------------------------------------------
 def write_csv(results: Sequence[PolicyResult], path: Union[str, Path]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=SERIES_FIELDS)
         w.writeheader()
         for r in results:

@@ -78,13 +78,20 @@ def day_rate(lo: float, hi: float, duration: float) -> RateFn:
     return lambda t: lo + (hi - lo) * (1 - np.cos(2 * math.pi * np.asarray(t, dtype=float) / duration)) / 2
 
 
-def _rate(value: str, capacity: Optional[float]) -> float:
+def _number(value: str, what: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidInputError(f"trace spec: {what}={value!r} is not a number") from None
+
+
+def _rate(value: str, capacity: Optional[float], what: str = "rate") -> float:
     value = value.strip()
     if value.endswith("x"):
         if not capacity:
             raise InvalidInputError(f"relative rate {value!r} needs a reference capacity (the full point's, from a profile)")
-        return float(value[:-1]) * capacity
-    return float(value)
+        return _number(value[:-1], what) * capacity
+    return _number(value, what)
 
 
 def from_file(path: str) -> Trace:
@@ -121,23 +128,24 @@ def parse_trace(spec: str, capacity: Optional[float] = None, seed: int = 0) -> T
         if not eq:
             raise InvalidInputError(f"trace spec {spec!r}: expected key=value, got {part!r}")
         args[key.strip()] = val
-    duration = float(args.pop("duration", 60))
+    duration = _number(args.pop("duration", "60"), "duration")
 
     def need(key: str, default: Optional[str] = None) -> float:
         if key not in args and default is None:
             raise InvalidInputError(f"trace spec {spec!r} needs {key}=")
-        return _rate(args.pop(key, default), capacity)
+        return _rate(args.pop(key, default), capacity, key)
 
     if kind == "poisson":
         rate = need("rate")
         fn, peak = constant_rate(rate), rate
     elif kind == "ramp":
         lo, hi = need("lo"), need("hi")
-        fn = ramp_rate(lo, hi, duration, float(args.pop("hold", 0.2)), float(args.pop("base", 0.0)))
+        fn = ramp_rate(lo, hi, duration, _number(args.pop("hold", "0.2"), "hold"), _number(args.pop("base", "0"), "base"))
         peak = max(lo, hi)
     elif kind == "spike":
         base, peak_rate = need("base"), need("peak")
-        start, length = float(args.pop("start", duration / 3)), float(args.pop("length", duration / 6))
+        start = _number(args.pop("start", str(duration / 3)), "start")
+        length = _number(args.pop("length", str(duration / 6)), "length")
         fn, peak = spike_rate(base, peak_rate, start, length), max(base, peak_rate)
     elif kind == "day":
         lo, hi = need("lo"), need("hi")

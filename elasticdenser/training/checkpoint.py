@@ -5,7 +5,6 @@ last complete one.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from elasticdenser.atomic import tmp_name
+from elasticdenser.atomic import atomic_dir
 from elasticdenser.errors import MissingFileError
 from elasticdenser.training.config import CONFIG_FILENAME, TrainConfig
 from elasticdenser.training.documents import load_encoder
@@ -58,10 +57,6 @@ def save_checkpoint(output_dir: Path, step: int, encoder, optimizer, scheduler, 
     root = output_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    tmp = tmp_name(final)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     state = {
         "step": step,
         "model": {k: v.detach().cpu() for k, v in encoder.model.state_dict().items()},
@@ -71,11 +66,9 @@ def save_checkpoint(output_dir: Path, step: int, encoder, optimizer, scheduler, 
         "rng": rng_state(),
         **extra,
     }
-    torch.save(state, tmp / STATE_FILE)
-    config.save(tmp / CONFIG_FILENAME)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        torch.save(state, tmp / STATE_FILE)
+        config.save(tmp / CONFIG_FILENAME)
     ckpts = sorted((p for p in root.glob("step-*") if (p / STATE_FILE).is_file()), key=lambda p: int(p.name.split("-")[1]))
     for old in ckpts[: max(0, len(ckpts) - max(1, config.keep_checkpoints))]:
         shutil.rmtree(old, ignore_errors=True)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from elasticdenser.atomic import write_text
 from elasticdenser.errors import InvalidInputError, MissingFileError
 
 CONFIG_FILENAME = "train_config.yaml"
@@ -83,7 +84,7 @@ class TrainConfig:
     align_kind: str = "cosine"
     contrastive_weight: float = 1.0
     contrastive_temperature: float = 0.05
-    #: hard negatives per query for the contrastive loss (from the data, else the teacher's top ranks)
+    #: hard negatives per query for the contrastive loss (the teacher's top-ranked non-positives)
     hard_negatives: int = 4
     #: Matryoshka: the losses at every width <= the point's width (False: only at the point's width)
     matryoshka: bool = True
@@ -181,14 +182,23 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"train config not found: {path}")
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
             import tomllib
 
-            data = tomllib.loads(path.read_text())
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise InvalidInputError(f"train config {path}: invalid TOML: {exc}") from None
         else:
             import yaml
 
-            data = yaml.safe_load(path.read_text()) or {}
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" line {mark.line + 1}" if mark is not None else ""
+                raise InvalidInputError(f"train config {path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
         if not isinstance(data, dict):
             raise InvalidInputError(f"train config {path}: expected a mapping at the top level")
         return cls.from_dict(data)
@@ -199,8 +209,7 @@ class TrainConfig:
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path = path / CONFIG_FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
         return path
 
     def override(self, assignments: Sequence[str]) -> "TrainConfig":
@@ -215,7 +224,10 @@ class TrainConfig:
             key = key.strip().replace("-", "_")
             if key not in data:
                 raise InvalidInputError(f"train config: unknown key {key!r}")
-            data[key] = yaml.safe_load(value)
+            try:
+                data[key] = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise InvalidInputError(f"train config override {item!r}: invalid value ({exc})") from None
         return TrainConfig.from_dict(data)
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -233,12 +245,22 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
                 return True
             if value.lower() in ("false", "no", "0", "off"):
                 return False
-            raise InvalidInputError(f"train config: {f.name} must be a boolean, got {value!r}")
-        return bool(value)
-    if isinstance(default, int) and not isinstance(value, bool):
-        if isinstance(value, float) and value != int(value):
+        if isinstance(value, bool):
+            return value
+        raise InvalidInputError(f"train config: {f.name} must be a boolean, got {value!r}")
+    if default is None and str(f.type) in ("Optional[int]", "Optional[float]"):
+        default = 0 if str(f.type) == "Optional[int]" else 0.0  # typed by the annotation
+    if isinstance(default, (int, float)):
+        kind = "an integer" if isinstance(default, int) else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise InvalidInputError(f"train config: {f.name} must be {kind}, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise InvalidInputError(f"train config: {f.name} must be {kind}, got {value!r}") from None
+        if isinstance(default, float):
+            return number
+        if number != int(number):
             raise InvalidInputError(f"train config: {f.name} must be an integer, got {value!r}")
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
+        return int(number)
     return value

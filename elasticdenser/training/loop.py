@@ -34,6 +34,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from elasticdenser.atomic import atomic_dir, write_text
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import OperatingPoint, parse_points
 from elasticdenser.training.checkpoint import (
@@ -165,7 +166,8 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
         if dist.rank0_decides(not (doc_model_dir / "config.json").is_file()):
             joint_stage(encoder, data, config, dist, cache_dir)
             if dist.main:
-                encoder.save_pretrained(doc_model_dir)
+                with atomic_dir(doc_model_dir) as tmp:
+                    encoder.save_pretrained(tmp)
             dist.barrier()
         encoder = load_encoder(str(doc_model_dir), dist.device)
         start_model = str(doc_model_dir)
@@ -335,8 +337,6 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
         encoder.eval()
         encoder.set_points(points)
         if dist.main:
-            encoder.save_pretrained(model_dir)
-            config.save(model_dir / CONFIG_FILENAME)
             summary = {
                 "steps": step,
                 "points": [p.name for p in points],
@@ -356,8 +356,11 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
                 "wall_time_s": round(time.time() - t_start, 2),
                 "resumed_from": resumed_from,
             }
-            (model_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
-            summary_path.write_text(json.dumps(summary, indent=1))
+            with atomic_dir(model_dir) as tmp:
+                encoder.save_pretrained(tmp)
+                config.save(tmp / CONFIG_FILENAME)
+                write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=1))
+            write_text(summary_path, json.dumps(summary, indent=1))
         dist.barrier()
     first = {k: v for k, v in (history[0].items() if history else []) if k != "step"}
     last = {k: v for k, v in (history[-1].items() if history else []) if k != "step"}
