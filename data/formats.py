@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from tqdm.auto import tqdm
 
-from elasticdenser.data.types import Corpus, Document, Query
+from elasticdenser.data.types import Corpus, Document, Query, check_id
 from elasticdenser.errors import InvalidInputError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def load_jsonl_corpus(path: PathLike, *, id_field: Optional[str] = None, title_f
     seen: Dict[str, int] = {}
     for lineno, rec in iter_jsonl(path):
         where = f"{path}:{lineno}"
-        doc_id = id_prefix + record_field(rec, ids, where, "doc id")
+        doc_id = check_id(id_prefix + record_field(rec, ids, where, "doc id"), where)
         if doc_id in seen:
             raise InvalidInputError(f"{where}: duplicate doc id {doc_id!r} (first on line {seen[doc_id]})")
         seen[doc_id] = lineno
@@ -173,7 +173,7 @@ def load_tsv_corpus(path: PathLike, *, columns: Sequence[str] = ("doc_id", "text
                 raise InvalidInputError(f"{path}:{lineno}: expected {len(columns)} tab-separated columns {list(columns)}, "
                                         f"got {len(cols)}")
             rec = dict(zip(columns, cols))
-            doc_id = id_prefix + rec["doc_id"]
+            doc_id = check_id(id_prefix + rec["doc_id"], f"{path}:{lineno}")
             if doc_id in seen:
                 raise InvalidInputError(f"{path}:{lineno}: duplicate doc id {doc_id!r} (first on line {seen[doc_id]})")
             seen[doc_id] = lineno
@@ -196,7 +196,7 @@ def load_jsonl_queries(path: PathLike, *, id_field: Optional[str] = None, text_f
     for index, (lineno, rec) in enumerate(iter_jsonl(path)):
         where = f"{path}:{lineno}"
         if any(name in rec for name in ids):
-            qid = id_prefix + record_field(rec, ids, where, "query id")
+            qid = check_id(id_prefix + record_field(rec, ids, where, "query id"), where, "query id")
         else:
             qid = f"{id_prefix}{index}"
         if qid in seen:
@@ -226,7 +226,7 @@ def load_tsv_queries(path: PathLike, *, id_prefix: str = "") -> List[Query]:
     seen: Dict[str, int] = {}
     try:
         for number, q in enumerate(TsvQueries(LocalFile(path)).queries_iter(), 1):
-            qid = id_prefix + q.query_id
+            qid = check_id(id_prefix + q.query_id, f"{path}: record {number}", "query id")
             if qid in seen:
                 raise InvalidInputError(f"{path}: duplicate query id {qid!r} (records {seen[qid]} and {number})")
             seen[qid] = number

@@ -6,10 +6,43 @@ hold its documents as Python objects: a 21M-passage corpus is backed by ir_datas
 """
 from __future__ import annotations
 
+import operator
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 from elasticdenser.errors import InvalidInputError
+
+
+def is_blank(text: Any) -> bool:
+    """Not a string, or nothing but whitespace and invisible format characters (zero-width space,
+    joiners, BOM): what every search entry point refuses as an empty query."""
+    if not isinstance(text, str):
+        return True
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
+
+
+def check_k(k: Any) -> int:
+    """``k`` (result depth) as given: an integer >= 1; ``2.7`` or ``True`` is an error, not 2 or 1."""
+    try:
+        if isinstance(k, bool):
+            raise TypeError
+        k = operator.index(k)  # ints and NumPy integers; floats and strings are refused
+    except TypeError:
+        raise InvalidInputError(f"k must be an integer, got {k!r}") from None
+    if k < 1:
+        raise InvalidInputError(f"k must be >= 1, got {k}")
+    return k
+
+
+def check_id(value: Any, where: str, what: str = "document id") -> str:
+    """An id that every file the experiment writes can hold: a non-empty string with no whitespace
+    (a newline would break ``doc_ids.txt``, a space a TREC run line). ``where`` names the file:line."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"{where}: {what} must be a non-empty string, got {value!r}")
+    if any(ch.isspace() for ch in value):
+        raise InvalidInputError(f"{where}: {what} {value!r} contains whitespace, which run files and doc_ids.txt cannot hold")
+    return value
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ def tmp_name(path: "str | os.PathLike") -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
-    """Yield a temporary path; on success it is renamed onto ``path``, on error it is removed."""
+    """Yield a temporary path; on success it is renamed onto ``path``, on error it is removed.
+    A file that is replaced keeps its permission bits (a rewrite must not make it private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
@@ -33,6 +34,8 @@ def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from elasticdenser.data.types import check_k, is_blank
 from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.operating_point import OperatingPoint, PointLike
 
@@ -78,8 +79,10 @@ class Searcher:
         ``backend`` is the query encoder's serving path (default ``"auto"``: the
         fastest exact one; ``"int8"`` is the opt-in quantised path, see :mod:`elasticdenser.model.fastpath`).
 
-        A given encoder whose fingerprint differs from the manifest's is refused
-        (``ManifestMismatchError``) unless ``allow_mismatch=True``.
+        A given encoder that is not the experiment's query model is refused
+        (``ManifestMismatchError``) unless ``allow_mismatch=True``. Refused too (``StateError``):
+        a ``doc_ids.txt`` that is not the one the merge wrote (its digest is in the manifest), and a
+        passage store (``docs.jsonl`` + offsets) that is missing or of another length.
         """
         from elasticdenser.index import encode as enc
         from elasticdenser.index import manifest as mf
@@ -103,10 +106,13 @@ class Searcher:
         n = manifest.get("collection", {}).get("num_docs")
         if n is not None and n != len(doc_ids):
             raise StateError(f"{exp_dir}: doc_ids.txt has {len(doc_ids)} ids but the manifest says {n}")
-        try:
-            docstore = DocStore(exp_dir)
-        except FileNotFoundError:
-            docstore = None
+        digest = manifest.get("embeddings", {}).get("doc_ids_sha256")
+        if digest and doc_ids.sha256() != digest:
+            raise StateError(f"{exp_dir / enc.DOC_IDS} is not the file the merge wrote (its digest differs from the "
+                             "manifest's): rows would be reported under the wrong ids; re-run `elasticdenser index`")
+        docstore = DocStore(exp_dir)  # MissingFileError naming the file: hits without passages are refused
+        if len(docstore) != len(doc_ids):
+            raise StateError(f"{exp_dir}: the passage store has {len(docstore)} passages but doc_ids.txt {len(doc_ids)}")
         return cls(exp_dir, manifest, encoder, doc_ids, docstore, use_gpu=use_gpu, backend=backend)
 
     # ------------------------------------------------------------------ helpers
@@ -118,10 +124,12 @@ class Searcher:
     def router(self):
         """The router built from the manifest's measured profile; None if never profiled."""
         if self._router is None and isinstance(self.manifest.get("profile"), dict):
-            from elasticdenser.serve.profile import load_profile
+            from elasticdenser.serve.profile import check_profile_model, load_profile
             from elasticdenser.serve.router import Router
 
-            self._router = Router(load_profile(self.manifest), points=[p.name for p in self.points])
+            profile = load_profile(self.manifest)
+            check_profile_model(profile, self.manifest.get("model", {}).get("fingerprint", ""), self.exp_dir / "manifest.json")
+            self._router = Router(profile, points=[p.name for p in self.points])
         return self._router
 
     def _route(self, point: PointLike, n: int) -> OperatingPoint:
@@ -176,7 +184,10 @@ class Searcher:
             return self.encoder.encode(list(texts), point=p, batch_size=batch_size, backend=self.backend)
 
     def _check_texts(self, ids: Sequence[str], texts: Sequence[str], skip_empty: bool) -> List[int]:
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        wrong = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if wrong:
+            raise InvalidInputError(f"queries must be strings; {ids[wrong[0]]!r} is {type(texts[wrong[0]]).__name__}")
+        bad = [i for i, t in enumerate(texts) if is_blank(t)]
         if bad and not skip_empty:
             shown = ", ".join(repr(ids[i]) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
             raise InvalidInputError(f"{len(bad)} empty or whitespace-only quer{'y' if len(bad) == 1 else 'ies'} ({shown}); "
@@ -189,10 +200,8 @@ class Searcher:
         from elasticdenser.index import faiss_index as fi
 
         p = self.resolve_point(point)
+        k = check_k(k)
         index = self.index(p.width)
-        k = int(k)
-        if k < 1:
-            raise InvalidInputError(f"k must be >= 1, got {k}")
         scores = np.empty((len(texts), k), dtype=np.float32)
         ids = np.empty((len(texts), k), dtype=np.int64)
         for lo in range(0, len(texts), batch_size):
@@ -205,15 +214,22 @@ class Searcher:
         return scores, ids
 
     def _hit(self, row: int, score: float) -> Hit:
-        if self.docstore is not None:
-            d = self.docstore.get(row)
-            return Hit(d.doc_id, float(score), d.title, d.text)
-        return Hit(self.doc_ids[row], float(score), "", "")
+        doc_id = self.doc_ids[row]
+        if self.docstore is None:
+            return Hit(doc_id, float(score), "", "")
+        d = self.docstore.get(row)
+        if d.doc_id != doc_id:  # one per hit, so search() and batch_search() can never disagree
+            raise StateError(f"{self.exp_dir}: row {row} is {doc_id!r} in doc_ids.txt but {d.doc_id!r} in docs.jsonl; "
+                             "the experiment's files do not belong together: re-run `elasticdenser index`")
+        return Hit(doc_id, float(score), d.title, d.text)
 
     # ------------------------------------------------------------------ public API
     def search(self, query: str, k: int = 10, point: "OperatingPoint | str | None" = None) -> SearchResult:
-        if not isinstance(query, str) or not query.strip():
+        if not isinstance(query, str):
+            raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
+        if is_blank(query):
             raise InvalidInputError("empty query: give some text to search for")
+        k = check_k(k)
         p = self._route(point, 1)
         scores, ids = self._raw_search([query], k, p)
         return SearchResult(query, p, [self._hit(int(r), s) for r, s in zip(ids[0], scores[0]) if r >= 0])

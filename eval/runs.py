@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import List
 
-from elasticdenser.data.types import Query
+from elasticdenser.data.types import Query, check_id
 from elasticdenser.errors import InvalidInputError, MissingFileError
 
 
@@ -40,12 +40,13 @@ def read_queries(path: "str | Path") -> List[Query]:
             if not isinstance(qtext, str):
                 raise InvalidInputError(f"{path}:{lineno}: no query text (expected a 'text', 'query' or 'question' field)")
             answers = rec.get("answers", rec.get("answer", ()))
-            out.append(Query(str(qid), qtext, tuple(answers) if isinstance(answers, list) else ((answers,) if answers else ())))
+            qid = check_id(str(qid), f"{path}:{lineno}", "query id")
+            out.append(Query(qid, qtext, tuple(answers) if isinstance(answers, list) else ((answers,) if answers else ())))
         else:
             qid, sep, qtext = line.partition("\t")
             if not sep:
                 raise InvalidInputError(f"{path}:{lineno}: expected 'qid<TAB>query text'")
-            out.append(Query(qid.strip(), qtext))
+            out.append(Query(check_id(qid.strip(), f"{path}:{lineno}", "query id"), qtext))
     return out
 
 

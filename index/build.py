@@ -47,6 +47,8 @@ def encode_stage(encoder, corpus, exp_dir, *, collection: str, shard: int = 0, n
                  bf16: bool = False, progress: bool = True, save_model_dir: bool = True, **kw) -> dict:
     if len(corpus) == 0:
         raise InvalidInputError(f"collection {collection!r} has no documents to encode")
+    if (Path(exp_dir) / mf.MANIFEST).is_file():  # adding to an experiment: only with its document tower
+        mf.check_model(mf.load(exp_dir), encoder, role="document")
     if save_model_dir:
         save_model(encoder, exp_dir)
     return enc.encode_corpus(encoder, corpus, exp_dir, shard=shard, num_shards=num_shards, chunk_size=chunk_size,
@@ -55,16 +57,32 @@ def encode_stage(encoder, corpus, exp_dir, *, collection: str, shard: int = 0, n
 
 
 def merge_stage(encoder, exp_dir, *, collection: str, force: bool = False, remove_chunks: bool = False) -> dict:
-    """Merge chunks into the store and write a fresh manifest (no indexes yet)."""
+    """Merge the chunks into the store and record it in the manifest.
+
+    Skipped when the store already holds exactly the encoded chunks (same content digest). In an
+    existing experiment ``encoder`` must be its document tower, and only the sections the merge
+    produces change (``collection``, ``embeddings``; the indexes are dropped when the content
+    changed): the query model, the document tower, the profile and anything else stay.
+    """
     exp_dir = Path(exp_dir)
-    if (exp_dir / enc.EMBEDDINGS).is_file() and (exp_dir / mf.MANIFEST).is_file() and not force:
-        m = mf.load(exp_dir)
-        mf.check_model(m, encoder)
-        return m
+    existing = mf.load(exp_dir) if (exp_dir / mf.MANIFEST).is_file() else None
+    if existing is not None:
+        mf.check_model(existing, encoder, role="document")
+    content = enc.chunks_digest(exp_dir)
+    if existing is not None and (exp_dir / enc.EMBEDDINGS).is_file() and not force \
+            and (content is None or existing.get("embeddings", {}).get("content_sha256") == content):
+        return existing
     meta = enc.merge_chunks(exp_dir, remove_chunks=remove_chunks)
     if meta["model_fingerprint"] != encoder.fingerprint():
         raise mf.ManifestMismatchError(f"the chunks in {exp_dir} were encoded by another model")
-    m = mf.new_manifest(encoder, collection, meta["num_docs"], meta["dtype"])
+    fresh = mf.new_manifest(encoder, collection, meta["num_docs"], meta["dtype"])
+    fresh["embeddings"].update(content_sha256=meta["content_sha256"], doc_ids_sha256=meta["doc_ids_sha256"])
+    if existing is None:
+        m = fresh
+    else:
+        m = dict(existing, collection=fresh["collection"], embeddings=fresh["embeddings"])
+        if existing.get("embeddings", {}).get("content_sha256") != meta["content_sha256"]:
+            m.update(indexes={}, widths=[])  # built from other vectors: index_stage rebuilds them
     mf.save(exp_dir, m)
     return m
 
@@ -87,6 +105,8 @@ def index_stage(exp_dir, widths: Iterable[int], index_types: Optional[Dict[int, 
         if path.is_file() and old and old.get("factory") == factory and old.get("normalize", True) == normalize \
                 and not force:
             continue
+        if path.is_file():
+            path.unlink()  # a stale file never passes for the new index if the build is interrupted
         t0 = time.perf_counter()
         index = fi.build_index(store, w, factory, train_size=train_size, use_gpu=use_gpu, normalize=normalize)
         size = fi.save_index(index, path)

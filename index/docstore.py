@@ -14,7 +14,7 @@ from typing import Iterable, List
 import numpy as np
 
 from elasticdenser.atomic import atomic_path
-from elasticdenser.data.types import Document
+from elasticdenser.data.types import Document, check_id
 from elasticdenser.errors import MissingFileError
 
 DOCS = "docs.jsonl"
@@ -22,6 +22,7 @@ OFFSETS = "docs.offsets.npy"
 
 
 def doc_line(doc: Document) -> bytes:
+    check_id(doc.doc_id, "corpus")  # the last line of defence: doc_ids.txt holds one id per line
     return (json.dumps({"id": doc.doc_id, "title": doc.title, "text": doc.text}, ensure_ascii=False) + "\n").encode("utf-8")
 
 

@@ -4,11 +4,16 @@ The corpus is cut into fixed chunks of ``chunk_size`` consecutive documents (chu
 positions ``[j*chunk_size, (j+1)*chunk_size)``). Shard ``i`` of ``n`` owns a contiguous range of
 chunks, so a sharded run computes exactly the batches an unsharded one does, and the merged
 store is identical. Each finished chunk is written atomically to ``chunks/chunk-JJJJJJ.npy``
-(+ ``.jsonl`` with its passages); a killed run restarts at the first missing chunk. ``merge``
-assembles ``embeddings.npy``, ``doc_ids.txt`` and the passage store once every chunk exists.
+(+ ``.jsonl`` with its passages, + ``.sha256``, the digest of those passage bytes, written last).
+A chunk is reused only when its digest matches the corpus as it is now and its vectors load with
+the right shape, so a killed run restarts at the first missing chunk, an edited corpus re-encodes
+exactly the chunks whose ids or text changed, and a torn file is re-encoded instead of trusted.
+``merge`` assembles ``embeddings.npy``, ``doc_ids.txt`` and the passage store once every chunk
+exists, and returns the digests that tie the manifest to this content.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -21,7 +26,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from elasticdenser.atomic import atomic_path, clean_stale_tmp, write_json
+from elasticdenser.atomic import atomic_path, clean_stale_tmp, write_json, write_text
 from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.index import docstore
 from elasticdenser.index.store import EmbeddingStore, check_dtype
@@ -69,18 +74,44 @@ def _meta(exp_dir: Path, plan: ChunkPlan, encoder, dtype: str, collection: str) 
     }
 
 
+#: what must agree for existing chunks to be reused at all (the corpus itself may change)
+_RUN_KEYS = ("model_fingerprint", "dim", "dtype", "chunk_size")
+
+
 def _check_or_write_meta(exp_dir: Path, meta: dict) -> None:
     path = Path(exp_dir) / CHUNKS / "meta.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+        diff = {k: (old.get(k), meta[k]) for k in _RUN_KEYS if old.get(k) != meta[k]}
         if diff:
             raise StateError(
                 f"{path} belongs to a different encoding run ({diff}); "
                 "use a fresh --out directory or delete the chunks/ folder"
             )
-    else:
-        write_json(path, meta)
+        if old == meta:
+            return
+    write_json(path, meta)
+
+
+def chunk_lines(docs) -> bytes:
+    """The passage bytes of a chunk (its ``.jsonl``): what its digest is taken over."""
+    return b"".join(docstore.doc_line(d) for d in docs)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def chunk_is_current(exp_dir: Path, chunk: int, digest: str, rows: int, dim: int) -> bool:
+    """Whether chunk ``chunk`` holds the vectors of exactly these passages: digest, then shape."""
+    sha = chunk_path(exp_dir, chunk, ".sha256")
+    if not sha.is_file() or sha.read_text().strip() != digest or not chunk_path(exp_dir, chunk, ".jsonl").is_file():
+        return False
+    try:
+        shape = np.load(str(chunk_path(exp_dir, chunk, ".npy")), mmap_mode="r").shape
+    except (OSError, ValueError, EOFError):  # missing or torn: encode it again
+        return False
+    return shape == (rows, dim)
 
 
 def _length_sorted_batches(texts: Sequence[str], batch_size: int) -> List[np.ndarray]:
@@ -109,10 +140,11 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
                   chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 64, dtype: str = "float32",
                   bf16: bool = False, max_length: Optional[int] = None, collection: str = "",
                   progress: bool = True, stop_after_chunks: Optional[int] = None,
-                  precomputed: Optional[np.ndarray] = None, backend: Optional[str] = None) -> dict:
+                  precomputed: Optional[np.ndarray] = None, backend: Optional[str] = None, force: bool = False) -> dict:
     """Encode this shard's missing chunks; returns counts ``{"encoded", "skipped", "seconds", ...}``.
 
     ``stop_after_chunks`` (tests and benchmarks) stops after that many new chunks, as if killed.
+    ``force``: encode every chunk of this shard again, current or not.
     ``precomputed``: full-width embeddings of the whole corpus, in corpus order, that ``encoder``
     already computed (e.g. the training stage's frozen document embeddings): they are stored as
     they are instead of being encoded a second time.
@@ -126,8 +158,16 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
     clean_stale_tmp(exp_dir / CHUNKS)
     plan = ChunkPlan(len(corpus), int(chunk_size))
     _check_or_write_meta(exp_dir, _meta(exp_dir, plan, encoder, dtype, collection))
+    if chunk_size < 1:
+        raise InvalidInputError(f"chunk size must be >= 1, got {chunk_size}")
     mine = plan.shard_chunks(shard, num_shards)
-    todo = [c for c in mine if not chunk_path(exp_dir, c, ".npy").is_file()]
+    dim = int(encoder.space.hidden_size)
+    digests = {}
+    for c in mine:
+        lo, hi = plan.bounds(c)
+        digests[c] = _digest(chunk_lines(corpus[p] for p in range(lo, hi)))
+    todo = [c for c in mine
+            if force or not chunk_is_current(exp_dir, c, digests[c], plan.bounds(c)[1] - plan.bounds(c)[0], dim)]
     todo_docs = sum(plan.bounds(c)[1] - plan.bounds(c)[0] for c in todo)
     bar = None
     if progress and todo_docs:
@@ -149,12 +189,14 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
             else:
                 emb = encode_texts(encoder, [d.contents for d in docs], batch_size=batch_size, bf16=bf16,
                                    max_length=max_length, on_batch=bar.update if bar else None, backend=backend)
-            # passages first, embeddings last: a chunk counts as done once its .npy exists
+            # passages, embeddings, then the digest: a chunk counts as done once its digest matches
+            chunk_path(exp_dir, c, ".sha256").unlink(missing_ok=True)
             with atomic_path(chunk_path(exp_dir, c, ".jsonl")) as tmp:
-                tmp.write_bytes(b"".join(docstore.doc_line(d) for d in docs))
+                tmp.write_bytes(chunk_lines(docs))
             with atomic_path(chunk_path(exp_dir, c, ".npy")) as tmp:
                 with open(tmp, "wb") as fh:
                     np.save(fh, emb.astype(dtype))
+            write_text(chunk_path(exp_dir, c, ".sha256"), digests[c] + "\n")
             done += 1
     finally:
         if bar:
@@ -164,14 +206,32 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
             "passages": sum(plan.bounds(c)[1] - plan.bounds(c)[0] for c in todo[:done])}
 
 
-def missing_chunks(exp_dir: "str | os.PathLike") -> List[int]:
-    exp_dir = Path(exp_dir)
+def _read_meta(exp_dir: Path) -> dict:
     meta_path = exp_dir / CHUNKS / "meta.json"
     if not meta_path.is_file():
         raise MissingFileError(f"{meta_path} not found: no encoding run in {exp_dir}")
-    meta = json.loads(meta_path.read_text())
+    return json.loads(meta_path.read_text())
+
+
+def missing_chunks(exp_dir: "str | os.PathLike") -> List[int]:
+    """Chunks of the current encoding run that are not finished (no digest, or no vectors)."""
+    exp_dir = Path(exp_dir)
+    meta = _read_meta(exp_dir)
     plan = ChunkPlan(meta["num_docs"], meta["chunk_size"])
-    return [c for c in range(plan.num_chunks) if not chunk_path(exp_dir, c, ".npy").is_file()]
+    return [c for c in range(plan.num_chunks)
+            if not (chunk_path(exp_dir, c, ".sha256").is_file() and chunk_path(exp_dir, c, ".npy").is_file())]
+
+
+def chunks_digest(exp_dir: "str | os.PathLike") -> Optional[str]:
+    """The digest of the whole encoded corpus (over every chunk's digest, in order), or None when
+    ``chunks/`` is gone (merged with ``--remove-chunks``) or incomplete."""
+    exp_dir = Path(exp_dir)
+    if not (exp_dir / CHUNKS / "meta.json").is_file() or missing_chunks(exp_dir):
+        return None
+    meta = _read_meta(exp_dir)
+    plan = ChunkPlan(meta["num_docs"], meta["chunk_size"])
+    parts = [chunk_path(exp_dir, c, ".sha256").read_text().strip() for c in range(plan.num_chunks)]
+    return _digest("\n".join(parts).encode())
 
 
 def merge_chunks(exp_dir: "str | os.PathLike", remove_chunks: bool = False) -> dict:
@@ -182,7 +242,7 @@ def merge_chunks(exp_dir: "str | os.PathLike", remove_chunks: bool = False) -> d
     """
     exp_dir = Path(exp_dir)
     missing = missing_chunks(exp_dir)
-    meta = json.loads((exp_dir / CHUNKS / "meta.json").read_text())
+    meta = _read_meta(exp_dir)
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise StateError(f"cannot merge {exp_dir}: {len(missing)} chunk(s) not encoded yet ({shown}); "
@@ -192,9 +252,14 @@ def merge_chunks(exp_dir: "str | os.PathLike", remove_chunks: bool = False) -> d
         store = EmbeddingStore.create(tmp, plan.num_docs, meta["dim"], meta["dtype"])
         for c in range(plan.num_chunks):
             lo, hi = plan.bounds(c)
-            block = np.load(str(chunk_path(exp_dir, c, ".npy")), mmap_mode="r")
+            path = chunk_path(exp_dir, c, ".npy")
+            try:
+                block = np.load(str(path), mmap_mode="r")
+            except (OSError, ValueError, EOFError) as exc:
+                raise StateError(f"{path} is damaged ({exc}); re-run `elasticdenser index` to encode it again") from None
             if block.shape != (hi - lo, meta["dim"]):
-                raise StateError(f"chunk {c} has shape {block.shape}, expected {(hi - lo, meta['dim'])}")
+                raise StateError(f"{path} has shape {block.shape}, expected {(hi - lo, meta['dim'])}; "
+                                 "re-run `elasticdenser index` to encode it again")
             store.array[lo:hi] = block
         store.flush()
         del store
@@ -208,18 +273,19 @@ def merge_chunks(exp_dir: "str | os.PathLike", remove_chunks: bool = False) -> d
     if n != plan.num_docs:
         raise StateError(f"passage store has {n} lines, expected {plan.num_docs}")
 
-    def ids():
-        for line in lines():
-            yield json.loads(line)["id"] + "\n"
-
+    ids_digest = hashlib.sha256()
+    content = chunks_digest(exp_dir)
     with atomic_path(exp_dir / DOC_IDS) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(ids())
+        with open(tmp, "wb") as fh:
+            for line in lines():
+                row = (json.loads(line)["id"] + "\n").encode("utf-8")
+                ids_digest.update(row)
+                fh.write(row)
     if remove_chunks:
         for c in range(plan.num_chunks):
-            for suffix in (".npy", ".jsonl"):
+            for suffix in (".npy", ".jsonl", ".sha256"):
                 chunk_path(exp_dir, c, suffix).unlink()
-    return meta
+    return {**meta, "content_sha256": content, "doc_ids_sha256": ids_digest.hexdigest()}
 
 
 class DocIds(SequenceABC):
@@ -242,6 +308,10 @@ class DocIds(SequenceABC):
 
     def __len__(self) -> int:
         return int(self._ends.size)
+
+    def sha256(self) -> str:
+        """Digest of the ids as the merge wrote them (one per line), to tie the file to its manifest."""
+        return hashlib.sha256(self._data).hexdigest()
 
     def __getitem__(self, i):
         if isinstance(i, slice):

@@ -27,7 +27,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import numpy as np
 
 from elasticdenser.atomic import atomic_path
-from elasticdenser.errors import InvalidInputError, MissingFileError
+from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.index.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,12 @@ def load_index(path: "str | os.PathLike", use_gpu: Optional[bool] = None, mmap: 
     if not path.is_file():
         raise MissingFileError(f"index file {path} not found (build it with `elasticdenser index`)")
     flags = faiss.IO_FLAG_MMAP if mmap else 0
-    index = faiss.read_index(str(path), flags)
+    try:
+        index = faiss.read_index(str(path), flags)
+    except RuntimeError as exc:  # FAISS says which read failed, not which file
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise StateError(f"{path} is not a readable FAISS index (truncated or damaged: {reason}); "
+                         "rebuild it with `elasticdenser index ... --force`") from None
     use_gpu = gpu_available() if use_gpu is None else use_gpu
     return to_gpu(index) if use_gpu else index
 

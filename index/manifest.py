@@ -90,21 +90,30 @@ def update(exp_dir: "str | os.PathLike", **sections: Any) -> Dict[str, Any]:
     return m
 
 
-def check_model(manifest: Dict[str, Any], encoder, allow_mismatch: bool = False) -> Optional[str]:
-    """Refuse an encoder whose fingerprint differs from the manifest's (unless ``allow_mismatch``).
+def document_fingerprint(manifest: Dict[str, Any]) -> Optional[str]:
+    """The fingerprint of the model that encoded the documents (the query model's when untrained)."""
+    return (manifest.get("document_model") or manifest.get("model") or {}).get("fingerprint")
 
+
+def check_model(manifest: Dict[str, Any], encoder, allow_mismatch: bool = False, role: str = "query") -> Optional[str]:
+    """Refuse an encoder that is not the experiment's ``role`` model (unless ``allow_mismatch``).
+
+    ``role="query"``: the model queries are encoded with (``model``): only that one, never the
+    document tower in its place -- a trained query model's small points are what the router serves.
+    ``role="document"``: the model the stored documents were encoded with (``document_model`` when
+    the experiment has one, else ``model``), for re-encoding or extending the corpus.
     Returns a warning text when a mismatch was allowed, else None.
     """
-    want = manifest.get("model", {}).get("fingerprint")
+    if role not in ("query", "document"):
+        raise InvalidInputError(f"role must be 'query' or 'document', got {role!r}")
+    want = manifest.get("model", {}).get("fingerprint") if role == "query" else document_fingerprint(manifest)
     got = encoder.fingerprint()
-    # a trained query model searches documents encoded by its frozen document tower: either fits
-    if got == manifest.get("document_model", {}).get("fingerprint"):
-        return None
     if want == got:
         return None
-    msg = (f"model fingerprint {str(got)[:16]}... does not match the index's {str(want)[:16]}... "
-           f"(collection {manifest.get('collection', {}).get('name')!r}): query embeddings from this model "
-           "are not in the space the documents were encoded in")
+    tower = ("; it is the experiment's document tower: open the experiment with its query model (EXP/model)"
+             if role == "query" and got == manifest.get("document_model", {}).get("fingerprint") else "")
+    msg = (f"model fingerprint {str(got)[:16]}... does not match the {role} model {str(want)[:16]}... of this experiment "
+           f"(collection {manifest.get('collection', {}).get('name')!r}){tower}")
     if not allow_mismatch:
         raise ManifestMismatchError(msg + "; re-index with this model, or pass allow_mismatch=True "
                                     "(CLI: --allow-model-mismatch) to search anyway")

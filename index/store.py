@@ -12,7 +12,7 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from elasticdenser.errors import InvalidInputError, MissingFileError
+from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.operating_point import truncate
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -42,7 +42,14 @@ class EmbeddingStore:
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"embedding store {path} not found (run `elasticdenser index` first)")
-        return cls(path, np.load(str(path), mmap_mode=mode))
+        try:
+            array = np.load(str(path), mmap_mode=mode)
+        except (OSError, ValueError, EOFError) as exc:
+            raise StateError(f"{path} is not a readable embedding store (truncated or damaged: {exc}); "
+                             "re-run `elasticdenser index` to rebuild it") from None
+        if array.ndim != 2:
+            raise StateError(f"{path} holds an array of shape {array.shape}, not (documents, width)")
+        return cls(path, array)
 
     def __len__(self) -> int:
         return int(self.array.shape[0])

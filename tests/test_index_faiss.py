@@ -104,8 +104,11 @@ def test_manifest_refuses_another_model():
     with pytest.raises(mf.ManifestMismatchError, match="does not match"):
         mf.check_model(m, Fake("b" * 64))
     assert "does not match" in mf.check_model(m, Fake("b" * 64), allow_mismatch=True)
-    # a trained query model searches documents of its frozen document tower: both are accepted
+    # a trained experiment: queries need the query model; the document tower is not accepted in its place
     m["document_model"] = {"fingerprint": "d" * 64}
-    assert mf.check_model(m, Fake("d" * 64)) is None
+    with pytest.raises(mf.ManifestMismatchError, match="document tower"):
+        mf.check_model(m, Fake("d" * 64))
+    assert mf.check_model(m, Fake("d" * 64), role="document") is None
+    assert mf.check_model(m, Fake("a" * 64)) is None
     with pytest.raises(mf.ManifestMismatchError):
         mf.check_model(m, Fake("b" * 64))

@@ -36,7 +36,9 @@ def test_layout_and_manifest(exp, tiny_encoder):
         assert (exp / f"index-d{w}.faiss").is_file() and m["indexes"][str(w)]["ntotal"] == 200
     assert m["model"]["fingerprint"] == tiny_encoder.fingerprint()
     assert m["collection"] == {"name": "nq-small", "num_docs": 200}
-    assert m["embeddings"] == {"file": "embeddings.npy", "width": 64, "dtype": "float32"}
+    emb = dict(m["embeddings"])
+    assert len(emb.pop("content_sha256")) == len(emb.pop("doc_ids_sha256")) == 64  # what ties it to the content
+    assert emb == {"file": "embeddings.npy", "width": 64, "dtype": "float32"}
     assert m["points"] == [p.name for p in tiny_encoder.default_points()]
     for key in ("created", "package_version", "format"):
         assert key in m

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from elasticdenser.commands._common import add_data_dir, add_device, add_out
+from elasticdenser.errors import InvalidInputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,12 +16,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", default="default", help="comma-separated points, 'full', or 'default'")
     p.add_argument("-k", "--k", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
-    add_out(p, "where to write metrics.json/.md (default: EXP)")
+    add_out(p, "folder for metrics.json/.md (default: EXP); an existing report is kept and the new one numbered")
     p.add_argument("--stat-test", default="student", choices=["student", "fisher", "tukey"])
     p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
     p.add_argument("--allow-model-mismatch", action="store_true")
     add_device(p)
     p.set_defaults(func=run)
+
+
+def check_judgments_match(coll, searcher) -> None:
+    """Refuse a collection whose judgments name none of the indexed documents: every metric would
+    read 0.0000, which looks like a result. A partial overlap is reported, not refused."""
+    judged = {d for docs in coll.qrels.values() for d in docs}
+    if not judged:
+        return
+    found = sum(1 for d in searcher.doc_ids if d in judged)
+    index_name = searcher.manifest.get("collection", {}).get("name")
+    if found == 0:
+        raise InvalidInputError(f"the qrels of {coll.name} name none of the {len(searcher.doc_ids)} documents indexed in "
+                                f"{searcher.exp_dir} ({index_name}): evaluate it against an index of its own corpus")
+    if found < len(judged):
+        print(f"note: {len(judged) - found} of {len(judged)} judged documents of {coll.name} are not in the index")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: evaluating {coll.name} queries against the {searcher.manifest['collection']['name']} index")
     if args.max_queries:
         coll.queries = coll.queries[: args.max_queries]
+    check_judgments_match(coll, searcher)
     points = resolve_points(args.points, searcher.encoder, searcher.points)
     rows, runs = evaluate_points(searcher, coll, points, k=args.k, batch_size=args.batch_size)
     print(markdown_table(rows))

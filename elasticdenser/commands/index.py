@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("collection", help="collection name (nq-sample, squad-sample, scifact, trec-dl, an ir_datasets id, or a path)")
     add_out(p, "experiment directory", required=True)
     add_data_dir(p)
-    p.add_argument("--model", default=None, help="encoder directory (default: all-MiniLM-L6-v2)")
+    p.add_argument("--model", default=None,
+                   help="document encoder directory (default: all-MiniLM-L6-v2); in an existing experiment, its document tower")
     p.add_argument("--widths", default=None, help="comma-separated widths to index (default: the widths of the default points)")
     p.add_argument("--index-type", action="append", default=None, metavar="[WIDTH=]FACTORY",
                    help="FAISS factory string, for all widths or one (repeatable): Flat (default), HNSW32, 'IVF4096,PQ96'")
@@ -32,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--merge", action="store_true", help="only merge the shards' chunks and build the indexes")
     p.add_argument("--train-size", type=int, default=262144, help="training sample for IVF/PQ indexes")
-    p.add_argument("--force", action="store_true", help="rebuild the indexes even if present")
+    p.add_argument("--force", action="store_true",
+                   help="encode every chunk, merge and build every index again, even where they are current")
     p.add_argument("--remove-chunks", action="store_true", help="delete chunks/ after a successful merge (halves peak disk)")
     add_progress(p)
     add_device(p)
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         stats = build.encode_stage(encoder, coll.corpus, args.out, collection=coll.name, shard=args.shard,
                                    num_shards=args.num_shards, chunk_size=args.chunk_size, batch_size=args.batch_size,
                                    dtype=args.dtype, bf16=args.bf16, progress=not args.no_progress,
-                                   backend="auto")
+                                   backend="auto", force=args.force)
         print(f"shard {args.shard}/{args.num_shards}: encoded {stats['encoded_chunks']} chunk(s), "
               f"{stats['skipped_chunks']} already done, {stats['passages']} passages in {stats['seconds']:.1f}s")
         if args.num_shards > 1:
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         name = coll.name
     else:
         name = args.collection
-    build.merge_stage(encoder, args.out, collection=name, remove_chunks=args.remove_chunks)
+    build.merge_stage(encoder, args.out, collection=name, remove_chunks=args.remove_chunks, force=args.force)
     widths = widths or encoder.space.widths(encoder.default_points())
     m = build.index_stage(args.out, widths, fi.parse_index_types(args.index_type, widths), force=args.force,
                           train_size=args.train_size)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
+from pathlib import Path
 
 from elasticdenser.commands._common import add_backend, add_data_dir, add_out
-from elasticdenser.errors import InvalidInputError
+from elasticdenser.errors import InvalidInputError, StateError
 from elasticdenser.serve.profile import DEFAULT_BATCH_SIZES
 
 
@@ -58,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    manifest = Path(args.exp_dir) / "manifest.json"
+    for target in (Path(args.exp_dir), manifest):  # minutes of measuring must not end in a write error
+        if target.exists() and not os.access(target, os.W_OK):
+            raise StateError(f"{target} is not writable: the profile is stored in {manifest}")
     searcher = Searcher.open(args.exp_dir, backend=args.backend)
     name = args.collection or searcher.manifest.get("collection", {}).get("name")
     if not name:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from elasticdenser.commands._common import add_backend
 from elasticdenser.errors import StateError
 from elasticdenser.serve.router import RouterConfig
+from elasticdenser.serve.server import ServerLimits
 
 
 def add_router_args(p: argparse.ArgumentParser) -> None:
@@ -46,12 +48,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("exp_dir", help="experiment directory with a profiled manifest")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535 (default 8000)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (use what `profile --threads` used)")
     add_backend(p, None, "query encoder path (default: the one the profile was measured on, else auto)")
+    d = ServerLimits()
+    g = p.add_argument_group("limits and access")
+    g.add_argument("--api-key", default=os.environ.get("ELASTICDENSER_API_KEY"),
+                   help="require this value in the X-API-Key header for /search and /metrics "
+                   "(default: $ELASTICDENSER_API_KEY; none = open)")
+    g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                   help=f"larger request bodies get 413 before parsing (default {d.max_body_bytes})")
+    g.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
+                   help=f"close a connection with no request in flight after this many seconds (default {d.idle_timeout_s:g})")
+    g.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
+                   help="close a connection whose request is not complete after this many seconds "
+                   f"(default {d.request_timeout_s:g})")
+    g.add_argument("--docs", action="store_true", help="serve the interactive /docs and /openapi.json (off by default)")
     add_router_args(p)
     p.set_defaults(func=run)
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 1-65535")
+    return port
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise StateError("`elasticdenser serve` needs the serve extra: pip install 'elasticdenser[serve]'") from None
     from elasticdenser.searcher import Searcher
-    from elasticdenser.serve.profile import load_profile
+    from elasticdenser.serve.profile import check_profile_model, load_profile
     from elasticdenser.serve.server import serve
 
     if args.threads:
@@ -71,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.exp_dir)
     backend = args.backend or profile.extra.get("encoder_backend") or "auto"
     searcher = Searcher.open(args.exp_dir, backend=backend)
+    check_profile_model(profile, searcher.encoder.fingerprint(), f"the profile in {args.exp_dir}")
+    for width in sorted({p.width for p in searcher.points}):
+        searcher.index(width)  # a missing or damaged index is an error now, not at the first request
+    limits = ServerLimits(max_body_bytes=args.max_body_bytes, idle_timeout_s=args.idle_timeout,
+                          request_timeout_s=args.request_timeout, api_key=args.api_key or None, docs=args.docs)
     serve(searcher, host=args.host, port=args.port, profile=profile, config=router_config(args),
-          log_level=args.log_level)
+          log_level=args.log_level, limits=limits)
     return 0

@@ -182,5 +182,8 @@ def measure_profile(
         machine=machine_info(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         extra={"num_queries": len(texts), "repeats": repeats, "seq_len_for_flops": seq_len,
-               "encoder_backend": encoder_backend(searcher)},
+               "encoder_backend": encoder_backend(searcher),
+               # the profile describes this model only: a router must not use it for another
+               **({"model_fingerprint": searcher.encoder.fingerprint()}
+                  if hasattr(getattr(searcher, "encoder", None), "fingerprint") else {})},
     )

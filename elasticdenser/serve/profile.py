@@ -37,7 +37,7 @@ from typing import (
     Union,
 )
 
-from elasticdenser.errors import InvalidInputError, MissingFileError
+from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.index import manifest as mf
 from elasticdenser.operating_point import OperatingPoint
 
@@ -253,7 +253,22 @@ def load_profile(source: Union[str, Path, Mapping[str, Any]]) -> Profile:
             f"{source} holds no operating-point profile; run `elasticdenser profile EXP_DIR` first "
             "(the router uses measured numbers only)"
         )
-    return Profile.from_json(data)
+    try:
+        return Profile.from_json(data)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
+        raise InvalidInputError(f"{source}: malformed profile ({type(exc).__name__}: {exc}); "
+                                "re-run `elasticdenser profile`") from None
+
+
+def check_profile_model(profile: Profile, fingerprint: str, source: Any = "the profile") -> None:
+    """Refuse a profile measured on another query model: its latencies and qualities, and so every
+    routing decision, describe that model (a profile without a fingerprint predates the check)."""
+    measured = profile.extra.get("model_fingerprint")
+    if measured and measured != fingerprint:
+        raise StateError(f"{source} was measured on model {measured[:16]}..., not on the query model "
+                         f"{fingerprint[:16]}... this experiment now holds; re-run `elasticdenser profile`")
 
 
 

@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
+from elasticdenser.data.types import check_k, is_blank
 from elasticdenser.errors import InvalidInputError, StateError
 from elasticdenser.operating_point import OperatingPoint, PointLike
 from elasticdenser.serve.measure import encoder_backend
@@ -201,10 +202,9 @@ class RoutedSearcher:
 
     def submit(self, query: str, k: int = 10, point: Union[str, OperatingPoint, None] = None) -> "Future[RoutedResult]":
         """Queue one query; raises :class:`Overloaded` at once if the bounded queue is full."""
-        if not isinstance(query, str) or not query.strip():
-            raise InvalidInputError("query must be a non-empty string")
-        if int(k) < 1:
-            raise InvalidInputError(f"k must be >= 1, got {k}")
+        if is_blank(query):
+            raise InvalidInputError("query must be a non-empty string (visible characters, not only whitespace)")
+        k = check_k(k)
         name = self.validate_point(point)
         with self._cond:
             if not self._accepting:
