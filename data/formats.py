@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
-import io
 import json
 import logging
 from pathlib import Path
@@ -44,14 +43,65 @@ ANSWER_FIELDS = ("answers", "answer")
 
 # --------------------------------------------------------------------------- low-level helpers
 
-def open_text(path: PathLike) -> io.TextIOBase:
-    """Open a text file, transparently gunzipping ``*.gz``; a missing file names its path."""
+class Utf8Text:
+    """A UTF-8 text file read as lines (or whole), whose decoding errors name the file and the line.
+
+    Python's own text layer says only "can't decode byte 0xe9 in position 26"; every loader reads
+    through this instead, so a Latin-1 corpus is refused as ``corpus.jsonl:3: not UTF-8 ...``.
+    """
+
+    def __init__(self, path: Path, raw):
+        self.path, self._raw, self._line = path, raw, 0
+
+    def __enter__(self) -> "Utf8Text":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._raw.close()
+
+    def _decode(self, data: bytes, first_line: int) -> str:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = first_line + data[: exc.start].count(b"\n")
+            raise InvalidInputError(f"{self.path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); convert the file "
+                                    "to UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
+
+    def __iter__(self) -> Iterator[str]:
+        for data in self._raw:
+            self._line += 1
+            yield self._decode(data, self._line)
+
+    def readline(self) -> str:
+        data = self._raw.readline()
+        self._line += 1
+        return self._decode(data, self._line)
+
+    def read(self, size: int = -1) -> str:
+        data = self._raw.read(size)
+        if 0 <= size and data:  # a prefix may end inside a character: decode what is complete
+            data = data[: len(data) - _incomplete_tail(data)]
+        text = self._decode(data, self._line + 1)
+        self._line += data.count(b"\n")
+        return text
+
+
+def _incomplete_tail(data: bytes) -> int:
+    """How many bytes at the end of ``data`` start a UTF-8 character that is cut off."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # the lead byte of the last character
+            need = 1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
+            return back if need > back else 0
+    return 0
+
+
+def open_text(path: PathLike) -> Utf8Text:
+    """Open a UTF-8 text file, transparently gunzipping ``*.gz``; a missing file names its path."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: no such file")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    return Utf8Text(path, gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb"))
 
 
 def iter_jsonl(path: PathLike, desc: Optional[str] = None) -> Iterator[Tuple[int, Dict[str, Any]]]:
@@ -113,8 +163,14 @@ class LocalFile:
             raise MissingFileError(f"{self._path}: no such file")
         local = LocalDownload(self._path, mkdir=False)
         self._dlc = GzipExtract(local) if self._path.suffix == ".gz" else local
+        self._checked = False
 
     def stream(self):
+        if not self._checked:  # topics and qrels are small: check the encoding first, so that an error names the line
+            with open_text(self._path) as handle:
+                for _ in handle:
+                    pass
+            self._checked = True
         return self._dlc.stream()
 
     def path(self, force: bool = True) -> Path:

@@ -364,3 +364,20 @@ def test_body_limit_api_key_and_docs():
         assert httpx.get(url + "/openapi.json", headers=key).status_code == 404
         blank = httpx.post(url + "/search", json={"query": "\u200b"}, headers=key)
         assert blank.status_code == 422
+
+
+def test_non_utf8_input_names_the_file_and_the_line(tmp_path):
+    from elasticdenser.data import load_jsonl_corpus, load_trec_qrels, load_tsv_queries
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b'{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "caf\xe9"}\n')
+    with pytest.raises(ElasticDenserError, match=f"{corpus}:2: not UTF-8"):
+        load_jsonl_corpus(corpus)
+    topics = tmp_path / "topics.tsv"
+    topics.write_bytes(b"q1\tfine\nq2\tna\xefve\n")
+    with pytest.raises(ElasticDenserError, match=f"{topics}:2: not UTF-8"):
+        load_tsv_queries(topics)
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_bytes(b"q1 0 d\xe9 1\n")
+    with pytest.raises(ElasticDenserError, match=f"{qrels}:1: not UTF-8"):
+        load_trec_qrels(qrels)
