@@ -381,3 +381,31 @@ def test_non_utf8_input_names_the_file_and_the_line(tmp_path):
     qrels.write_bytes(b"q1 0 d\xe9 1\n")
     with pytest.raises(ElasticDenserError, match=f"{qrels}:1: not UTF-8"):
         load_trec_qrels(qrels)
+
+
+def test_requests_that_can_no_longer_meet_the_slo_are_shed_not_served_late():
+    """With shed_late (what `serve` runs), a request whose wait already exceeds the SLO is answered
+    like an admission refusal (Overloaded -> 503 + Retry-After, counted) instead of served late."""
+    from elasticdenser.serve.router import Overloaded
+    from elasticdenser.serve.service import RoutedSearcher
+
+    gate = threading.Event()
+
+    class Gated(_Searcher):
+        def search_texts(self, texts, k, point):
+            gate.wait(10)
+            return [[] for _ in texts]
+
+    config = RouterConfig(max_batch=1, max_queue=10, slo_ms=50, shed_late=True)
+    with RoutedSearcher(Gated(), profile=_profile(), config=config) as svc:
+        first = svc.submit("first")
+        time.sleep(0.05)  # the worker holds "first"; the next two wait behind it
+        late = [svc.submit(f"late {i}") for i in range(2)]
+        time.sleep(0.2)  # 200 ms > the 50 ms target
+        gate.set()
+        assert first.result(10).hits == []
+        for f in late:
+            with pytest.raises(Overloaded, match="would miss the 50 ms target"):
+                f.result(10)
+        assert svc.metrics.rejections == 2
+        assert svc.search("on time", timeout=10).hits == []  # a fresh request is served normally

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from elasticdenser.commands._common import add_backend
@@ -65,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="close a connection whose request is not complete after this many seconds "
                    f"(default {d.request_timeout_s:g})")
     g.add_argument("--docs", action="store_true", help="serve the interactive /docs and /openapi.json (off by default)")
+    g.add_argument("--serve-late", action="store_true",
+                   help="serve queued requests even when they can no longer meet the SLO (default: answer them "
+                   "503 + Retry-After at once)")
     add_router_args(p)
     p.set_defaults(func=run)
 
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         searcher.index(width)  # a missing or damaged index is an error now, not at the first request
     limits = ServerLimits(max_body_bytes=args.max_body_bytes, idle_timeout_s=args.idle_timeout,
                           request_timeout_s=args.request_timeout, api_key=args.api_key or None, docs=args.docs)
-    serve(searcher, host=args.host, port=args.port, profile=profile, config=router_config(args),
+    config = dataclasses.replace(router_config(args), shed_late=not args.serve_late)
+    serve(searcher, host=args.host, port=args.port, profile=profile, config=config,
           log_level=args.log_level, limits=limits)
     return 0

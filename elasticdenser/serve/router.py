@@ -79,6 +79,10 @@ class RouterConfig:
     calibration_bounds: Tuple[float, float] = (0.5, 4.0)  #: the scale stays within these
     latency_stat: str = "p90"  #: profile statistic used for latency predictions
     throughput_stat: str = "median"  #: profile statistic used for capacity / steady batch size
+    #: shed a queued request, with the same 503 + Retry-After as an admission refusal, once it can no
+    #: longer be served within the SLO (its wait plus its batch's predicted service time): a late
+    #: answer is worth less than a prompt retry. ``serve`` turns it on; off, everything accepted is served.
+    shed_late: bool = False
 
     def __post_init__(self) -> None:
         if self.slo_ms <= 0:
@@ -315,6 +319,11 @@ class Router:
         self.slow_rate.observe(now, n)
         self.accepted += n
         return self.choose(n, now)
+
+    def late(self, point, batch: int, waited_ms: float) -> bool:
+        """Whether a request that has waited ``waited_ms`` would finish past the SLO in a batch of
+        ``batch`` at ``point`` (predicted with the calibrated profile)."""
+        return waited_ms + self._s(self.profile[point], batch) > self.config.slo_ms
 
     def retry_after_s(self) -> float:
         """A hint for rejected clients: time for the cheapest point to drain a full queue (>= 1 s)."""

@@ -124,6 +124,8 @@ def create_app(target: Any, profile: Any = None, config: Optional[RouterConfig] 
             return JSONResponse(status_code=422, content={"error": "invalid request", "detail": [f"point: {exc}"]})
         try:
             res = await asyncio.wrap_future(fut)
+        except Overloaded as exc:  # shed in the queue: it could no longer meet the SLO (counted)
+            return _overloaded(exc)
         except Exception as exc:
             return JSONResponse(status_code=500, content={"error": "search failed", "detail": str(exc)})
         return {

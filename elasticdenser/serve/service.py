@@ -3,7 +3,8 @@
 The searcher only needs ``points`` and ``search_texts(texts, k, point) -> list[list[Hit]]``
 (the :class:`elasticdenser.searcher.Searcher` contract). One worker thread serves batches back to
 back; the :class:`~elasticdenser.serve.router.Router` decides admission, when a batch is ready and
-which operating point serves it. Nothing accepted is dropped: :meth:`RoutedSearcher.close`
+which operating point serves it. Nothing accepted is dropped (unless ``RouterConfig.shed_late``
+answers a request that can no longer meet the SLO with the same 503 as a refusal): :meth:`RoutedSearcher.close`
 serves the remaining queue before it returns.
 """
 from __future__ import annotations
@@ -249,9 +250,26 @@ class RoutedSearcher:
                     else:
                         rest.append(r)
                 self._queue = rest
+                if self.router.config.shed_late:
+                    batch = self._shed_late(batch, point, now)
+                    if not batch:
+                        continue
                 for r in batch:
                     r.point = point
                 return batch
+
+    def _shed_late(self, batch: List[_Request], point: OperatingPoint, now: float) -> List[_Request]:
+        """Answer the requests of ``batch`` that can no longer meet the SLO with ``Overloaded``
+        (503 + Retry-After over HTTP, counted as rejections); the rest are served."""
+        keep = [r for r in batch if not self.router.late(point, len(batch), (now - r.arrival) * 1000.0)]
+        kept = {id(r) for r in keep}
+        for r in batch:
+            if id(r) not in kept:
+                self.metrics.rejections += 1
+                r.future.set_exception(Overloaded(
+                    f"overloaded: this request waited {(now - r.arrival) * 1000.0:.0f} ms and would miss the "
+                    f"{self.router.config.slo_ms:g} ms target; retry later", self.router.retry_after_s()))
+        return keep
 
     def _worker(self) -> None:
         while True:
