@@ -15,6 +15,8 @@ from elasticdenser.atomic import atomic_path
 from elasticdenser.data.types import Collection
 from elasticdenser.errors import InvalidInputError
 
+__all__ = ["FORMATS", "export_collection"]
+
 FORMATS = ("beir", "jsonl")
 
 

@@ -30,6 +30,28 @@ from tqdm.auto import tqdm
 from elasticdenser.data.types import Corpus, Document, Query, check_id
 from elasticdenser.errors import InvalidInputError, MissingFileError
 
+__all__ = [
+    "ID_FIELDS",
+    "TEXT_FIELDS",
+    "QID_FIELDS",
+    "QTEXT_FIELDS",
+    "ANSWER_FIELDS",
+    "Utf8Text",
+    "open_text",
+    "iter_jsonl",
+    "record_field",
+    "answers_of",
+    "data_file",
+    "LocalFile",
+    "locate_bad_line",
+    "load_jsonl_corpus",
+    "load_tsv_corpus",
+    "load_jsonl_queries",
+    "load_tsv_queries",
+    "load_qa_pairs",
+    "load_nq_open",
+]
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]

@@ -26,6 +26,16 @@ from tqdm.auto import tqdm
 from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
 from elasticdenser.errors import InvalidInputError, StateError
 
+__all__ = [
+    "DPR_TEST_TOPICS",
+    "DPR_W100_FILES",
+    "irds_home",
+    "missing_cache_files",
+    "is_irds_id",
+    "IrdsCorpus",
+    "load_irds",
+]
+
 #: test splits served from DPR's QA lists in the data directory (see module docstring)
 DPR_TEST_TOPICS = {
     "dpr-w100/natural-questions/test": "dpr-qa-topics/topics.dpr.nq.test.txt",

@@ -14,6 +14,8 @@ from typing import Dict, Iterable, List, Sequence, Tuple, Union
 from elasticdenser.data.types import Collection, Query
 from elasticdenser.errors import InvalidInputError
 
+__all__ = ["LeakageError", "normalize_question", "evaluation_keys", "check_leakage"]
+
 log = logging.getLogger(__name__)
 
 

@@ -43,6 +43,32 @@ from elasticdenser.data.trec import check_qrels, load_trec_qrels
 from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
 from elasticdenser.errors import InvalidInputError, StateError
 
+__all__ = [
+    "NQ_GOLD",
+    "DPR_WIKI",
+    "DPR_NQ_DEV",
+    "NQ_OPEN_DEV",
+    "DPR_NQ_TEST",
+    "DPR_NQ_DEV_TOPICS",
+    "DPR_TQA_DEV_TOPICS",
+    "DPR_TQA_TEST_TOPICS",
+    "SQUAD_DEV",
+    "SCIFACT_ZIP",
+    "SCIFACT_TOPICS",
+    "SCIFACT_QRELS",
+    "TREC_DL",
+    "TREC_DL_RETRIEVERS",
+    "TREC_DL_YEARS",
+    "nq_test_questions",
+    "load_nq_sample",
+    "load_squad_sample",
+    "load_scifact",
+    "trec_dl_pool_files",
+    "load_trec_dl_pools",
+    "load_trec_dl",
+    "SampleSpec",
+]
+
 log = logging.getLogger(__name__)
 
 # File locations inside the data directory (README of the data folder).

@@ -13,6 +13,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 from elasticdenser.errors import InvalidInputError
 
+__all__ = ["is_blank", "check_k", "check_id", "Document", "Query", "Corpus", "Collection"]
+
 
 def is_blank(text: Any) -> bool:
     """Not a string, or nothing but whitespace and invisible format characters (zero-width space,

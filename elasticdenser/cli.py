@@ -13,6 +13,8 @@ from typing import List, Optional
 
 from elasticdenser.errors import ElasticDenserError
 
+__all__ = ["COMMANDS", "build_parser", "main"]
+
 # Each name is a module elasticdenser.commands.<name> exposing `register(subparsers)`;
 # the registered parser sets `func(args) -> int`. A module that fails to import is an error.
 COMMANDS = ["version", "data", "train", "index", "search", "evaluate", "profile", "simulate", "serve", "pipeline"]

@@ -30,6 +30,8 @@ from elasticdenser.data.types import check_k, is_blank
 from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.operating_point import OperatingPoint, PointLike
 
+__all__ = ["Hit", "SearchResult", "Searcher"]
+
 log = logging.getLogger(__name__)
 
 

@@ -14,6 +14,8 @@ from typing import Dict, Iterable, List, Mapping, Sequence
 
 import regex
 
+__all__ = ["tokens", "has_answer", "first_hit_ranks", "topk_accuracy"]
+
 _TOKEN = regex.compile(r"([\p{L}\p{N}\p{M}]+)|([^\p{Z}\p{C}])", flags=regex.IGNORECASE | regex.UNICODE | regex.MULTILINE)
 
 

@@ -9,6 +9,8 @@ from typing import Dict, List, Sequence, Tuple
 from elasticdenser.eval import answers as ans
 from elasticdenser.eval.metrics import DEFAULT_METRICS, compare, evaluate
 
+__all__ = ["ANSWER_KS", "answer_accuracy", "evaluate_points", "compare_points"]
+
 ANSWER_KS = (1, 5, 20, 100)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Sequence
 
+__all__ = ["DEFAULT_METRICS", "make_qrels", "make_run", "evaluate", "compare"]
+
 DEFAULT_METRICS = ["ndcg@10", "recall@20", "recall@100", "mrr@10", "map"]
 
 

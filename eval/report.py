@@ -6,6 +6,8 @@ from typing import Dict, List, Optional, Sequence
 
 from elasticdenser.atomic import write_json, write_text
 
+__all__ = ["LABELS", "ORDER", "markdown_table", "save_report"]
+
 LABELS = {
     "point": "point", "params_m": "params (M)", "latency_ms": "batch latency (ms)", "qps": "QPS",
     "ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@20": "R@20", "recall@100": "R@100", "map": "MAP",

@@ -13,6 +13,8 @@ from typing import List
 from elasticdenser.data.types import Query, check_id
 from elasticdenser.errors import InvalidInputError, MissingFileError
 
+__all__ = ["read_queries", "write_trec_run"]
+
 
 def read_queries(path: "str | Path") -> List[Query]:
     path = Path(path)

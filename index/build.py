@@ -19,6 +19,8 @@ from elasticdenser.index import faiss_index as fi
 from elasticdenser.index import manifest as mf
 from elasticdenser.index.store import EmbeddingStore
 
+__all__ = ["MODEL_DIR", "save_model", "encode_stage", "merge_stage", "index_stage", "build_experiment"]
+
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"

@@ -17,6 +17,8 @@ from elasticdenser.atomic import atomic_path
 from elasticdenser.data.types import Document, check_id
 from elasticdenser.errors import MissingFileError
 
+__all__ = ["DOCS", "OFFSETS", "doc_line", "write_docstore", "DocStore"]
+
 DOCS = "docs.jsonl"
 OFFSETS = "docs.offsets.npy"
 

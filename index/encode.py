@@ -31,6 +31,24 @@ from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.index import docstore
 from elasticdenser.index.store import EmbeddingStore, check_dtype
 
+__all__ = [
+    "CHUNKS",
+    "EMBEDDINGS",
+    "DOC_IDS",
+    "DEFAULT_CHUNK_SIZE",
+    "ChunkPlan",
+    "chunk_path",
+    "chunk_lines",
+    "chunk_is_current",
+    "encode_texts",
+    "encode_corpus",
+    "missing_chunks",
+    "chunks_digest",
+    "merge_chunks",
+    "DocIds",
+    "read_doc_ids",
+]
+
 log = logging.getLogger(__name__)
 
 CHUNKS = "chunks"

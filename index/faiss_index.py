@@ -30,6 +30,25 @@ from elasticdenser.atomic import atomic_path
 from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.index.store import EmbeddingStore
 
+__all__ = [
+    "BLAS_THRESHOLD",
+    "DEFAULT_FACTORY",
+    "DEFAULT_TRAIN_SIZE",
+    "index_file",
+    "tune_faiss",
+    "gpu_available",
+    "to_gpu",
+    "to_cpu",
+    "parse_index_types",
+    "new_index",
+    "build_index",
+    "save_index",
+    "load_index",
+    "set_search_params",
+    "default_search_params",
+    "search",
+]
+
 log = logging.getLogger(__name__)
 
 BLAS_THRESHOLD = 20

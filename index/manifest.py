@@ -17,6 +17,20 @@ from typing import Any, Dict, Optional
 from elasticdenser.atomic import write_json
 from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 
+__all__ = [
+    "MANIFEST",
+    "FORMAT",
+    "ManifestMismatchError",
+    "model_section",
+    "new_manifest",
+    "normalizes",
+    "load",
+    "save",
+    "update",
+    "document_fingerprint",
+    "check_model",
+]
+
 MANIFEST = "manifest.json"
 FORMAT = 1
 

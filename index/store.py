@@ -15,6 +15,8 @@ import numpy as np
 from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.operating_point import truncate
 
+__all__ = ["DTYPES", "check_dtype", "EmbeddingStore"]
+
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 

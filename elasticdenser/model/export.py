@@ -33,6 +33,8 @@ import torch
 from elasticdenser.atomic import write_text
 from elasticdenser.errors import InvalidInputError
 
+__all__ = ["EXPORT_CONFIG_NAME", "FORMATS", "export_point", "ExportedEncoder", "load_exported"]
+
 EXPORT_CONFIG_NAME = "export_config.json"
 FORMATS = ("pt2", "onnx")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")

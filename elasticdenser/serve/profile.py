@@ -41,6 +41,17 @@ from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.index import manifest as mf
 from elasticdenser.operating_point import OperatingPoint
 
+__all__ = [
+    "DEFAULT_BATCH_SIZES",
+    "PROFILE_VERSION",
+    "PointProfile",
+    "Profile",
+    "mark_pareto",
+    "save_profile",
+    "load_profile",
+    "check_profile_model",
+]
+
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 PROFILE_VERSION = 1
 

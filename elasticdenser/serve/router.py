@@ -8,11 +8,9 @@ Model (all service times come from the measured :class:`~elasticdenser.serve.pro
 
 * ``S_p(b)``: service time of one batch of ``b`` queries at point ``p`` (median for throughput,
   p90 for latency), linearly interpolated from the measured table.
-* Arrival rate: an exponentially decayed counter (EWMA with time constant ``rate_tau_s``, 1 s;
-  a second one with ``slow_rate_tau_s``, 5 s, for stepping up): every
-  arrival adds 1 to ``s``, which decays as ``exp(-dt / tau)``; ``qps = s / tau``. For a steady
-  Poisson load of rate ``r`` the mean is ``r`` and the relative noise ``1 / sqrt(2 r tau)``.
-  Rejected requests count (they are offered load).
+* Arrival rate: an exponentially decayed counter (time constant ``rate_tau_s``; ``slow_rate_tau_s``
+  for stepping up): each arrival adds 1 to ``s``, which decays as ``exp(-dt / tau)``; ``qps = s / tau``
+  (mean ``r``, relative noise ``1 / sqrt(2 r tau)`` for Poisson). Rejected requests count too.
 * Steady state at rate ``r``: with dynamic batching the worker serves back to back, and the next
   batch is whatever arrived during the current one: ``b* = r * S_p(b*)`` (fixed point, capped at
   ``max_batch``; no fixed point below ``max_batch`` means overload). A request waits for the
@@ -35,13 +33,12 @@ Pareto point whose SLO capacity covers the load with the margin (``qps <= margin
 none does, the cheapest. Stepping *down* happens at once. Stepping *up* to a better point needs
 ``slow_qps <= step_up_margin * cap_p`` continuously for ``step_up_after_s`` seconds, where
 ``slow_qps`` is a slower, less noisy estimate (``slow_rate_tau_s``) -- hysteresis; a steady load
-near a boundary does not flap. A burst -- a queue the routed point cannot drain
-within the SLO -- sends that one batch to the best cheaper point that can, without changing the
-routed point.
+near a boundary does not flap. A burst (a queue the routed point cannot drain within the SLO) sends
+that one batch to the best cheaper point that can, without changing the routed point.
 
-Admission: a bounded queue of ``max_queue`` requests; beyond it :meth:`Router.admit` says no and
-the caller answers 'overloaded' immediately. Default ``max_queue``: the most requests the cheapest
-point can drain within the SLO.
+Admission: a bounded queue of ``max_queue`` requests (default: what the cheapest point drains within
+the SLO); beyond it :meth:`Router.admit` says no and the caller answers 'overloaded' at once; with
+``shed_late``, :meth:`Router.late` also picks out queued requests that can no longer meet the SLO.
 """
 from __future__ import annotations
 
@@ -53,6 +50,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import OperatingPoint
 from elasticdenser.serve.profile import PointProfile, Profile
+
+__all__ = ["Overloaded", "RouterConfig", "Decision", "RateEstimator", "Router"]
 
 
 class Overloaded(RuntimeError):
@@ -79,9 +78,8 @@ class RouterConfig:
     calibration_bounds: Tuple[float, float] = (0.5, 4.0)  #: the scale stays within these
     latency_stat: str = "p90"  #: profile statistic used for latency predictions
     throughput_stat: str = "median"  #: profile statistic used for capacity / steady batch size
-    #: shed a queued request, with the same 503 + Retry-After as an admission refusal, once it can no
-    #: longer be served within the SLO (its wait plus its batch's predicted service time): a late
-    #: answer is worth less than a prompt retry. ``serve`` turns it on; off, everything accepted is served.
+    #: answer queued requests that can no longer meet the SLO like a refusal (503 + Retry-After) instead
+    #: of serving them late; ``serve`` turns it on, off everything accepted is served
     shed_late: bool = False
 
     def __post_init__(self) -> None:
@@ -310,10 +308,8 @@ class Router:
         return True
 
     def route(self, n: int = 1, now: Optional[float] = None) -> OperatingPoint:
-        """Synchronous callers (``Searcher.search`` with no point): record ``n`` arrivals, choose.
-
-        There is no queue in a synchronous call, so nothing is rejected; ``n`` is the batch.
-        """
+        """Synchronous callers (``Searcher.search`` with no point): record ``n`` arrivals (the batch;
+        there is no queue, so nothing is rejected) and choose."""
         now = self._now(now)
         self.rate.observe(now, n)
         self.slow_rate.observe(now, n)

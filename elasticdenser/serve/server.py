@@ -32,6 +32,8 @@ from elasticdenser.errors import InvalidInputError
 from elasticdenser.serve.router import Overloaded, RouterConfig
 from elasticdenser.serve.service import RoutedSearcher
 
+__all__ = ["MAX_K", "MAX_QUERY_CHARS", "API_KEY_HEADER", "ServerLimits", "create_app", "serve", "uvicorn_options"]
+
 MAX_K = 1000
 MAX_QUERY_CHARS = 10_000
 API_KEY_HEADER = "x-api-key"

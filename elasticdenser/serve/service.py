@@ -23,6 +23,8 @@ from elasticdenser.serve.measure import encoder_backend
 from elasticdenser.serve.profile import Profile, load_profile
 from elasticdenser.serve.router import Overloaded, Router, RouterConfig
 
+__all__ = ["LATENCY_BUCKETS", "RoutedResult", "Metrics", "RoutedSearcher"]
+
 #: Prometheus latency histogram buckets (seconds).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -36,6 +36,10 @@ from elasticdenser.operating_point import OperatingPoint
 from elasticdenser.serve.profile import Profile
 from elasticdenser.serve.router import Router, RouterConfig
 
+__all__ = ["Z90", "SERIES_FIELDS", "full_point", "smallest_point", "resolve_policy", "STATIC_MAX_QUEUE",
+           "make_router", "PolicyResult", "summarize", "phase_summary", "simulate", "simulate_policies",
+           "write_csv", "format_summary", "plot", "ramp_summary"]
+
 Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 
 SERIES_FIELDS = [

@@ -22,6 +22,8 @@ import numpy as np
 
 from elasticdenser.errors import InvalidInputError, MissingFileError
 
+__all__ = ["Trace", "nhpp", "constant_rate", "ramp_rate", "spike_rate", "day_rate", "from_file", "parse_trace"]
+
 RateFn = Callable[[np.ndarray], np.ndarray]
 
 

@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from elasticdenser.atomic import write_text
 from elasticdenser.errors import InvalidInputError, MissingFileError
 
+__all__ = ["CONFIG_FILENAME", "TrainConfig"]
+
 CONFIG_FILENAME = "train_config.yaml"
 
 _CHOICES = {
