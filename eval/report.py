@@ -35,19 +35,17 @@ def markdown_table(rows: List[dict], columns: Optional[Sequence[str]] = None) ->
     return "\n".join([head, sep, *body]) + "\n"
 
 
-def save_report(out_dir: "str | Path", rows: List[dict], meta: Dict, comparison=None, name: str = "metrics",
-                overwrite: bool = False) -> Dict[str, Path]:
+def save_report(out_dir: "str | Path", rows: List[dict], meta: Dict, comparison=None, name: str = "metrics") -> Dict[str, Path]:
     """Write ``{name}.json`` and ``{name}.md`` in ``out_dir``; returns their paths.
 
-    Earlier results are never replaced unless ``overwrite``: when ``{name}.json`` or ``.md`` exists,
-    the report goes to the first free ``{name}-2``, ``{name}-3``, ... (the returned paths say where).
+    Earlier results are never replaced: when ``{name}.json`` or ``.md`` exists, the report goes to
+    the first free ``{name}-2``, ``{name}-3``, ... (the returned paths say where).
     """
     out_dir = Path(out_dir)
-    if not overwrite:
-        base, n = name, 1
-        while (out_dir / f"{name}.json").exists() or (out_dir / f"{name}.md").exists():
-            n += 1
-            name = f"{base}-{n}"
+    base, n = name, 1
+    while (out_dir / f"{name}.json").exists() or (out_dir / f"{name}.md").exists():
+        n += 1
+        name = f"{base}-{n}"
     md = markdown_table(rows)
     title = meta.get("collection", "")
     text = f"# Metrics{' on ' + title if title else ''}\n\n{md}"

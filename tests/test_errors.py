@@ -32,7 +32,7 @@ def test_invalid_yaml_and_toml_name_the_file(tmp_path, capsys):
     assert "invalid TOML" in capsys.readouterr().err
 
 
-def test_bad_trace_parameters(tmp_path, capsys):
+def test_bad_trace_parameters():
     from elasticdenser.serve.traces import parse_trace
 
     with pytest.raises(InvalidInputError, match="rate='fast' is not a number"):

@@ -8,6 +8,7 @@ after a joint stage.
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace as NS
 
 import numpy as np
@@ -29,6 +30,19 @@ from elasticdenser.training.losses import FixedDocuments
 @pytest.fixture(scope="module")
 def corpus(small_nq):
     return small_nq(n_docs=80, n_queries=10)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_encoder, corpus):
+    out = tmp_path_factory.mktemp("exp")
+    build.build_experiment(tiny_encoder, corpus.corpus, out, collection=corpus.name, chunk_size=64, progress=False)
+    return out
+
+
+@pytest.fixture()
+def exp(built, tmp_path):
+    """A private copy of the tiny experiment (tests change its manifest)."""
+    return shutil.copytree(built, tmp_path / "exp")
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +115,12 @@ def test_profile_matches_answers_by_the_evaluation_rule(tiny_encoder):
         assert p.quality["accuracy@1"] == expected == 0.5
 
 
-def test_one_parameter_count(tiny_encoder, corpus, tmp_path):
+def test_one_parameter_count(tiny_encoder, corpus, exp):
     from elasticdenser.eval.evaluate import evaluate_points
 
     hits = {q.text: [NS(doc_id="x", title="", text="")] for q in corpus.queries}
     prof = measure_profile(_Searcher(tiny_encoder, hits), corpus.queries, corpus.qrels, k=1, batch_sizes=[1],
                            repeats=1)
-    exp = tmp_path / "exp"
-    build.build_experiment(tiny_encoder, corpus.corpus, exp, collection=corpus.name, chunk_size=64, progress=False)
     searcher = Searcher.open(exp, encoder=tiny_encoder, backend="eager")
     rows, _ = evaluate_points(searcher, corpus, searcher.points[:2], k=10)
     embeddings = sum(p.numel() for p in tiny_encoder.model.embeddings.parameters())
@@ -122,7 +134,7 @@ def test_one_parameter_count(tiny_encoder, corpus, tmp_path):
     assert tiny_encoder.point_params(full) == sum(p.numel() for p in tiny_encoder.model.parameters())
 
 
-def test_schema_versions_are_checked_on_load(tiny_encoder, tiny_bert_dir, tmp_path, corpus):
+def test_schema_versions_are_checked_on_load(tiny_encoder, tmp_path, exp):
     saved = tiny_encoder.save_pretrained(tmp_path / "model")
     cfg = json.loads((saved / "elastic_config.json").read_text())
     cfg["elastic_config_version"] = 99
@@ -132,8 +144,6 @@ def test_schema_versions_are_checked_on_load(tiny_encoder, tiny_bert_dir, tmp_pa
     with pytest.raises(UnsupportedModelError, match="elastic_config_version"):
         tiny_encoder.load_elastic_state(cfg, "a checkpoint")  # the training-restore path reads it the same way
 
-    exp = tmp_path / "exp"
-    build.build_experiment(tiny_encoder, corpus.corpus, exp, collection=corpus.name, chunk_size=64, progress=False)
     prof = Profile({"L4-H4-F128-D64": PointProfile("L4-H4-F128-D64", {1: {"median": 1.0, "p90": 1.0}},
                                                      {"recall@10": 0.5})}, metric="recall@10")
     save_profile(exp, prof)
@@ -168,11 +178,9 @@ def test_an_interrupted_document_cache_write_leaves_nothing(tiny_encoder, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_point_none_means_routed_in_every_search_call(tiny_encoder, corpus, tmp_path):
+def test_point_none_means_routed_in_every_search_call(tiny_encoder, corpus, exp):
     """On a profiled experiment ``point=None`` is the router's choice in search, search_texts and
     batch_search alike (batch_search used to serve the full point)."""
-    exp = tmp_path / "exp"
-    build.build_experiment(tiny_encoder, corpus.corpus, exp, collection=corpus.name, chunk_size=64, progress=False)
     points = tiny_encoder.default_points()
     # the full point is far over any SLO, so the router must pick a smaller one even at low load
     table = {p.name: PointProfile(p.name, {b: {"median": 5000.0 if p == points[0] else 1.0 + i,
@@ -187,9 +195,7 @@ def test_point_none_means_routed_in_every_search_call(tiny_encoder, corpus, tmp_
     assert searcher.batch_search(corpus.queries[:4], k=3, point="full").name == points[0].name
 
 
-def test_query_path_is_an_argument(tiny_encoder, corpus, tmp_path, monkeypatch):
-    exp = tmp_path / "exp"
-    build.build_experiment(tiny_encoder, corpus.corpus, exp, collection=corpus.name, chunk_size=64, progress=False)
+def test_query_path_is_an_argument(tiny_encoder, corpus, tmp_path, exp, monkeypatch):
     seen = []
     real = ElasticEncoder.encode
     monkeypatch.setattr(ElasticEncoder, "encode", lambda self, *a, **k: seen.append(k.get("backend")) or real(self, *a, **k))

@@ -104,7 +104,6 @@ def create_app(target: Any, profile: Any = None, config: Optional[RouterConfig] 
     else:
         app = FastAPI(title="ElasticDenser", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    app.state.limits = limits
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -170,11 +169,15 @@ class _Guard:
         if key and scope.get("path") != "/health" and not hmac.compare_digest(headers.get(API_KEY_HEADER, ""), key):
             return await _reply(send, 401, {"error": "unauthorized", "detail": "missing or wrong X-API-Key header"})
         limit = self.limits.max_body_bytes
+
+        async def too_large():
+            self.service.metrics.bad_requests += 1
+            await _reply(send, 413, {"error": "request body too large", "detail": f"at most {limit} bytes"})
+
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            self.service.metrics.bad_requests += 1
-            return await _reply(send, 413, {"error": "request body too large", "detail": f"at most {limit} bytes"})
-        body, more = [], True
+            return await too_large()
+        body, size, more = [], 0, True
         try:
             async with asyncio.timeout(self.limits.request_timeout_s):
                 while more:  # read (at most limit bytes of) the body before the app sees it
@@ -182,11 +185,10 @@ class _Guard:
                     if message["type"] != "http.request":
                         return
                     body.append(message.get("body", b""))
+                    size += len(body[-1])
                     more = message.get("more_body", False)
-                    if sum(map(len, body)) > limit:
-                        self.service.metrics.bad_requests += 1
-                        return await _reply(send, 413, {"error": "request body too large",
-                                                        "detail": f"at most {limit} bytes"})
+                    if size > limit:
+                        return await too_large()
         except TimeoutError:
             return await _reply(send, 408, {"error": "request timeout",
                                             "detail": f"body not received within {self.limits.request_timeout_s:g} s"})

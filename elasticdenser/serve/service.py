@@ -219,7 +219,7 @@ class RoutedSearcher:
                     f"overloaded: {len(self._queue)} requests already queued (limit {self.router.max_queue}); retry later",
                     self.router.retry_after_s(),
                 )
-            req = _Request(query, int(k), name, now)
+            req = _Request(query, k, name, now)
             self._queue.append(req)
             self._cond.notify()
         return req.future
