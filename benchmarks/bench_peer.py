@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(output_dir=str(out), data_dir=args.data_dir, collection="nq-sample", query_pool="query-pool",
+    cfg = TrainConfig(output_dir=str(out), data_dir=args.data_dir, collection="nq-sample", sources=["pool"],
                       exclude=[e for e in args.exclude.split(",") if e], drop_overlap=True, eval_every=0,
                       seed=args.seed).validate()
     data = load_training_data(cfg)  # the same guarded pool ElasticDenser trains on

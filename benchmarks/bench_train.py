@@ -43,7 +43,7 @@ def bench_config(out: str, steps: int, **overrides):
         model=None,  # all-MiniLM-L6-v2
         output_dir=out,
         collection="nq-sample",
-        query_pool="query-pool",
+        sources=["pool"],
         exclude=["nq-sample"],
         mode="frozen",
         sampling="sandwich",

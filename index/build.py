@@ -19,7 +19,7 @@ from elasticdenser.index import faiss_index as fi
 from elasticdenser.index import manifest as mf
 from elasticdenser.index.store import EmbeddingStore
 
-__all__ = ["MODEL_DIR", "save_model", "encode_stage", "merge_stage", "index_stage", "build_experiment"]
+__all__ = ["MODEL_DIR", "save_model", "record_models", "encode_stage", "merge_stage", "index_stage", "build_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,14 @@ def save_model(encoder, exp_dir: "str | os.PathLike") -> Path:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def record_models(exp_dir: "str | os.PathLike", query_encoder, document_encoder) -> None:
+    """Save the query model as ``EXP/model`` and, when the documents were encoded by another model
+    (a trained model's document tower), name both in the manifest."""
+    save_model(query_encoder, exp_dir)
+    if document_encoder is not query_encoder:
+        mf.update(exp_dir, model=mf.model_section(query_encoder), document_model=mf.model_section(document_encoder))
 
 
 def encode_stage(encoder, corpus, exp_dir, *, collection: str, shard: int = 0, num_shards: int = 1,

@@ -220,7 +220,7 @@ def test_joint_stage_records_the_trained_document_tower(tiny_bert_dir, corpus, t
                           train_queries=list(train),
                           train_positives={q.query_id: list(corpus.qrels[q.query_id]) for q in train})
     cfg = tmp_path / "joint.yaml"
-    cfg.write_text("mode: joint\njoint_steps: 2\njoint_batch_size: 4\nsteps: 2\nbatch_size: 4\nquery_pool: null\n"
+    cfg.write_text("mode: joint\njoint_steps: 2\njoint_batch_size: 4\nsteps: 2\nbatch_size: 4\nsources: []\n"
                    "exclude: []\nreorder: false\nreorder_layers: false\neval_every: 0\ncheckpoint_every: 0\n"
                    "doc_max_length: 32\nquery_max_length: 16\n")
     start = ElasticEncoder.from_pretrained(str(tiny_bert_dir))

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import List
 
-from elasticdenser.commands._common import add_data_dir, add_device, add_out, add_progress, load_encoder
+from elasticdenser.commands._common import add_data_dir, add_device, add_out, add_progress
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import WIDTH_MULTIPLE
 
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_out(p, "experiment directory", required=True)
     add_data_dir(p)
     p.add_argument("--model", default=None,
-                   help="document encoder directory (default: all-MiniLM-L6-v2); in an existing experiment, its document tower")
+                   help="model directory (default: all-MiniLM-L6-v2). A trained model (`elasticdenser train`) "
+                   "encodes the documents with the document tower it records and becomes the experiment's query model")
     p.add_argument("--widths", default=None, help="comma-separated widths to index (default: the widths of the default points)")
     p.add_argument("--index-type", action="append", default=None, metavar="[WIDTH=]FACTORY",
                    help="FAISS factory string, for all widths or one (repeatable): Flat (default), HNSW32, 'IVF4096,PQ96'")
@@ -60,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("chunk_size", "batch_size", "train_size"):
         if getattr(args, flag) < 1:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    encoder = load_encoder(args.model, args.device)
+    from elasticdenser.commands._common import pick_device
+    from elasticdenser.model.towers import load_towers
+
+    query_encoder, encoder = load_towers(args.model, pick_device(args.device))  # encoder: the document tower
     widths = _widths(args.widths, encoder.space.hidden_size) if args.widths else None
     if not args.merge:
         from elasticdenser.data import load_collection
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         stats = build.encode_stage(encoder, coll.corpus, args.out, collection=coll.name, shard=args.shard,
                                    num_shards=args.num_shards, chunk_size=args.chunk_size, batch_size=args.batch_size,
                                    dtype=args.dtype, bf16=args.bf16, progress=not args.no_progress,
-                                   backend="auto", force=args.force)
+                                   backend="auto", force=args.force, save_model_dir=False)
         print(f"shard {args.shard}/{args.num_shards}: encoded {stats['encoded_chunks']} chunk(s), "
               f"{stats['skipped_chunks']} already done, {stats['passages']} passages in {stats['seconds']:.1f}s")
         if args.num_shards > 1:
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         name = args.collection
     build.merge_stage(encoder, args.out, collection=name, remove_chunks=args.remove_chunks, force=args.force)
-    widths = widths or encoder.space.widths(encoder.default_points())
+    build.record_models(args.out, query_encoder, encoder)
+    widths = widths or query_encoder.space.widths(query_encoder.default_points())
     m = build.index_stage(args.out, widths, fi.parse_index_types(args.index_type, widths), force=args.force,
                           train_size=args.train_size)
     for w in widths:

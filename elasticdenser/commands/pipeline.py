@@ -73,11 +73,7 @@ def build_index(ctx: Context) -> None:
                        progress=not ctx.args.no_progress, save_model_dir=False,
                        precomputed=np.load(cached, mmap_mode="r") if cached else None, backend="auto")
     build.merge_stage(doc_enc, ctx.out, collection=ctx.collection.name)
-    build.save_model(enc, ctx.out)
-    if doc_enc is not enc:
-        from elasticdenser.index import manifest as mf
-
-        mf.update(ctx.out, model=mf.model_section(enc), document_model=mf.model_section(doc_enc))
+    build.record_models(ctx.out, enc, doc_enc)
     m = build.index_stage(ctx.out, widths, fi.parse_index_types(ctx.args.index_type, widths))
     ctx.log("[index] " + ", ".join(f"{m['indexes'][str(w)]['file']} ({m['indexes'][str(w)]['factory']})" for w in widths))
 

@@ -22,6 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="starting encoder directory (default: all-MiniLM-L6-v2)")
     add_data_dir(p)
     p.add_argument("--collection", help="corpus whose document embeddings stay fixed (default nq-sample)")
+    p.add_argument("--source", action="append", default=None, metavar="KIND[:PATH][@WEIGHT]",
+                   help="a training-question source (repeatable): pool, pseudo, file:PATH, hf:PATH; @WEIGHT = its "
+                   "share of the stream (default: pseudo-queries of the corpus, 1:1 with the built-in pool if present)")
+    p.add_argument("--queries", action="append", default=None, metavar="FILE[@WEIGHT]",
+                   help="an unlabeled query log (repeatable): TREC topics, jsonl, tsv, one query per line, or a "
+                   "datasets file/folder; added to the --source list (alone, it is the only source)")
+    p.add_argument("--experiment", help="an indexed experiment whose document embeddings training reads "
+                   "instead of encoding the corpus again (same document tower)")
     p.add_argument("--mode", choices=["frozen", "joint"], help="document tower: frozen (default) or joint first")
     p.add_argument("--sampling", choices=["sandwich", "fixed"], help="operating points per step")
     p.add_argument("--points", help="comma-separated operating points (default: the encoder's default points)")
@@ -50,6 +58,7 @@ _FLAGS = {
     "lr": "lr",
     "seed": "seed",
     "bf16": "bf16",
+    "experiment": "experiment",
 }
 
 
@@ -60,6 +69,9 @@ def resolve_config(args: argparse.Namespace):
     changes = {key: getattr(args, attr) for attr, key in _FLAGS.items() if getattr(args, attr, None) is not None}
     if changes.get("points") is not None:
         changes["points"] = [x.strip() for x in changes["points"].split(",") if x.strip()]
+    if args.source is not None or args.queries:
+        sources = list(args.source) if args.source is not None else list(cfg.sources or [])
+        changes["sources"] = sources + [f"file:{q}" for q in args.queries or []]
     if args.no_progress:
         changes["progress"] = False
     cfg = cfg.replace(**changes) if changes else cfg

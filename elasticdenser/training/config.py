@@ -23,6 +23,8 @@ _CHOICES = {
     "align_kind": ("cosine", "mse"),
     "schedule": ("linear", "cosine", "constant"),
     "distill_target_width": ("full", "same"),
+    "pseudo_kind": ("span", "sentence", "title"),
+    "candidate_search": ("exact", "faiss"),
 }
 
 
@@ -37,8 +39,18 @@ class TrainConfig:
     data_dir: Optional[str] = None
     #: corpus whose documents are encoded once by the full model (document tower) and kept fixed
     collection: str = "nq-sample"
-    #: unlabeled question pool (distillation needs no labels); None = no pool
-    query_pool: Optional[str] = "query-pool"
+    #: training-question sources, each ``KIND[:PATH][@WEIGHT]`` (:mod:`elasticdenser.training.sources`):
+    #: pool, pseudo, file:PATH, hf:PATH. None = pseudo-queries of the corpus, mixed 1:1 with the
+    #: built-in pool when its files are in the data directory
+    sources: Optional[List[str]] = None
+    #: pseudo-queries cut from the corpus (source ``pseudo``): how many, recipe, length in words
+    pseudo_queries: int = 20000
+    pseudo_kind: str = "span"
+    pseudo_min_words: int = 4
+    pseudo_max_words: int = 16
+    #: an experiment directory whose stored document embeddings training reads (memory-mapped)
+    #: instead of encoding the corpus again; its document tower must be this run's
+    experiment: Optional[str] = None
     #: evaluation collections whose questions must never be trained on (the leakage guard)
     exclude: List[str] = field(default_factory=lambda: ["nq-sample"])
     #: drop (and report) pool questions that are evaluation questions instead of raising LeakageError
@@ -80,6 +92,12 @@ class TrainConfig:
     distill_temperature: float = 0.05
     #: 0 = score against the whole fixed corpus; k > 0 = against the union of the teacher's top-k per query
     distill_candidates: int = 0
+    #: how the teacher's top-k are found: "exact" scores every document (the whole store in memory);
+    #: "faiss" asks a FAISS index of the stored embeddings and reads only the candidates' rows from
+    #: the memory-mapped store (memory-bounded: corpora that do not fit in memory)
+    candidate_search: str = "exact"
+    #: "faiss": documents drawn at random per micro-batch and added to every query's candidates
+    sampled_negatives: int = 256
     #: teacher scores at full width ("full") or at the student's width ("same")
     distill_target_width: str = "full"
     align_weight: float = 1.0
@@ -157,6 +175,18 @@ class TrainConfig:
             raise InvalidInputError("train config: static needs the point(s) to train in `points`")
         if self.num_random < 0:
             raise InvalidInputError("train config: num_random must be >= 0")
+        if self.candidate_search == "faiss" and self.distill_candidates < 1:
+            raise InvalidInputError("train config: candidate_search 'faiss' needs distill_candidates >= 1")
+        if not 1 <= int(self.pseudo_min_words) <= int(self.pseudo_max_words):
+            raise InvalidInputError("train config: need 1 <= pseudo_min_words <= pseudo_max_words")
+        if int(self.pseudo_queries) < 0 or int(self.sampled_negatives) < 0:
+            raise InvalidInputError("train config: pseudo_queries and sampled_negatives must be >= 0")
+        if isinstance(self.sources, str):
+            self.sources = [p for p in self.sources.split(",") if p.strip()]
+        if self.sources is not None:
+            from elasticdenser.training.sources import parse_sources
+
+            parse_sources(self.sources)
         if isinstance(self.exclude, str):
             self.exclude = [e for e in self.exclude.split(",") if e]
         if isinstance(self.points, str):
@@ -175,6 +205,9 @@ class TrainConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
+        if "query_pool" in unknown:
+            raise InvalidInputError("train config: query_pool was replaced by sources (0.3.0): "
+                                    "query_pool: query-pool -> sources: [pool]; query_pool: null -> sources: []")
         if unknown:
             raise InvalidInputError(f"train config: unknown key(s) {', '.join(unknown)}")
         return cls(**{k: _coerce(known[k], v) for k, v in data.items()}).validate()

