@@ -19,10 +19,21 @@ def load_trec_topics(path: PathLike, *, id_prefix: str = "") -> List[Query]:
         head = handle.read(4096)
     if "<top>" not in head.lower():
         return load_tsv_queries(path, id_prefix=id_prefix)
+    from typing import NamedTuple
+
     from ir_datasets.formats import TrecQueries
 
+    # ir_datasets' TrecQuery wants title, desc and narr in every topic: read the fields this file has
+    tags = {"title": "title", "desc": "description", "narr": "narrative"}
+    present = [field for tag, field in tags.items() if f"<{tag}>" in head.lower()]
+    qtype = NamedTuple("TopicFields", [("query_id", str)] + [(f, str) for f in present])
+    qtype_map = {"<num>": "query_id", **{f"<{t}>": f for t, f in tags.items() if f in present}}
     queries = []
-    for q in TrecQueries(LocalFile(path)).queries_iter():
+    try:
+        parsed = list(TrecQueries(LocalFile(path), qtype=qtype, qtype_map=qtype_map).queries_iter())
+    except AssertionError as exc:  # a topic missing one of the fields the others have
+        raise InvalidInputError(f"{path}: a topic lacks a field the others have ({exc})") from None
+    for q in parsed:
         text = (getattr(q, "title", "") or getattr(q, "description", "") or "").strip()
         if not text:
             raise InvalidInputError(f"{path}: topic {q.query_id!r} has neither <title> nor <desc> text")

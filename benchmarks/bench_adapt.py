@@ -1,0 +1,193 @@
+"""Label-free corpus adaptation (issue 14): does a small operating point keep its quality on a
+corpus it was never distilled on, once trained against that corpus with label-free questions?
+
+Everything runs through the CLI a user runs (subprocesses of ``elasticdenser``): ``index`` the
+corpus once with the untrained model, ``train --experiment`` against its stored embeddings (no
+labels: ``use_collection_train=false``; the collection's evaluation questions are excluded from
+every source), ``index --model TRAINED`` (the document tower re-uses the encoded chunks), and
+``evaluate``. Rows per collection:
+
+- ``untrained``: plain truncation of all-MiniLM-L6-v2 (the 100 % reference is its full point);
+- ``nq-trained``: the model trained on nq-sample with the pool (today's main-job recipe);
+- ``pool``: the NQ/TriviaQA pool alone against this corpus's documents (the old CLI default);
+- ``adapted``: the sources under test (default: the CLI default, pseudo-queries 1:1 with the pool);
+- ``static``: a static model of the smallest shape, adapted the same way (``--static-on``);
+- ``bm25``: bm25s, the lexical anchor.
+
+Resumable: a step whose output exists is skipped, so collections can be run one at a time::
+
+    python benchmarks/bench_adapt.py --collections scifact,cacm --out runs/adapt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+COLLECTIONS = ["nq-sample", "squad-sample", "scifact", "trec-dl", "cacm", "cranfield"]
+ROWS = ["untrained", "nq-trained", "pool", "adapted", "static", "bm25"]
+#: the main job's training stage (elasticdenser.training.stage.PIPELINE_TRAIN_DEFAULTS), label-free
+TRAIN_SET = ["batch_size=16", "sampling=sandwich", "num_random=1", "lr=3e-4", "warmup_steps=10",
+             "reorder_samples=64", "reorder_documents=256", "val_size=64", "eval_every=0", "checkpoint_every=100",
+             "log_every=20", "use_collection_train=false", "drop_overlap=true"]
+SMALLEST = "L3-H6-F768-D192"
+
+
+def cli(*args: str, log: Path) -> float:
+    """Run ``elasticdenser ARGS`` (output appended to ``log``); returns wall seconds; raises on failure."""
+    t0 = time.time()
+    with open(log, "a") as fh:
+        fh.write(f"\n$ elasticdenser {' '.join(args)}\n")
+        fh.flush()
+        done = subprocess.run([sys.executable, "-m", "elasticdenser", *args], stdout=fh, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"elasticdenser {' '.join(args)} failed (exit {done.returncode}); see {log}")
+    return time.time() - t0
+
+
+def metrics_of(exp_or_report: Path) -> Dict[str, dict]:
+    rows = json.loads((exp_or_report / "metrics.json").read_text())["rows"]
+    return {r["point"]: {k: r[k] for k in ("ndcg@10", "mrr@10", "recall@100") if k in r} for r in rows}
+
+
+def index_with(model: Path, base: Path, exp: Path, collection: str, common: List[str], log: Path) -> None:
+    """``index --model MODEL`` into ``exp``, re-using ``base``'s encoded chunks (same document tower)."""
+    if (exp / "manifest.json").is_file():
+        return
+    if (base / "chunks").is_dir() and not (exp / "chunks").exists():
+        exp.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(base / "chunks", exp / "chunks")
+    cli("index", collection, "--out", str(exp), "--model", str(model), *common, log=log)
+
+
+def evaluate(exp: Path, collection: str, out: Path, common: List[str], log: Path, points: str = "default") -> Dict[str, dict]:
+    if not (out / "metrics.json").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        cli("evaluate", str(exp), collection, "--points", points, "--out", str(out), *common[:2], log=log)
+    return metrics_of(out)
+
+
+def bm25(collection: str, data_dir: str) -> dict:
+    import bm25s
+
+    from elasticdenser.data import load_collection
+    from elasticdenser.eval.metrics import evaluate as rx_evaluate
+    from elasticdenser.eval.metrics import make_qrels, make_run
+
+    coll = load_collection(collection, data_dir)
+    docs = list(coll.corpus)
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([d.contents for d in docs], show_progress=False), show_progress=False)
+    rows, scores = retriever.retrieve(bm25s.tokenize([q.text for q in coll.queries], show_progress=False),
+                                      k=min(100, len(docs)), show_progress=False)
+    run = {q.query_id: {docs[int(r)].doc_id: float(s) for r, s in zip(rr, ss)} for q, rr, ss in zip(coll.queries, rows, scores)}
+    qrels = {q: d for q, d in coll.qrels.items() if q in run}
+    out = rx_evaluate(make_qrels(qrels), make_run(run), ["ndcg@10", "mrr@10", "recall@100"])
+    return {"bm25": {k: round(float(v), 4) for k, v in out.items()}}
+
+
+def run_collection(name: str, args, work: Path, results: dict) -> None:
+    log = work / "log.txt"
+    common = ["--data-dir", args.data_dir, "--no-progress"]
+    res = results.setdefault(name, {"rows": {}, "seconds": {}})
+    base = work / "base"
+    if not (base / "manifest.json").is_file():
+        res["seconds"]["index"] = round(cli("index", name, "--out", str(base), *common, log=log), 1)
+    res["rows"]["untrained"] = evaluate(base, name, work / "eval-untrained", common, log)
+    cfg = TRAIN_SET + [f"steps={args.steps}", f"exclude=[{name}]", f"seed={args.seed}"]
+    if args.nq_model:
+        exp = work / "exp-nq-trained"
+        index_with(Path(args.nq_model), base, exp, name, common, log)
+        res["rows"]["nq-trained"] = evaluate(exp, name, work / "eval-nq-trained", common, log)
+    variants = [("pool", ["--source", "pool"], []), ("adapted", [a for s in args.adapted for a in ("--source", s)], [])]
+    if name in args.static_on:
+        variants.append(("static", [a for s in args.adapted for a in ("--source", s)], ["static=true", f"points=[{SMALLEST}]"]))
+    for row, sources, extra in variants:
+        run_dir = work / f"train-{row}"
+        model = run_dir / "model"
+        if not (model / "config.json").is_file():
+            t = cli("train", "--collection", name, "--experiment", str(base), "--out", str(run_dir), *sources,
+                    *common, "--set", *(cfg + extra), log=log)
+            res["seconds"][f"train-{row}"] = round(t, 1)
+            res.setdefault("sources", {})[row] = json.loads((model / "training_summary.json").read_text())["sources"]
+        exp = work / f"exp-{row}"
+        index_with(model, base, exp, name, common, log)
+        res["rows"][row] = evaluate(exp, name, work / f"eval-{row}", common, log,
+                                    points=SMALLEST if row == "static" else "default")
+    if "bm25" not in res["rows"]:
+        res["rows"].update(bm25(name, args.data_dir))
+
+
+def table(results: dict) -> str:
+    """Markdown: per collection and row, nDCG@10 / MRR@10 per point, with % of the untrained full point."""
+    lines = []
+    for name, res in results.items():
+        rows = res["rows"]
+        full = rows.get("untrained", {}).get("L6-H12-F1536-D384")
+        if not full:
+            continue
+        points = list(rows["untrained"])
+        lines += [f"\n#### {name}\n", "| row | " + " | ".join(points) + " |", "|---|" + "---:|" * len(points)]
+        for row in ROWS:
+            if row not in rows:
+                continue
+            cells = []
+            for p in points:
+                m = rows[row].get(p) or (rows[row].get("bm25") if row == "bm25" else None)
+                if m is None:
+                    cells.append("")
+                    continue
+                cells.append(f"{m['ndcg@10']:.3f} ({100 * m['ndcg@10'] / full['ndcg@10']:.0f} %) / "
+                             f"{m['mrr@10']:.3f} ({100 * m['mrr@10'] / full['mrr@10']:.0f} %)")
+                if row == "bm25":
+                    break
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--collections", default=",".join(COLLECTIONS))
+    ap.add_argument("--data-dir", default=os.environ.get("ELASTICDENSER_DATA"))
+    ap.add_argument("--out", default="runs/adapt", help="work folder (ignored by git): experiments, runs, logs")
+    ap.add_argument("--results", default="benchmarks/results/adapt.json")
+    ap.add_argument("--steps", type=int, default=200, help="training steps, the same for every run")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--adapted", action="append", default=None, metavar="SOURCE",
+                    help="the adapted row's sources (repeatable; default pool@1 pseudo@1, the CLI default)")
+    ap.add_argument("--nq-model", default=None,
+                    help="model for the nq-trained row (default: nq-sample's pool row, trained first)")
+    ap.add_argument("--static-on", default="scifact,trec-dl")
+    args = ap.parse_args(argv)
+    if not args.data_dir:
+        ap.error("--data-dir or $ELASTICDENSER_DATA is needed")
+    args.adapted = args.adapted or ["pool@1", "pseudo@1"]
+    args.static_on = [c for c in args.static_on.split(",") if c]
+    out = Path(args.out)
+    results_path = Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    names = [c for c in args.collections.split(",") if c]
+    nq_pool = out / "nq-sample" / "train-pool" / "model"
+    for name in names:
+        if args.nq_model is None and name != "nq-sample" and (nq_pool / "config.json").is_file():
+            args.nq_model = str(nq_pool)
+        work = out / name
+        work.mkdir(parents=True, exist_ok=True)
+        run_collection(name, args, work, results)
+        if name == "nq-sample" and args.nq_model is None:
+            results[name]["rows"]["nq-trained"] = results[name]["rows"]["pool"]
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1))
+        print(table({name: results[name]}), flush=True)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Label-free corpus adaptation (issue 14): query sources on real files, the leakage guard on every
+source, trained models that carry their document tower, training on an experiment's stored
+embeddings, and the memory-bounded candidate path.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from elasticdenser.data import LeakageError, normalize_question
+from elasticdenser.training.config import TrainConfig
+
+POINTS = ["L4-H4-F128-D64", "L2-H2-F64-D32"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def nq_questions(data_dir):
+    """Real questions that are not nq-sample evaluation questions: DPR NQ dev (pool source)."""
+    import elasticdenser.data as data
+
+    return list(data.load_query_pool(data_dir=data_dir, exclude=["nq-sample"]))[:60]
+
+
+def config(tmp_path: Path, tiny_bert_dir, data_dir, **kw) -> TrainConfig:
+    base = dict(model=str(tiny_bert_dir), output_dir=str(tmp_path / "run"), data_dir=str(data_dir),
+                cache_dir=str(tmp_path / "cache"), collection="nq-sample", exclude=["nq-sample"], points=POINTS,
+                sampling="fixed", doc_max_length=32, query_max_length=32, reorder=False, reorder_layers=False,
+                batch_size=8, steps=2, lr=1e-3, warmup_steps=1, log_every=1, checkpoint_every=0, eval_every=0,
+                use_collection_train=False, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ------------------------------------------------------------------------------- query files
+
+def write_formats(folder: Path, questions) -> dict:
+    """The same questions as TREC SGML topics, tsv, jsonl (gzipped) and one per line."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"trec": folder / "topics.trec", "tsv": folder / "q.tsv", "jsonl": folder / "q.jsonl.gz",
+             "txt": folder / "q.txt"}
+    files["trec"].write_text("".join(f"<top>\n<num> Number: {i}\n<title> {q.text}\n</top>\n\n"
+                                     for i, q in enumerate(questions)))
+    files["tsv"].write_text("".join(f"{i}\t{q.text}\n" for i, q in enumerate(questions)))
+    with gzip.open(files["jsonl"], "wt") as fh:
+        fh.write("".join(json.dumps({"_id": str(i), "text": q.text}) + "\n" for i, q in enumerate(questions)))
+    files["txt"].write_text("".join(f"{q.text}\n\n" for q in questions))
+    return files
+
+
+def test_query_files_in_every_format_give_the_same_questions(tmp_path, nq_questions):
+    from elasticdenser.data.queries import load_query_file
+
+    files = write_formats(tmp_path, nq_questions[:20])
+    want = [q.text for q in nq_questions[:20]]
+    for kind, path in files.items():
+        got = load_query_file(path)
+        assert [q.text for q in got] == want, kind
+        assert len({q.query_id for q in got}) == 20
+
+
+def test_datasets_sources_folder_parquet_jsonl_and_tevatron(tmp_path, nq_questions, data_dir):
+    import datasets
+
+    from elasticdenser.data.queries import load_hf_queries, load_query_file
+
+    texts = [q.text for q in nq_questions[:12]]
+    ds = datasets.Dataset.from_dict({"query_id": [f"q{i}" for i in range(12)], "query": texts})
+    ds.save_to_disk(str(tmp_path / "folder"))
+    ds.to_parquet(str(tmp_path / "q.parquet"))
+    ds.to_json(str(tmp_path / "q.jsonl"))
+    for path in (tmp_path / "folder", tmp_path / "q.parquet"):
+        assert [q.text for q in load_query_file(path)] == texts
+    assert [q.query_id for q in load_hf_queries(tmp_path / "q.jsonl")] == [f"q{i}" for i in range(12)]
+
+    # Tevatron layout: positives name corpus documents by docid
+    import elasticdenser.data as data
+
+    corpus = list(data.load_collection("nq-sample", data_dir).corpus)[:5]
+    rows = [{"query_id": f"t{i}", "query": texts[i], "answers": [],
+             "positive_passages": [{"docid": corpus[i].doc_id, "title": corpus[i].title, "text": corpus[i].text}],
+             "negative_passages": [{"docid": corpus[4 - i].doc_id, "title": "", "text": corpus[4 - i].text}]}
+            for i in range(5)]
+    tev = tmp_path / "tevatron"
+    datasets.Dataset.from_list(rows).save_to_disk(str(tev))
+    got = load_hf_queries(tev)
+    assert got.positives == {f"t{i}": [corpus[i].doc_id] for i in range(5)}
+
+    bad = tmp_path / "bad"
+    datasets.Dataset.from_dict({"query": ["ok", " "]}).save_to_disk(str(bad))
+    with pytest.raises(ValueError, match=r"row 1: field 'query'"):
+        load_hf_queries(bad)
+
+
+def test_pseudo_queries_are_seeded_distinct_and_query_sized(data_dir):
+    import elasticdenser.data as data
+    from elasticdenser.data.pseudo import pseudo_queries
+
+    docs = list(data.load_collection("scifact", data_dir).corpus)[:300]
+    a = pseudo_queries(docs, 500, seed=3)
+    assert [q.text for q in a] == [q.text for q in pseudo_queries(docs, 500, seed=3)]
+    assert [q.text for q in a] != [q.text for q in pseudo_queries(docs, 500, seed=4)]
+    assert len(a) == 500 and len({normalize_question(q.text) for q in a}) == 500
+    assert all(4 <= len(q.text.split()) <= 16 for q in a)
+    bodies = [" ".join(d.text.split()) for d in docs]
+    assert all(any(q.text in b for b in bodies) for q in a[:50])  # spans of the corpus's own text
+    sentences = pseudo_queries(docs, 100, seed=3, kind="sentence")
+    assert all(len(q.text.split()) <= 16 for q in sentences) and len(sentences) == 100
+
+
+# ------------------------------------------------------------------------------- mixing + guard
+
+def test_sources_mix_in_their_weights_and_report_counts(tmp_path, tiny_bert_dir, data_dir, nq_questions, small_nq):
+    from elasticdenser.training.data import load_training_data
+
+    files = write_formats(tmp_path / "q", nq_questions[:40])
+    cfg = config(tmp_path, tiny_bert_dir, data_dir, sources=[f"file:{files['tsv']}@3", "pseudo@1"],
+                 pseudo_queries=400)
+    data = load_training_data(cfg, collection=small_nq(120, 20))
+    assert data.sources[f"file:{files['tsv']}"]["questions"] == 40
+    assert data.sources["pseudo"]["questions"] == 400
+    stream = [i for b in range(400) for i in data.batch_indices(b, 8, 0, 1, cfg.seed)]
+    from_file = np.mean([i < 40 for i in stream])
+    assert abs(from_file - 0.75) < 0.03  # weight 3 : 1, although the file holds 10x fewer questions
+    plain = load_training_data(cfg.replace(sources=[f"file:{files['tsv']}", "pseudo"]), collection=small_nq(120, 20))
+    assert plain.probabilities is None  # no weights: concatenated, each example equally likely
+    with pytest.raises(ValueError, match="every source a weight or none"):
+        cfg.replace(sources=["pool@1", "pseudo"])
+
+
+def test_leakage_guard_covers_every_source(tmp_path, tiny_bert_dir, data_dir, nq_questions, small_nq):
+    import datasets
+
+    from elasticdenser.data.types import Collection, Corpus, Document
+    from elasticdenser.training.data import load_training_data
+
+    coll = small_nq(120, 20)
+    leaked = coll.queries[0].text
+    log = tmp_path / "log.txt"
+    log.write_text(f"{nq_questions[0].text}\n{leaked.upper()}?\n")
+    hf = tmp_path / "hf"
+    datasets.Dataset.from_dict({"query": [nq_questions[1].text, leaked]}).save_to_disk(str(hf))
+    cfg = config(tmp_path, tiny_bert_dir, data_dir, exclude=["nq-small"])
+    for source in (f"file:{log}", f"hf:{hf}"):
+        with pytest.raises(LeakageError, match="nq-small"):
+            load_training_data(cfg.replace(sources=[source]), collection=coll)
+        data = load_training_data(cfg.replace(sources=[source], drop_overlap=True), collection=coll)
+        assert [e.text for e in data.examples] == [nq_questions[0 if source.startswith("file") else 1].text]
+        assert data.sources[source]["skipped"] == {"evaluation questions dropped by the leakage guard": 1}
+    # pseudo-queries: a document that *is* an evaluation question yields it; dropped and counted, never raised
+    docs = [Document("leak", "", leaked)] + list(coll.corpus)[:3]
+    tiny = Collection("nq-small", Corpus(docs), coll.queries, coll.qrels)
+    data = load_training_data(cfg.replace(sources=["pseudo"], pseudo_queries=50, pseudo_min_words=1,
+                                          pseudo_max_words=64), collection=tiny)
+    assert normalize_question(leaked) not in {normalize_question(e.text) for e in data.examples}
+    assert data.sources["pseudo"]["skipped"]["evaluation questions dropped by the leakage guard"] >= 1
+
+
+def test_tevatron_positives_become_labelled_examples(tmp_path, tiny_bert_dir, data_dir, nq_questions, small_nq):
+    import datasets
+
+    from elasticdenser.training.data import load_training_data
+
+    coll = small_nq(60, 10)
+    docs = list(coll.corpus)
+    rows = [{"query_id": f"t{i}", "query": nq_questions[i].text,
+             "positive_passages": [{"docid": docs[i].doc_id if i < 3 else "not-in-corpus", "text": "x"}],
+             "negative_passages": []} for i in range(5)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "tev"))
+    data = load_training_data(config(tmp_path, tiny_bert_dir, data_dir, sources=[f"hf:{tmp_path / 'tev'}"],
+                                     exclude=["nq-small"]), collection=coll)
+    assert [e.positives for e in data.examples] == [(0,), (1,), (2,), (), ()]
+    assert data.labelled == 3
+
+
+# ------------------------------------------------------------------------------- portable model
+
+def run_cli(*args: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "elasticdenser", *args], capture_output=True, text=True, cwd=cwd)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_trained_model_indexes_with_its_document_tower_and_reuses_the_experiment(tmp_path, tiny_bert_dir, data_dir):
+    """``index --model TRAINED``: documents = the start model's vectors; evaluate needs no override;
+    a second training run reads the experiment's store instead of encoding the corpus again."""
+    from elasticdenser.index import encode as enc
+    from elasticdenser.index import manifest as mf
+    from elasticdenser.model.encoder import ElasticEncoder
+    from elasticdenser.model.towers import DOCUMENT_TOWER_FILE
+    from elasticdenser.training.loop import train
+
+    corpus = tmp_path / "beir"
+    (corpus / "qrels").mkdir(parents=True)
+    import elasticdenser.data as data
+
+    nq = data.load_collection("nq-sample", data_dir)
+    docs = list(nq.corpus)[:40]
+    keep = {d.doc_id for d in docs}
+    queries = [q for q in nq.queries if next(iter(nq.qrels[q.query_id])) in keep][:8]
+    (corpus / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.doc_id, "title": d.title, "text": d.text}) + "\n"
+                                                 for d in docs))
+    (corpus / "queries.jsonl").write_text("".join(json.dumps({"_id": q.query_id, "text": q.text}) + "\n" for q in queries))
+    (corpus / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q.query_id}\t{next(iter(nq.qrels[q.query_id]))}\t1\n" for q in queries))
+
+    base = tmp_path / "base"
+    run_cli("index", str(corpus), "--out", str(base), "--model", str(tiny_bert_dir), "--widths", "64,32", "--no-progress",
+            cwd=tmp_path)
+    cfg = config(tmp_path, tiny_bert_dir, data_dir, collection=str(corpus), exclude=[str(corpus)], sources=["pseudo"],
+                 pseudo_queries=64, experiment=str(base))
+    result = train(cfg)
+    assert not (tmp_path / "cache").exists()  # the experiment's store was read, nothing encoded again
+    model = result.model_dir
+    start = ElasticEncoder.from_pretrained(str(tiny_bert_dir))
+    assert json.loads((model / DOCUMENT_TOWER_FILE).read_text())["fingerprint"] == start.fingerprint()
+    assert json.loads((model / "training_summary.json").read_text())["document_embeddings"] == str(base / enc.EMBEDDINGS)
+
+    exp = tmp_path / "exp"
+    run_cli("index", str(corpus), "--out", str(exp), "--model", str(model), "--widths", "64,32", "--no-progress",
+            cwd=tmp_path)
+    stored = np.load(exp / enc.EMBEDDINGS)
+    want = start.encode([d.contents for d in docs], None, batch_size=16)
+    np.testing.assert_allclose(stored, want, atol=1e-5)
+    m = mf.load(exp)
+    assert m["model"]["fingerprint"] == result.encoder.fingerprint() != m["document_model"]["fingerprint"]
+    out = run_cli("evaluate", str(exp), str(corpus), "--points", ",".join(POINTS), cwd=tmp_path)
+    assert "L2-H2-F64-D32" in out
+
+    # continuing from the trained model: its document tower is the start model, so the experiment matches
+    again = train(cfg.replace(output_dir=str(tmp_path / "run2"), model=str(model)))
+    assert json.loads((again.model_dir / DOCUMENT_TOWER_FILE).read_text())["fingerprint"] == start.fingerprint()
+    # an experiment whose documents another model encoded is refused
+    manifest = json.loads((base / mf.MANIFEST).read_text())
+    manifest["model"]["fingerprint"] = "f" * 64
+    (base / mf.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(mf.ManifestMismatchError, match="document model"):
+        train(cfg.replace(output_dir=str(tmp_path / "run3")))
+
+
+def test_document_tower_that_changed_is_refused(tmp_path, tiny_bert_dir):
+    from elasticdenser.model.towers import load_towers, record_document_tower
+
+    model = tmp_path / "m"
+    import shutil
+
+    shutil.copytree(tiny_bert_dir, model)
+    record_document_tower(model, "0" * 64, str(tiny_bert_dir))
+    with pytest.raises(RuntimeError, match="changed after training"):
+        load_towers(str(model))
+
+
+# ------------------------------------------------------------------------------- bounded candidates
+
+def test_faiss_candidates_give_the_exact_loss_when_k_covers_the_corpus(tiny_encoder):
+    from elasticdenser.training.candidates import StoreDocuments
+    from elasticdenser.training.data import Example
+    from elasticdenser.training.losses import FixedDocuments
+    from elasticdenser.training.objective import ElasticObjective
+
+    torch.manual_seed(0)
+    texts = [f"passage number {i} about topic {i % 7}" for i in range(30)]
+    emb = tiny_encoder.encode(texts, None, batch_size=16)
+    queries = [f"what about topic {i}" for i in range(6)]
+    examples = [Example(q, (i,) if i % 2 == 0 else ()) for i, q in enumerate(queries)]
+    batch = tiny_encoder.tokenize(queries, 32)
+    space = tiny_encoder.space
+    widths = [space.hidden_size, 32]
+    point = space.resolve(POINTS[1])
+    losses = {}
+    for name, docs, k in [("exact", FixedDocuments(torch.from_numpy(emb)), 0),
+                          ("faiss", StoreDocuments(emb, sampled_negatives=0), len(texts))]:
+        cfg = TrainConfig(distill_candidates=k, candidate_search="faiss" if k else "exact", hard_negatives=3)
+        objective = ElasticObjective(cfg, docs, widths, space.hidden_size)
+        with torch.no_grad():
+            prep = objective.prepare(tiny_encoder, batch, examples)
+            pooled = tiny_encoder.pooled(batch["input_ids"], batch["attention_mask"], point, batch.get("token_type_ids"))
+            losses[name] = objective.point_loss(tiny_encoder, pooled, point, prep)
+    assert float(losses["exact"][0]) == pytest.approx(float(losses["faiss"][0]), rel=1e-5)
+    assert losses["exact"][1].keys() == losses["faiss"][1].keys() == {"distill", "align", "contrastive"}
+
+    # with k < N only the candidates' rows are read, and the positives are always among them
+    store = StoreDocuments(emb, sampled_negatives=4)
+    rows = store.candidates(torch.from_numpy(tiny_encoder.encode(queries, None)), 3, extra=[29])
+    assert 29 in rows.tolist() and len(rows) < len(texts) and rows.tolist() == sorted(set(rows.tolist()))
