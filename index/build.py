@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from elasticdenser.atomic import tmp_name
+from elasticdenser.atomic import atomic_dir, tmp_name
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.index import encode as enc
 from elasticdenser.index import faiss_index as fi
@@ -45,11 +45,20 @@ def save_model(encoder, exp_dir: "str | os.PathLike") -> Path:
 
 
 def record_models(exp_dir: "str | os.PathLike", query_encoder, document_encoder) -> None:
-    """Save the query model as ``EXP/model`` and, when the documents were encoded by another model
-    (a trained model's document tower), name both in the manifest."""
-    save_model(query_encoder, exp_dir)
+    """Make ``query_encoder`` the experiment's query model (``EXP/model``, replaced when another
+    model was there) and name the document tower in the manifest when it is another model: so
+    ``index --merge --model TRAINED`` switches an indexed corpus to a trained model, no re-encoding."""
+    m = mf.load(exp_dir)
+    target = Path(exp_dir) / MODEL_DIR
+    if target.is_dir() and m.get("model", {}).get("fingerprint") != query_encoder.fingerprint():
+        with atomic_dir(target) as tmp:
+            query_encoder.save_pretrained(tmp)
+    else:
+        save_model(query_encoder, exp_dir)
+    sections = {"model": mf.model_section(query_encoder), "points": [p.name for p in query_encoder.default_points()]}
     if document_encoder is not query_encoder:
-        mf.update(exp_dir, model=mf.model_section(query_encoder), document_model=mf.model_section(document_encoder))
+        sections["document_model"] = mf.model_section(document_encoder)
+    mf.update(exp_dir, **sections)
 
 
 def encode_stage(encoder, corpus, exp_dir, *, collection: str, shard: int = 0, num_shards: int = 1,

@@ -242,12 +242,20 @@ def test_trained_model_indexes_with_its_document_tower_and_reuses_the_experiment
     out = run_cli("evaluate", str(exp), str(corpus), "--points", ",".join(POINTS), cwd=tmp_path)
     assert "L2-H2-F64-D32" in out
 
+    # the indexed corpus switched to the trained model in place: nothing encoded or merged again
+    before = (base / enc.EMBEDDINGS).stat().st_mtime_ns
+    run_cli("index", str(corpus), "--out", str(base), "--merge", "--model", str(model), "--widths", "64,32",
+            "--no-progress", cwd=tmp_path)
+    assert (base / enc.EMBEDDINGS).stat().st_mtime_ns == before
+    assert mf.load(base)["model"]["fingerprint"] == result.encoder.fingerprint()
+    assert ElasticEncoder.from_pretrained(str(base / "model")).fingerprint() == result.encoder.fingerprint()
+
     # continuing from the trained model: its document tower is the start model, so the experiment matches
     again = train(cfg.replace(output_dir=str(tmp_path / "run2"), model=str(model)))
     assert json.loads((again.model_dir / DOCUMENT_TOWER_FILE).read_text())["fingerprint"] == start.fingerprint()
     # an experiment whose documents another model encoded is refused
     manifest = json.loads((base / mf.MANIFEST).read_text())
-    manifest["model"]["fingerprint"] = "f" * 64
+    manifest["model"]["fingerprint"] = manifest["document_model"]["fingerprint"] = "f" * 64
     (base / mf.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(mf.ManifestMismatchError, match="document model"):
         train(cfg.replace(output_dir=str(tmp_path / "run3")))
