@@ -5,8 +5,9 @@ leakage guard, and the seeded example stream that mixes them in their shares.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,7 +31,8 @@ class Example:
 class TrainingData:
     """Corpus texts (document tower input), training examples and the held-out validation questions."""
 
-    doc_texts: List[str]
+    #: document texts (``Document.contents``), random access; read on demand from on-disk corpora
+    doc_texts: Sequence[str]
     doc_ids: List[str]
     examples: List[Example]
     val_texts: List[str] = field(default_factory=list)
@@ -68,6 +70,54 @@ class TrainingData:
             n = len(self.examples)
             cache[epoch] = rng.permutation(n) if self.probabilities is None else rng.choice(n, size=n, p=self.probabilities)
         return cache[epoch]
+
+
+class _Documents(SequenceABC):
+    """The first ``n`` documents of a corpus, read on demand: a corpus in an on-disk store
+    (ir_datasets' docstore, 21M passages) is never copied into memory for training."""
+
+    def __init__(self, corpus, n: int):
+        self.corpus, self.n = corpus, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.corpus[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.corpus[i % self.n]
+
+
+class _Texts(_Documents):
+    """What the document tower encodes (``Document.contents``), read on demand."""
+
+    def __init__(self, docs: _Documents):
+        super().__init__(docs.corpus, docs.n)
+
+    def __getitem__(self, i):
+        return [d.contents for d in super().__getitem__(i)] if isinstance(i, slice) else super().__getitem__(i).contents
+
+
+class _Positions(dict):
+    """doc id -> corpus position, built on first use (only labelled sources need it)."""
+
+    def __init__(self, doc_ids: List[str]):
+        super().__init__()
+        self._ids = doc_ids
+
+    def _fill(self) -> None:
+        if not self and self._ids:
+            self.update((d, i) for i, d in enumerate(self._ids))
+
+    def __contains__(self, key) -> bool:
+        self._fill()
+        return super().__contains__(key)
+
+    def __getitem__(self, key):
+        self._fill()
+        return super().__getitem__(key)
 
 
 def _protected(config: TrainConfig, collection):
@@ -140,11 +190,10 @@ def load_training_data(config: TrainConfig, collection=None, pool=None) -> Train
     protected = _protected(config, collection)
     keys = evaluation_keys(protected)
 
-    docs = list(collection.corpus)
-    if config.max_documents:
-        docs = docs[: int(config.max_documents)]
-    doc_ids = [d.doc_id for d in docs]
-    position = {d: i for i, d in enumerate(doc_ids)}
+    n_docs = min(len(collection.corpus), int(config.max_documents or len(collection.corpus)))
+    docs = _Documents(collection.corpus, n_docs)
+    doc_ids = list(collection.corpus.doc_ids()[:n_docs])
+    position = _Positions(doc_ids)
 
     if config.sources is not None:
         sources = parse_sources(config.sources)
@@ -205,7 +254,7 @@ def load_training_data(config: TrainConfig, collection=None, pool=None) -> Train
         if rec["skipped"]:
             log.info("query source %s: %s", name, rec["skipped"])
     return TrainingData(
-        doc_texts=[d.contents for d in docs],
+        doc_texts=_Texts(docs),
         doc_ids=doc_ids,
         examples=examples,
         val_texts=[q.text for q in val],
