@@ -36,9 +36,8 @@ none does, the cheapest. Stepping *down* happens at once. Stepping *up* to a bet
 near a boundary does not flap. A burst (a queue the routed point cannot drain within the SLO) sends
 that one batch to the best cheaper point that can, without changing the routed point.
 
-Admission: a bounded queue of ``max_queue`` requests (default: what the cheapest point drains within
-the SLO); beyond it :meth:`Router.admit` says no and the caller answers 'overloaded' at once; with
-``shed_late``, :meth:`Router.late` also picks out queued requests that can no longer meet the SLO.
+Admission: a bounded queue of ``max_queue`` requests (default: what the cheapest point drains in the
+SLO); beyond it :meth:`Router.admit` says no; with ``shed_late``, :meth:`Router.late` also sheds late ones.
 """
 from __future__ import annotations
 
@@ -79,8 +78,9 @@ class RouterConfig:
     latency_stat: str = "p90"  #: profile statistic used for latency predictions
     throughput_stat: str = "median"  #: profile statistic used for capacity / steady batch size
     #: answer queued requests that can no longer meet the SLO like a refusal (503 + Retry-After) instead
-    #: of serving them late; ``serve`` turns it on, off everything accepted is served
+    #: of serving them late (``serve`` turns it on) ...
     shed_late: bool = False
+    shed_at: float = 0.8  #: ... once the predicted finish passes this fraction of the SLO (service-time tails)
 
     def __post_init__(self) -> None:
         if self.slo_ms <= 0:
@@ -95,8 +95,8 @@ class RouterConfig:
             raise InvalidInputError("step_up_after_s must be >= 0 and rate_tau_s, slow_rate_tau_s > 0")
         if not 0 < self.calibration_alpha <= 1:
             raise InvalidInputError("calibration_alpha must be in (0, 1]")
-        if self.max_queue is not None and self.max_queue < 1:
-            raise InvalidInputError(f"max_queue must be >= 1, got {self.max_queue}")
+        if (self.max_queue is not None and self.max_queue < 1) or not 0 < self.shed_at <= 1:
+            raise InvalidInputError(f"need max_queue >= 1 and 0 < shed_at <= 1, got {self.max_queue}, {self.shed_at}")
 
 
 @dataclass
@@ -317,9 +317,9 @@ class Router:
         return self.choose(n, now)
 
     def late(self, point, batch: int, waited_ms: float) -> bool:
-        """Whether a request that has waited ``waited_ms`` would finish past the SLO in a batch of
-        ``batch`` at ``point`` (predicted with the calibrated profile)."""
-        return waited_ms + self._s(self.profile[point], batch) > self.config.slo_ms
+        """Whether a request that has waited ``waited_ms`` would finish past ``shed_at`` x the SLO in a
+        batch of ``batch`` at ``point`` (predicted with the calibrated profile)."""
+        return waited_ms + self._s(self.profile[point], batch) > self.config.shed_at * self.config.slo_ms
 
     def retry_after_s(self) -> float:
         """A hint for rejected clients: time for the cheapest point to drain a full queue (>= 1 s)."""
