@@ -106,6 +106,10 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
         index_with(Path(args.nq_model), base, exp, name, common, log)
         res["rows"]["nq-trained"] = evaluate(exp, name, work / "eval-nq-trained", common, log)
     variants = [("pool", ["--source", "pool"], []), ("adapted", [a for s in args.adapted for a in ("--source", s)], [])]
+    for spec in args.extra_row:  # NAME|SOURCE SOURCE ...|KEY=VALUE;KEY=VALUE (ablations)
+        row, sources, sets = (spec.split("|") + ["", ""])[:3]
+        variants.append((row, [a for src in sources.split() for a in ("--source", src)] or variants[1][1],
+                         [x for x in sets.split(";") if x]))
     if name in args.static_on:
         variants.append(("static", [a for s in args.adapted for a in ("--source", s)], ["static=true", f"points=[{SMALLEST}]"]))
     for row, sources, extra in variants:
@@ -134,7 +138,7 @@ def table(results: dict) -> str:
             continue
         points = list(rows["untrained"])
         lines += [f"\n#### {name}\n", "| row | " + " | ".join(points) + " |", "|---|" + "---:|" * len(points)]
-        for row in ROWS:
+        for row in ROWS + sorted(set(rows) - set(ROWS)):
             if row not in rows:
                 continue
             cells = []
@@ -164,6 +168,10 @@ def main(argv=None) -> int:
     ap.add_argument("--nq-model", default=None,
                     help="model for the nq-trained row (default: nq-sample's pool row, trained first)")
     ap.add_argument("--static-on", default="scifact,trec-dl")
+    ap.add_argument("--extra-row", action="append", default=[], metavar="NAME|SOURCES|SETS",
+                    help="an ablation row: sources (space-separated; default the adapted row's) and --set "
+                    "entries (;-separated), e.g. 'sentence||pseudo_kind=sentence' or "
+                    "'faiss||candidate_search=faiss;distill_candidates=64'")
     args = ap.parse_args(argv)
     if not args.data_dir:
         ap.error("--data-dir or $ELASTICDENSER_DATA is needed")

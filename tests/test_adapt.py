@@ -306,3 +306,19 @@ def test_faiss_candidates_give_the_exact_loss_when_k_covers_the_corpus(tiny_enco
     store = StoreDocuments(emb, sampled_negatives=4)
     rows = store.candidates(torch.from_numpy(tiny_encoder.encode(queries, None)), 3, extra=[29])
     assert 29 in rows.tolist() and len(rows) < len(texts) and rows.tolist() == sorted(set(rows.tolist()))
+
+
+def test_training_on_the_bounded_path_end_to_end(tmp_path, tiny_bert_dir, data_dir, small_nq):
+    """``candidate_search: faiss`` through ``train``: pseudo-queries only, validation on the teacher's
+    candidates, the summary naming each source."""
+    from elasticdenser.training.loop import METRICS_FILE, train
+
+    cfg = config(tmp_path, tiny_bert_dir, data_dir, collection="nq-small", exclude=["nq-small"], sources=["pseudo"],
+                 pseudo_queries=80, candidate_search="faiss", distill_candidates=8, sampled_negatives=16,
+                 eval_every=2, val_size=16, steps=2)
+    result = train(cfg, collection=small_nq(120, 20))
+    records = [json.loads(line) for line in (result.output_dir / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "val"] == [0, 2]
+    assert all(np.isfinite(v) for v in result.last_losses.values()) and result.last_losses
+    summary = json.loads((result.model_dir / "training_summary.json").read_text())
+    assert summary["sources"]["pseudo"]["questions"] == 80 - 16 and summary["sources"]["pseudo"]["share"] == 1.0
