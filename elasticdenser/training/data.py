@@ -100,26 +100,6 @@ class _Texts(_Documents):
         return [d.contents for d in super().__getitem__(i)] if isinstance(i, slice) else super().__getitem__(i).contents
 
 
-class _Positions(dict):
-    """doc id -> corpus position, built on first use (only labelled sources need it)."""
-
-    def __init__(self, doc_ids: List[str]):
-        super().__init__()
-        self._ids = doc_ids
-
-    def _fill(self) -> None:
-        if not self and self._ids:
-            self.update((d, i) for i, d in enumerate(self._ids))
-
-    def __contains__(self, key) -> bool:
-        self._fill()
-        return super().__contains__(key)
-
-    def __getitem__(self, key):
-        self._fill()
-        return super().__getitem__(key)
-
-
 def _protected(config: TrainConfig, collection):
     import elasticdenser.data as data
 
@@ -193,7 +173,14 @@ def load_training_data(config: TrainConfig, collection=None, pool=None) -> Train
     n_docs = min(len(collection.corpus), int(config.max_documents or len(collection.corpus)))
     docs = _Documents(collection.corpus, n_docs)
     doc_ids = list(collection.corpus.doc_ids()[:n_docs])
-    position = _Positions(doc_ids)
+    position: Dict[str, int] = {}
+
+    def positions(ids) -> Tuple[int, ...]:
+        """Corpus positions of the ``ids`` the corpus holds (the id table is built on first use:
+        only labelled sources need it)."""
+        if not position:
+            position.update((d, i) for i, d in enumerate(doc_ids))
+        return tuple(position[d] for d in ids if d in position)
 
     if config.sources is not None:
         sources = parse_sources(config.sources)
@@ -221,8 +208,7 @@ def load_training_data(config: TrainConfig, collection=None, pool=None) -> Train
         name, q = flat[i]
         if config.max_train_queries and len(groups[name]) >= int(config.max_train_queries):
             continue
-        pos = tuple(position[d] for d in source_positives.get(q.query_id, []) if d in position)
-        groups[name].append(Example(q.text, pos))
+        groups[name].append(Example(q.text, positions(source_positives[q.query_id]) if q.query_id in source_positives else ()))
 
     labelled = sum(1 for exs in groups.values() for e in exs if e.positives)
     train_name = f"{collection.name} train split"
@@ -232,7 +218,7 @@ def load_training_data(config: TrainConfig, collection=None, pool=None) -> Train
             check_leakage(train_q, keys, pool_name=train_name)
         groups[train_name] = []
         for q in train_q:
-            pos = tuple(position[d] for d in collection.train_positives.get(q.query_id, []) if d in position)
+            pos = positions(collection.train_positives.get(q.query_id, []))
             labelled += bool(pos)
             groups[train_name].append(Example(q.text, pos))
         records[train_name] = {"skipped": {}}
