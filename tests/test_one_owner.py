@@ -230,3 +230,9 @@ def test_joint_stage_records_the_trained_document_tower(tiny_bert_dir, corpus, t
     pipeline_train_stage(ctx)
     tower = ElasticEncoder.from_pretrained(tmp_path / "run" / "training" / "document_model")
     assert ctx.extra["document_encoder"].fingerprint() == tower.fingerprint() != start.fingerprint()
+    # the trained model carries a copy of that tower: usable on any corpus without the run folder
+    from elasticdenser.model.towers import COPY_DIR, load_towers
+
+    model = tmp_path / "run" / "training" / "model"
+    assert (model / COPY_DIR / "config.json").is_file()
+    assert load_towers(str(model))[1].fingerprint() == tower.fingerprint()

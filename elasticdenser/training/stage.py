@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from elasticdenser.model.towers import load_towers
 from elasticdenser.training.config import TrainConfig
-from elasticdenser.training.documents import load_encoder
 from elasticdenser.training.loop import SUMMARY_FILE, train
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,9 @@ def pipeline_train_stage(ctx) -> None:
     cfg = cfg.replace(**changes)
     result = train(cfg, collection=ctx.collection)
     summary = json.loads((result.model_dir / SUMMARY_FILE).read_text())
-    # the document tower: the starting model when frozen, the trained one after a joint stage
-    doc_encoder = ctx.encoder
-    if summary["mode"] == "joint":
-        doc_encoder = load_encoder(summary["document_model"], ctx.encoder.device)
-    ctx.extra["document_encoder"] = doc_encoder
+    # the document tower the trained model records (the starting model, or the joint stage's)
+    doc_encoder = load_towers(result.model_dir, ctx.encoder.device)[1]
+    ctx.extra["document_encoder"] = ctx.encoder if doc_encoder.fingerprint() == ctx.encoder.fingerprint() else doc_encoder
     ctx.extra["document_embeddings"] = summary["document_embeddings"]
     ctx.extra["training"] = {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
                              "model_dir": str(result.model_dir), "last_losses": result.last_losses}
