@@ -89,7 +89,7 @@ def bm25(collection: str, data_dir: str) -> dict:
     run = {q.query_id: {docs[int(r)].doc_id: float(s) for r, s in zip(rr, ss)} for q, rr, ss in zip(coll.queries, rows, scores)}
     qrels = {q: d for q, d in coll.qrels.items() if q in run}
     out = rx_evaluate(make_qrels(qrels), make_run(run), ["ndcg@10", "mrr@10", "recall@100"])
-    return {"bm25": {k: round(float(v), 4) for k, v in out.items()}}
+    return {k: round(float(v), 4) for k, v in out.items()}
 
 
 def run_collection(name: str, args, work: Path, results: dict) -> None:
@@ -125,7 +125,7 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
         res["rows"][row] = evaluate(exp, name, work / f"eval-{row}", common, log,
                                     points=SMALLEST if row == "static" else "default")
     if "bm25" not in res["rows"]:
-        res["rows"].update(bm25(name, args.data_dir))
+        res["rows"]["bm25"] = bm25(name, args.data_dir)
 
 
 def table(results: dict) -> str:
@@ -143,7 +143,7 @@ def table(results: dict) -> str:
                 continue
             cells = []
             for p in points:
-                m = rows[row].get(p) or (rows[row].get("bm25") if row == "bm25" else None)
+                m = rows[row] if row == "bm25" else rows[row].get(p)
                 if m is None:
                     cells.append("")
                     continue
@@ -195,6 +195,15 @@ def main(argv=None) -> int:
         print(table({name: results[name]}), flush=True)
     print(table(results))
     return 0
+
+
+def render(results_path: str) -> str:
+    """The tables of a results file (``python -c 'import bench_adapt; print(bench_adapt.render(...))'``)."""
+    results = json.loads(Path(results_path).read_text())
+    for res in results.values():  # results written before bm25 rows were flat
+        if isinstance(res["rows"].get("bm25", {}).get("bm25"), dict):
+            res["rows"]["bm25"] = res["rows"]["bm25"]["bm25"]
+    return table(results)
 
 
 if __name__ == "__main__":

@@ -322,3 +322,29 @@ def test_training_on_the_bounded_path_end_to_end(tmp_path, tiny_bert_dir, data_d
     assert all(np.isfinite(v) for v in result.last_losses.values()) and result.last_losses
     summary = json.loads((result.model_dir / "training_summary.json").read_text())
     assert summary["sources"]["pseudo"]["questions"] == 80 - 16 and summary["sources"]["pseudo"]["share"] == 1.0
+
+
+def test_no_labels_and_no_pool_means_pseudo_queries(tmp_path, tiny_bert_dir, small_nq, monkeypatch):
+    """`train --collection X` on a corpus of one's own, with no data directory (so no pool) and no
+    labels: the default sources fall back to pseudo-queries of the corpus; with the pool's files
+    present they are mixed 1:1 with it."""
+    from elasticdenser.training.data import load_training_data
+
+    coll = small_nq(80, 10)
+    monkeypatch.delenv("ELASTICDENSER_DATA", raising=False)
+    cfg = TrainConfig(model=str(tiny_bert_dir), collection="nq-small", exclude=["nq-small"], pseudo_queries=50,
+                      use_collection_train=False, eval_every=0, progress=False)
+    data = load_training_data(cfg, collection=coll)
+    assert list(data.sources) == ["pseudo"] and len(data.examples) == 50 and data.probabilities is None
+
+
+def test_default_sources_with_the_pool_mix_half_and_half(tmp_path, tiny_bert_dir, data_dir, small_nq):
+    from elasticdenser.training.data import load_training_data
+
+    cfg = config(tmp_path, tiny_bert_dir, data_dir, collection="nq-small", exclude=["nq-small"], pseudo_queries=500)
+    data = load_training_data(cfg, collection=small_nq(80, 10))
+    assert list(data.sources) == ["pool", "pseudo"]
+    assert data.sources["pool"]["share"] == data.sources["pseudo"]["share"] == 0.5
+    n_pool = data.sources["pool"]["questions"]
+    stream = [i for b in range(200) for i in data.batch_indices(b, 8, 0, 1, cfg.seed)]
+    assert abs(np.mean([i < n_pool for i in stream]) - 0.5) < 0.04

@@ -134,14 +134,14 @@ def test_leakage_guard_fires(tmp_path, tiny_bert_dir, data_dir, nq, pool):
 
 
 def test_training_calls_the_data_layer_guard(monkeypatch, tmp_path, tiny_bert_dir, data_dir, nq):
-    """With no explicit pool, the query pool comes from load_query_pool(exclude=config.exclude)."""
+    """With no explicit pool, the query pool comes from load_query_pool, guarded by config.exclude."""
     import elasticdenser.data as data
     from elasticdenser.training.data import load_training_data
 
     calls = {}
 
     def fake_pool(name="query-pool", data_dir=None, exclude=None, drop_overlap=False):
-        calls.update(name=name, exclude=list(exclude))
+        calls.update(name=name, exclude=[getattr(e, "name", e) for e in exclude])
         raise data.LeakageError("overlap")
 
     monkeypatch.setattr(data, "load_query_pool", fake_pool)

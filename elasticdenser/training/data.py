@@ -125,7 +125,7 @@ def _pool_available(config: TrainConfig) -> bool:
     return all((root / relative).is_file() for relative in QUERY_POOL_SOURCES.values())
 
 
-def _read_source(source: QuerySource, config: TrainConfig, docs, keys: Dict[str, str], given_pool):
+def _read_source(source: QuerySource, config: TrainConfig, docs, protected, keys: Dict[str, str], given_pool):
     """(queries, positives by query id, record) of one source, after the leakage guard."""
     import elasticdenser.data as data
     from elasticdenser.data.leakage import check_leakage
@@ -139,7 +139,7 @@ def _read_source(source: QuerySource, config: TrainConfig, docs, keys: Dict[str,
         if given_pool is not None:
             queries = list(given_pool)
         else:
-            pool = data.load_query_pool(data_dir=config.data_dir, exclude=list(config.exclude), drop_overlap=drop)
+            pool = data.load_query_pool(data_dir=config.data_dir, exclude=protected, drop_overlap=drop)
             queries, record["skipped"] = list(pool), dict(pool.skipped)
     elif source.kind == "pseudo":
         found = pseudo_queries(docs, int(config.pseudo_queries), seed=config.seed, kind=config.pseudo_kind,
@@ -192,7 +192,7 @@ def load_training_data(config: TrainConfig, collection=None, pool=None) -> Train
     records: Dict[str, dict] = {}
     source_positives: Dict[str, List[str]] = {}
     for source in sources:
-        queries, positives, records[source.name] = _read_source(source, config, docs, keys, pool)
+        queries, positives, records[source.name] = _read_source(source, config, docs, protected, keys, pool)
         per_source[source.name] = queries
         source_positives.update(positives)
 
