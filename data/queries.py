@@ -147,7 +147,7 @@ def load_hf_queries(path: PathLike, *, id_prefix: str = "") -> QueryFile:
     seen: Dict[str, int] = {}
     for row, record in enumerate(ds):
         where = f"{path}: row {row}"
-        name, text = _field(record, text_names)
+        _, text = _field(record, text_names)
         if not isinstance(text, str) or is_blank(text):
             raise InvalidInputError(f"{where}: field {text_names[0]!r} (question) is empty or not text: {text!r:.60}")
         _, qid = _field(record, id_names)

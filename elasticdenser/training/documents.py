@@ -81,7 +81,7 @@ def fixed_documents(doc_encoder, data, config: TrainConfig, cache_dir: Path, dis
         exp = Path(config.experiment)
         mf.check_model(mf.load(exp), doc_encoder, role="document")
         ids = enc.read_doc_ids(exp)
-        if list(ids) != list(data.doc_ids):
+        if ids != data.doc_ids:
             raise StateError(f"experiment {exp} holds {len(ids)} documents that are not the training corpus "
                              f"{data.collection_name!r} ({len(data.doc_ids)} documents, in order); index that corpus "
                              "or drop `experiment`")
