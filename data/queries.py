@@ -131,17 +131,20 @@ def _field(record: Dict[str, Any], names: Sequence[str]) -> Tuple[Optional[str],
 def load_hf_queries(path: PathLike, *, id_prefix: str = "") -> QueryFile:
     """Questions of a ``datasets`` source; Tevatron rows also give ``positive_passages`` doc ids.
 
-    Text field: ``query``/``question``/``text``; id: ``query_id``/``_id``/``id``/``qid`` (else the
-    row number). Rows with an empty question or a repeated id raise, naming the row.
+    Text and id fields as in the jsonl reader (``text``/``query``/``question``; ``_id``/``id``/
+    ``query_id``/``qid``, else the row number). An empty question or id, or a repeated id, raises,
+    naming the row.
     """
     path = Path(path).expanduser()
     ds = _open_dataset(path)
     columns = set(ds.column_names)
-    text_names = [n for n in ("query", "question", *QTEXT_FIELDS) if n in columns]
+    # the same field order as the jsonl reader (formats.QTEXT_FIELDS / QID_FIELDS): one file, one reading
+    text_names = [n for n in QTEXT_FIELDS if n in columns]
     if not text_names:
-        raise InvalidInputError(f"{path}: no question column: expected one of query, question, text; found {sorted(columns)}")
-    id_names = [n for n in ("query_id", *QID_FIELDS) if n in columns]
+        raise InvalidInputError(f"{path}: no question column: expected one of {list(QTEXT_FIELDS)}; found {sorted(columns)}")
+    id_names = [n for n in QID_FIELDS if n in columns]
     tevatron = "positive_passages" in columns
+    ds = ds.select_columns(text_names + id_names + (["positive_passages"] if tevatron else []))  # negatives unread
     queries: List[Query] = []
     positives: Dict[str, List[str]] = {}
     seen: Dict[str, int] = {}
@@ -150,8 +153,10 @@ def load_hf_queries(path: PathLike, *, id_prefix: str = "") -> QueryFile:
         _, text = _field(record, text_names)
         if not isinstance(text, str) or is_blank(text):
             raise InvalidInputError(f"{where}: field {text_names[0]!r} (question) is empty or not text: {text!r:.60}")
-        _, qid = _field(record, id_names)
-        qid = f"{id_prefix}{qid if qid is not None and str(qid).strip() else row}"
+        id_name, qid = _field(record, id_names)
+        if id_name is not None and not str(qid).strip():
+            raise InvalidInputError(f"{where}: field {id_name!r} (query id) is empty")
+        qid = f"{id_prefix}{row if id_name is None else qid}"
         if qid in seen:
             raise InvalidInputError(f"{where}: duplicate query id {qid!r} (first at row {seen[qid]})")
         seen[qid] = row

@@ -44,17 +44,32 @@ def save_model(encoder, exp_dir: "str | os.PathLike") -> Path:
     return target
 
 
-def record_models(exp_dir: "str | os.PathLike", query_encoder, document_encoder) -> None:
-    """Make ``query_encoder`` the experiment's query model (``EXP/model``, replaced when another
-    model was there) and name the document tower in the manifest when it is another model: so
-    ``index --merge --model TRAINED`` switches an indexed corpus to a trained model, no re-encoding."""
+def record_models(exp_dir: "str | os.PathLike", query_encoder, document_encoder, *,
+                  model_dir: "str | os.PathLike | None" = None, replace: bool = True) -> None:
+    """Make ``query_encoder`` the experiment's query model (``EXP/model``) and, when the documents
+    were encoded by another model (a trained model's document tower), name both in the manifest.
+
+    ``replace``: an experiment whose query model is another one gets this one (``index --merge
+    --model TRAINED`` switches an indexed corpus to a trained model, no re-encoding); without it
+    the experiment's model is kept, and said so. ``model_dir``: where ``query_encoder`` was loaded
+    from; its document-tower record travels into ``EXP/model``, which stays portable.
+    """
+    from elasticdenser.model.towers import copy_document_tower
+
     m = mf.load(exp_dir)
     target = Path(exp_dir) / MODEL_DIR
     if target.is_dir() and m.get("model", {}).get("fingerprint") != query_encoder.fingerprint():
+        if not replace:
+            log.info("%s keeps its query model %s", exp_dir, target)
+            return
         with atomic_dir(target) as tmp:
             query_encoder.save_pretrained(tmp)
-    else:
+            if model_dir is not None:
+                copy_document_tower(model_dir, tmp)
+    elif not target.is_dir():
         save_model(query_encoder, exp_dir)
+        if model_dir is not None:
+            copy_document_tower(model_dir, target)
     sections = {"model": mf.model_section(query_encoder), "points": [p.name for p in query_encoder.default_points()]}
     if document_encoder is not query_encoder:
         sections["document_model"] = mf.model_section(document_encoder)

@@ -239,6 +239,9 @@ def test_trained_model_indexes_with_its_document_tower_and_reuses_the_experiment
     np.testing.assert_allclose(stored, want, atol=1e-5)
     m = mf.load(exp)
     assert m["model"]["fingerprint"] == result.encoder.fingerprint() != m["document_model"]["fingerprint"]
+    from elasticdenser.model.towers import load_towers
+
+    assert load_towers(str(exp / "model"))[1].fingerprint() == start.fingerprint()  # EXP/model stays portable
     out = run_cli("evaluate", str(exp), str(corpus), "--points", ",".join(POINTS), cwd=tmp_path)
     assert "L2-H2-F64-D32" in out
 
@@ -306,6 +309,10 @@ def test_faiss_candidates_give_the_exact_loss_when_k_covers_the_corpus(tiny_enco
     store = StoreDocuments(emb, sampled_negatives=4)
     rows = store.candidates(torch.from_numpy(tiny_encoder.encode(queries, None)), 3, extra=[29])
     assert 29 in rows.tolist() and len(rows) < len(texts) and rows.tolist() == sorted(set(rows.tolist()))
+    q = torch.from_numpy(tiny_encoder.encode(queries, None))
+    # the random rows are a function of the micro-batch: a resumed run draws what an uninterrupted one would
+    assert store.candidates(q, 1, key=5).tolist() == StoreDocuments(emb, sampled_negatives=4).candidates(q, 1, key=5).tolist()
+    assert any(store.candidates(q, 1, key=k).tolist() != store.candidates(q, 1, key=5).tolist() for k in range(6, 9))
 
 
 def test_training_on_the_bounded_path_end_to_end(tmp_path, tiny_bert_dir, data_dir, small_nq):

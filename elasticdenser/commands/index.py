@@ -83,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         name = args.collection
     build.merge_stage(encoder, args.out, collection=name, remove_chunks=args.remove_chunks, force=args.force)
-    build.record_models(args.out, query_encoder, encoder)
+    # a trained model (one that records another document tower) becomes the query model; a plain
+    # model is a document tower: an experiment that has a query model keeps it
+    build.record_models(args.out, query_encoder, encoder, model_dir=args.model, replace=query_encoder is not encoder)
     widths = widths or query_encoder.space.widths(query_encoder.default_points())
     m = build.index_stage(args.out, widths, fi.parse_index_types(args.index_type, widths), force=args.force,
                           train_size=args.train_size)

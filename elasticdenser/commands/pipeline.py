@@ -49,9 +49,12 @@ def load_data(ctx: Context) -> None:
 
 
 def load_model(ctx: Context) -> None:
-    from elasticdenser.commands._common import load_encoder
+    from elasticdenser.commands._common import pick_device
+    from elasticdenser.model.towers import load_towers
 
-    ctx.encoder = load_encoder(ctx.args.model, ctx.args.device)
+    ctx.encoder, documents = load_towers(ctx.args.model, pick_device(ctx.args.device))
+    if documents is not ctx.encoder:  # a trained model: its documents are its recorded tower's
+        ctx.extra["document_encoder"] = documents
     ctx.log(f"[model] {ctx.encoder.space.full.name}, default points: "
             + ", ".join(p.name for p in ctx.encoder.default_points()))
 
@@ -73,7 +76,8 @@ def build_index(ctx: Context) -> None:
                        progress=not ctx.args.no_progress, save_model_dir=False,
                        precomputed=np.load(cached, mmap_mode="r") if cached else None, backend="auto")
     build.merge_stage(doc_enc, ctx.out, collection=ctx.collection.name)
-    build.record_models(ctx.out, enc, doc_enc)
+    model_dir = ctx.extra.get("training", {}).get("model_dir", ctx.args.model)
+    build.record_models(ctx.out, enc, doc_enc, model_dir=model_dir)
     m = build.index_stage(ctx.out, widths, fi.parse_index_types(ctx.args.index_type, widths))
     ctx.log("[index] " + ", ".join(f"{m['indexes'][str(w)]['file']} ({m['indexes'][str(w)]['factory']})" for w in widths))
 

@@ -23,7 +23,8 @@ from typing import Optional, Tuple
 from elasticdenser.atomic import write_json
 from elasticdenser.errors import InvalidInputError, StateError
 
-__all__ = ["DOCUMENT_TOWER_FILE", "COPY_DIR", "record_document_tower", "document_tower", "load_towers"]
+__all__ = ["DOCUMENT_TOWER_FILE", "COPY_DIR", "record_document_tower", "document_tower", "load_document_tower",
+           "load_towers", "copy_document_tower"]
 
 DOCUMENT_TOWER_FILE = "document_tower.json"
 #: where a saved copy of the document tower goes inside a model directory
@@ -59,17 +60,13 @@ def document_tower(model_dir: "str | os.PathLike | None") -> Optional[dict]:
     return entry
 
 
-def load_towers(model: "str | os.PathLike | None", device: "str | None" = None) -> Tuple[object, object]:
-    """``(query_encoder, document_encoder)`` of ``model`` (the same object when it records no tower)."""
+def load_document_tower(model: "str | os.PathLike | None", device: "str | None" = None):
+    """The document tower ``model`` records, loaded and fingerprint-checked (None: ``model`` is its own)."""
     from elasticdenser.model.encoder import ElasticEncoder
 
-    query = ElasticEncoder.from_pretrained(model)
-    if device is not None:
-        query = query.to(device)
-    query.eval()
     entry = document_tower(model)
-    if entry is None or entry["fingerprint"] == query.fingerprint():
-        return query, query
+    if entry is None:
+        return None
     where = Path(model) / DOCUMENT_TOWER_FILE
     source = Path(model) / entry["path"] if entry.get("path") else entry.get("source")
     if source is not None and not Path(source).is_dir():
@@ -81,4 +78,31 @@ def load_towers(model: "str | os.PathLike | None", device: "str | None" = None) 
                          "(it changed after training); documents encoded with it would not match the query model")
     if device is not None:
         document = document.to(device)
-    return query, document.eval()
+    return document.eval()
+
+
+def load_towers(model: "str | os.PathLike | None", device: "str | None" = None) -> Tuple[object, object]:
+    """``(query_encoder, document_encoder)`` of ``model`` (the same object when it records no tower)."""
+    from elasticdenser.model.encoder import ElasticEncoder
+
+    query = ElasticEncoder.from_pretrained(model)
+    if device is not None:
+        query = query.to(device)
+    query.eval()
+    entry = document_tower(model)
+    if entry is None or entry["fingerprint"] == query.fingerprint():
+        return query, query
+    return query, load_document_tower(model, device)
+
+
+def copy_document_tower(source_model: "str | os.PathLike", target_model: "str | os.PathLike") -> None:
+    """Carry ``source_model``'s document-tower record (and saved copy) into ``target_model``, e.g.
+    when an experiment stores the trained query model: the stored model stays portable."""
+    import shutil
+
+    entry = document_tower(source_model)
+    if entry is None:
+        return
+    if entry.get("path"):
+        shutil.copytree(Path(source_model) / entry["path"], Path(target_model) / entry["path"], dirs_exist_ok=True)
+    write_json(Path(target_model) / DOCUMENT_TOWER_FILE, entry)

@@ -269,8 +269,8 @@ class RoutedSearcher:
             if id(r) not in kept:
                 self.metrics.rejections += 1
                 r.future.set_exception(Overloaded(
-                    f"overloaded: this request waited {(now - r.arrival) * 1000.0:.0f} ms and would miss the "
-                    f"{self.router.config.slo_ms:g} ms target; retry later", self.router.retry_after_s()))
+                    f"overloaded: this request waited {(now - r.arrival) * 1000.0:.0f} ms and would finish too close "
+                    f"to or past the {self.router.config.slo_ms:g} ms target; retry later", self.router.retry_after_s()))
         return keep
 
     def _worker(self) -> None:

@@ -40,7 +40,7 @@ class StoreDocuments:
         self.normalize = normalize
         self.sampled_negatives = int(sampled_negatives)
         self.device = device or torch.device("cpu")
-        self._rng = np.random.default_rng([seed, 13])
+        self.seed = int(seed)
         self.index = index if index is not None else self._flat_index()
 
     def __len__(self) -> int:
@@ -66,25 +66,33 @@ class StoreDocuments:
         """The experiment's store, memory-mapped, and its full-width index when it has one."""
         from elasticdenser.index import encode as enc
         from elasticdenser.index import faiss_index as fi
+        from elasticdenser.index import manifest as mf
         from elasticdenser.index.store import EmbeddingStore
 
         store = EmbeddingStore.open(Path(exp_dir) / enc.EMBEDDINGS)
-        path = Path(exp_dir) / fi.index_file(store.dim)
+        entry = mf.load(exp_dir).get("indexes", {}).get(str(store.dim))
         index = None
-        if path.is_file():
-            index = fi.load_index(path, use_gpu=False)
-            fi.set_search_params(index, fi.default_search_params(type(index).__name__))
+        if entry:  # the experiment's full-width index, searched as the Searcher searches it
+            index = fi.load_index(Path(exp_dir) / entry["file"], use_gpu=False)
+            fi.set_search_params(index, entry.get("search_params") or fi.default_search_params(entry.get("factory", "")))
+        else:
+            log.warning("%s has no full-width index: building an exact one in memory (%d x %d floats); index the "
+                        "width %d for a memory-bounded run", exp_dir, len(store), store.dim, store.dim)
         return cls(store.array, normalize, index, **kw)
 
-    def candidates(self, teacher_full: torch.Tensor, k: int, extra: Iterable[int] = ()) -> torch.Tensor:
-        """Sorted unique row ids: each query's top-``k`` (from the index) + ``extra`` + random rows."""
+    def candidates(self, teacher_full: torch.Tensor, k: int, extra: Iterable[int] = (), key: int = 0) -> torch.Tensor:
+        """Sorted unique row ids: each query's top-``k`` (from the index) + ``extra`` + random rows.
+
+        The random rows are a function of ``key`` (the micro-batch), so a resumed run draws what an
+        uninterrupted one would."""
         from elasticdenser.index import faiss_index as fi
 
         q = teacher_full.detach().float().cpu().numpy()
         _, ids = fi.search(self.index, q, min(int(k), len(self)))
         rows = [ids[ids >= 0].reshape(-1), np.fromiter((int(e) for e in extra), dtype=np.int64)]
         if self.sampled_negatives:
-            rows.append(self._rng.integers(0, len(self), size=min(self.sampled_negatives, len(self))))
+            rng = np.random.default_rng([self.seed, 13, int(key)])
+            rows.append(rng.integers(0, len(self), size=min(self.sampled_negatives, len(self))))
         return torch.from_numpy(np.unique(np.concatenate(rows)).astype(np.int64))
 
     def subset(self, rows: torch.Tensor) -> FixedDocuments:

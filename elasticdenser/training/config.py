@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from elasticdenser.atomic import write_text
+from elasticdenser.data.pseudo import PSEUDO_KINDS
 from elasticdenser.errors import InvalidInputError, MissingFileError
 
 __all__ = ["CONFIG_FILENAME", "TrainConfig"]
@@ -23,7 +24,7 @@ _CHOICES = {
     "align_kind": ("cosine", "mse"),
     "schedule": ("linear", "cosine", "constant"),
     "distill_target_width": ("full", "same"),
-    "pseudo_kind": ("span", "sentence", "title"),
+    "pseudo_kind": PSEUDO_KINDS,
     "candidate_search": ("exact", "faiss"),
 }
 
@@ -138,14 +139,14 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     eval_every: int = 100
-    #: questions held out of the pool for validation (their teacher top-1 doc is the label)
+    #: unlabeled questions (of all sources) held out for validation (their teacher top-1 doc is the label)
     val_size: int = 256
     #: points validated periodically (None = smallest and largest of `points`)
     val_points: Optional[List[str]] = None
     val_k: int = 10
     log_every: int = 10
     progress: bool = True
-    #: cap on pool size (None = all); handy for tests
+    #: cap on the questions of each source (None = all); handy for tests
     max_train_queries: Optional[int] = None
     #: cap on corpus size (None = all); handy for tests
     max_documents: Optional[int] = None
@@ -175,6 +176,9 @@ class TrainConfig:
             raise InvalidInputError("train config: static needs the point(s) to train in `points`")
         if self.num_random < 0:
             raise InvalidInputError("train config: num_random must be >= 0")
+        if self.experiment and self.mode == "joint":
+            raise InvalidInputError("train config: experiment (stored document embeddings) cannot be used with mode "
+                                    "'joint', which trains the document tower and so needs the corpus encoded again")
         if self.candidate_search == "faiss" and self.distill_candidates < 1:
             raise InvalidInputError("train config: candidate_search 'faiss' needs distill_candidates >= 1")
         if not 1 <= int(self.pseudo_min_words) <= int(self.pseudo_max_words):

@@ -188,6 +188,8 @@ def load_training_data(config: TrainConfig, collection=None, pool=None) -> Train
         sources = [QuerySource("pool")]
     else:
         sources = default_sources(_pool_available(config))
+    if pool is not None and not any(s.kind == "pool" for s in sources):
+        raise InvalidInputError(f"a pool was passed, but the sources {[str(s) for s in sources]} have no 'pool' to use it")
     per_source: Dict[str, List] = {}
     records: Dict[str, dict] = {}
     source_positives: Dict[str, List[str]] = {}

@@ -83,7 +83,8 @@ def fixed_documents(doc_encoder, data, config: TrainConfig, cache_dir: Path, dis
         ids = enc.read_doc_ids(exp)
         if ids != data.doc_ids:
             raise StateError(f"experiment {exp} holds {len(ids)} documents that are not the training corpus "
-                             f"{data.collection_name!r} ({len(data.doc_ids)} documents, in order); index that corpus "
+                             f"{data.collection_name!r} ({len(data.doc_ids)} documents, in order"
+                             f"{', cut by max_documents' if config.max_documents else ''}); index that corpus "
                              "or drop `experiment`")
         path = exp / enc.EMBEDDINGS
         log.info("reusing the document embeddings of %s (%d rows)", exp, len(ids))

@@ -37,7 +37,7 @@ import torch
 
 from elasticdenser.atomic import atomic_dir, write_text
 from elasticdenser.errors import InvalidInputError
-from elasticdenser.model.towers import COPY_DIR, document_tower, load_towers, record_document_tower
+from elasticdenser.model.towers import COPY_DIR, document_tower, load_document_tower, record_document_tower
 from elasticdenser.operating_point import OperatingPoint, parse_points
 from elasticdenser.training.candidates import StoreDocuments
 from elasticdenser.training.checkpoint import (
@@ -172,7 +172,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
         tower = document_tower(config.model)
         if tower is not None and tower["fingerprint"] != encoder.fingerprint():
             # continuing from a trained model: its documents are its recorded tower's, not its full point
-            doc_encoder = load_towers(config.model, dist.device)[1]
+            doc_encoder = load_document_tower(config.model, dist.device)
             tower_source = str(Path(config.model) / tower["path"]) if tower.get("path") else tower.get("source")
     doc_fingerprint = doc_encoder.fingerprint()
     docs, doc_file = fixed_documents(doc_encoder, data, config, cache_dir, dist)
@@ -289,10 +289,11 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
         optimizer.zero_grad(set_to_none=True)
         step_losses: Dict[str, float] = {}
         for a in range(config.grad_accum):
-            idx = data.batch_indices(step * config.grad_accum + a, config.batch_size, dist.rank, dist.world, config.seed)
+            micro = step * config.grad_accum + a
+            idx = data.batch_indices(micro, config.batch_size, dist.rank, dist.world, config.seed)
             examples = [data.examples[i] for i in idx]
             batch = encoder.batch_to_device(encoder.tokenize([e.text for e in examples], config.query_max_length))
-            prep = objective.prepare(teacher, batch, examples)
+            prep = objective.prepare(teacher, batch, examples, key=micro * dist.world + dist.rank)
             for p in points_now:
                 with autocast():
                     s_pooled = encoder.pooled(batch["input_ids"], batch["attention_mask"], p, batch.get("token_type_ids"))

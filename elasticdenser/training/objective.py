@@ -38,15 +38,15 @@ class ElasticObjective:
         self.align = EmbeddingAlignmentLoss(config.align_kind)
         self.contrastive = ContrastiveLoss(config.contrastive_temperature)
 
-    def prepare(self, teacher, batch: dict, examples: Sequence[Example]) -> dict:
-        """Teacher-side quantities for one micro-batch (no gradients)."""
+    def prepare(self, teacher, batch: dict, examples: Sequence[Example], key: int = 0) -> dict:
+        """Teacher-side quantities for one micro-batch (no gradients); ``key`` numbers the micro-batch."""
         cfg = self.config
         docs, local = self.docs, None
         with torch.no_grad():
             t_pooled = teacher.pooled(batch["input_ids"], batch["attention_mask"], None, batch.get("token_type_ids")).float()
             t_full = teacher.truncate(t_pooled, self.full_width)
             if isinstance(docs, StoreDocuments):  # memory-bounded: the losses run on the candidates only
-                rows = docs.candidates(t_full, cfg.distill_candidates, {d for ex in examples for d in ex.positives})
+                rows = docs.candidates(t_full, cfg.distill_candidates, {d for ex in examples for d in ex.positives}, key)
                 local = {int(r): i for i, r in enumerate(rows.tolist())}
                 docs = docs.subset(rows)
             full_scores = docs.scores(t_full, self.full_width)

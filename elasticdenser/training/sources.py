@@ -21,6 +21,7 @@ chosen by anyone).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -60,8 +61,8 @@ def parse_source(spec: str) -> QuerySource:
             head = text  # an '@' inside a path, not a weight
         else:
             text = head
-            if not weight > 0:
-                raise InvalidInputError(f"query source {spec!r}: weight must be > 0")
+            if not (weight > 0 and math.isfinite(weight)):
+                raise InvalidInputError(f"query source {spec!r}: weight must be a finite number > 0")
     kind, _, path = text.partition(":")
     kind = {"query-pool": "pool"}.get(kind.strip(), kind.strip())
     if kind not in SOURCE_KINDS:

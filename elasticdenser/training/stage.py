@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from elasticdenser.model.towers import load_towers
+from elasticdenser.model.towers import load_document_tower
 from elasticdenser.training.config import TrainConfig
 from elasticdenser.training.loop import SUMMARY_FILE, train
 
@@ -54,7 +54,7 @@ def pipeline_train_stage(ctx) -> None:
     result = train(cfg, collection=ctx.collection)
     summary = json.loads((result.model_dir / SUMMARY_FILE).read_text())
     # the document tower the trained model records (the starting model, or the joint stage's)
-    doc_encoder = load_towers(result.model_dir, ctx.encoder.device)[1]
+    doc_encoder = load_document_tower(result.model_dir, ctx.encoder.device)
     ctx.extra["document_encoder"] = ctx.encoder if doc_encoder.fingerprint() == ctx.encoder.fingerprint() else doc_encoder
     ctx.extra["document_embeddings"] = summary["document_embeddings"]
     ctx.extra["training"] = {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
