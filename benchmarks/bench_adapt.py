@@ -112,6 +112,7 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
                          [x for x in sets.split(";") if x]))
     if name in args.static_on:
         variants.append(("static", [a for s in args.adapted for a in ("--source", s)], ["static=true", f"points=[{SMALLEST}]"]))
+    variants = [v for v in variants if v[0] not in args.skip_rows]
     for row, sources, extra in variants:
         run_dir = work / f"train-{row}"
         model = run_dir / "model"
@@ -168,6 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nq-model", default=None,
                     help="model for the nq-trained row (default: nq-sample's pool row, trained first)")
     ap.add_argument("--static-on", default="scifact,trec-dl")
+    ap.add_argument("--skip-rows", default="", help="comma-separated trained rows not to run (e.g. pool)")
     ap.add_argument("--extra-row", action="append", default=[], metavar="NAME|SOURCES|SETS",
                     help="an ablation row: sources (space-separated; default the adapted row's) and --set "
                     "entries (;-separated), e.g. 'sentence||pseudo_kind=sentence' or "
@@ -177,6 +179,7 @@ def main(argv=None) -> int:
         ap.error("--data-dir or $ELASTICDENSER_DATA is needed")
     args.adapted = args.adapted or ["pool@1", "pseudo@1"]
     args.static_on = [c for c in args.static_on.split(",") if c]
+    args.skip_rows = [r for r in args.skip_rows.split(",") if r]
     out = Path(args.out)
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}

@@ -22,12 +22,14 @@ def load_trec_topics(path: PathLike, *, id_prefix: str = "") -> List[Query]:
     from typing import NamedTuple
 
     from ir_datasets.formats import TrecQueries
+    from ir_datasets.formats.trec import DEFAULT_QTYPE_MAP
 
     # ir_datasets' TrecQuery wants title, desc and narr in every topic: read the fields this file has
     tags = {"title": "title", "desc": "description", "narr": "narrative"}
     present = [field for tag, field in tags.items() if f"<{tag}>" in head.lower()]
     qtype = NamedTuple("TopicFields", [("query_id", str)] + [(f, str) for f in present])
-    qtype_map = {"<num>": "query_id", **{f"<{t}>": f for t, f in tags.items() if f in present}}
+    # ir_datasets' own patterns (they strip "Number:", "Description:", ...), for the fields present
+    qtype_map = {pattern: f for pattern, f in DEFAULT_QTYPE_MAP.items() if f == "query_id" or f in present}
     queries = []
     try:
         parsed = list(TrecQueries(LocalFile(path), qtype=qtype, qtype_map=qtype_map).queries_iter())
