@@ -202,12 +202,7 @@ def main(argv=None) -> int:
 
 def render(results_path: str) -> str:
     """The tables of a results file (``python -c 'import bench_adapt; print(bench_adapt.render(...))'``)."""
-    results = json.loads(Path(results_path).read_text())
-    for res in results.values():  # results written before bm25 rows were flat
-        if isinstance(res["rows"].get("bm25", {}).get("bm25"), dict):
-            res["rows"]["bm25"] = res["rows"]["bm25"]["bm25"]
-    return table(results)
-
+    return table(json.loads(Path(results_path).read_text()))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -61,6 +61,31 @@ def tiny_encoder(tiny_bert_dir):
     return ElasticEncoder.from_pretrained(str(tiny_bert_dir))
 
 
+@pytest.fixture()
+def one_thread():
+    """Tiny matrices: one intra-op thread is much faster than two on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def build_tiny_experiment(tmp_path_factory, tiny_encoder):
+    """``build_tiny_experiment(collection, chunk_size)``: the tiny encoder's experiment over its corpus."""
+    from elasticdenser.index import build
+
+    def make(collection, chunk_size: int = 64):
+        out = tmp_path_factory.mktemp("exp")
+        build.build_experiment(tiny_encoder, collection.corpus, out, collection=collection.name, chunk_size=chunk_size,
+                               progress=False)
+        return out
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def small_nq(data_dir):
     """``small_nq(n_docs, n_queries)``: the first gold passages of nq-sample (real text) and the

@@ -19,12 +19,7 @@ from elasticdenser.training.config import TrainConfig
 POINTS = ["L4-H4-F128-D64", "L2-H2-F64-D32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

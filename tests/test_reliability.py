@@ -34,10 +34,8 @@ def corpus(small_nq):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_encoder, corpus):
-    out = tmp_path_factory.mktemp("exp")
-    build.build_experiment(tiny_encoder, corpus.corpus, out, collection=corpus.name, chunk_size=16, progress=False)
-    return out
+def built(build_tiny_experiment, corpus):
+    return build_tiny_experiment(corpus, chunk_size=16)
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ import threading
 import pytest
 
 from elasticdenser.cli import main
-from elasticdenser.index import build
 from elasticdenser.index import manifest as mf
 from elasticdenser.searcher import Searcher
 
@@ -17,10 +16,8 @@ def coll(small_nq):
 
 
 @pytest.fixture(scope="module")
-def exp(tmp_path_factory, tiny_encoder, coll):
-    out = tmp_path_factory.mktemp("exp")
-    build.build_experiment(tiny_encoder, coll.corpus, out, collection=coll.name, chunk_size=64, progress=False)
-    return out
+def exp(build_tiny_experiment, coll):
+    return build_tiny_experiment(coll, chunk_size=64)
 
 
 @pytest.fixture(scope="module")

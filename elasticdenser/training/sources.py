@@ -20,14 +20,11 @@ chosen by anyone).
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from elasticdenser.errors import InvalidInputError
-
-log = logging.getLogger(__name__)
 
 __all__ = ["SOURCE_KINDS", "QuerySource", "parse_source", "parse_sources", "default_sources", "stream_shares"]
 
