@@ -40,7 +40,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def phase(client, url: str, rate: float, seconds: float, queries, name: str, t_zero: float):
+class LeanClient:
+    """A minimal HTTP/1.1 keep-alive client over asyncio streams.
+
+    httpx spends far more CPU per request than the server does; on two shared cores it saturated
+    this process's event loop (client p50 of seconds), so requests left the client in clumps and
+    the server saw bursts that the schedule never offered. This client writes a prebuilt request
+    and reads the status line, the headers and ``Content-Length`` bytes, nothing more."""
+
+    def __init__(self, port: int, timeout_s: float = 30.0):
+        self.port, self.timeout_s = port, timeout_s
+        self.idle: list = []
+
+    async def post_json(self, path: str, payload: dict):
+        body = json.dumps(payload).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        return await asyncio.wait_for(self._exchange(head + body), self.timeout_s)
+
+    async def get_json(self, path: str) -> dict:
+        status, _, body = await asyncio.wait_for(
+            self._exchange(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()), self.timeout_s)
+        return json.loads(body) if status == 200 else {"status": status}
+
+    async def _exchange(self, request: bytes):
+        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(request)
+            header = await reader.readuntil(b"\r\n\r\n")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            writer.close()  # a kept-alive socket the server closed meanwhile: once more on a fresh one
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            writer.write(request)
+            header = await reader.readuntil(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+        body = await reader.readexactly(int(headers.get("content-length", 0)))
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            self.idle.append((reader, writer))
+        return status, headers, body
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+async def phase(client: LeanClient, rate: float, seconds: float, queries, name: str, t_zero: float):
     """Open-loop Poisson arrivals at ``rate`` for ``seconds``; one record per request."""
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
     gaps = rng.exponential(1.0 / rate, size=int(rate * seconds * 1.5) + 10)
@@ -52,13 +101,15 @@ async def phase(client, url: str, rate: float, seconds: float, queries, name: st
     async def one(i: int, at: float):
         await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
         sent = time.perf_counter()
-        rec = {"phase": name, "t": sent - t_zero}
+        rec = {"phase": name, "t": sent - t_zero, "late_send_ms": (sent - start - at) * 1000.0}
         try:
-            r = await client.post(url + "/search", json={"query": queries[i % len(queries)], "k": 10})
-            rec["status"] = r.status_code
-            rec["retry_after"] = r.headers.get("retry-after")
-            if r.status_code == 200:
-                rec["server_ms"] = r.json()["latency_ms"]
+            status, headers, body = await client.post_json("/search", {"query": queries[i % len(queries)], "k": 10})
+            rec["status"] = status
+            rec["retry_after"] = headers.get("retry-after")
+            if status == 200:
+                rec["server_ms"] = json.loads(body)["latency_ms"]
+            elif status == 503:  # shed in the queue (it waited too long) or refused at the door (queue full)
+                rec["reason"] = "queue" if b"already queued" in body else "late"
         except Exception as exc:  # a timeout or a reset: unaccounted
             rec["status"] = type(exc).__name__
         rec["client_ms"] = (time.perf_counter() - sent) * 1000.0
@@ -76,12 +127,15 @@ def summary(records, slo_ms: float) -> dict:
         "requests": len(records),
         "ok": len(ok),
         "rejected_503": len(busy),
+        "rejected_late": sum(1 for r in busy if r.get("reason") == "late"),
         "rejected_without_retry_after": sum(1 for r in busy if not r["retry_after"]),
         "unaccounted": len(records) - len(ok) - len(busy),
         "client_p50_ms": float(np.percentile(client, 50)) if len(client) else None,
         "client_p99_ms": float(np.percentile(client, 99)) if len(client) else None,
         "server_p99_ms": float(np.percentile([r["server_ms"] for r in ok], 99)) if ok else None,
         "served_beyond_slo": sum(1 for r in ok if r["server_ms"] > slo_ms),
+        # how far behind its schedule this load generator sent (a saturated client offers bursts)
+        "send_lag_p99_ms": float(np.percentile([r["late_send_ms"] for r in records], 99)) if records else None,
     }
 
 
@@ -126,24 +180,29 @@ async def slow_and_idle(port: int, n_slow: int, n_idle: int, seconds: float) -> 
             "idle_sockets": n_idle, "idle_closed_by_server": sum(results[n_slow:])}
 
 
-async def run(args, url: str, port: int, pid: int, capacity: float, queries) -> dict:
-    import httpx
-
+async def run(args, port: int, pid: int, capacity: float, queries) -> dict:
     out = {"capacity_qps": capacity, "slo_ms": args.slo_ms, "rss_mb": {"start": rss_mb(pid)}}
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    client = LeanClient(port)
+    health = {}  # the router's state after each phase (point, queue bound, rate estimate)
+    try:
         t0 = time.perf_counter()
         normal = args.normal * capacity
-        rec1, rate1 = await phase(client, url, normal, args.seconds, queries, "normal", t0)
+        rec1, rate1 = await phase(client, normal, args.seconds, queries, "normal", t0)
+        health["normal"] = await client.get_json("/health")
         out["rss_mb"]["after_normal"] = rss_mb(pid)
         side = asyncio.create_task(slow_and_idle(port, args.slow_clients, args.idle_sockets, args.seconds * 2))
-        rec2, rate2 = await phase(client, url, normal, args.seconds, queries, "normal+slow+idle", t0)
+        rec2, rate2 = await phase(client, normal, args.seconds, queries, "normal+slow+idle", t0)
+        health["normal+slow+idle"] = await client.get_json("/health")
         burst_start = time.perf_counter() - t0
-        rec3, rate3 = await phase(client, url, args.burst * capacity, args.burst_seconds, queries, "burst", t0)
+        rec3, rate3 = await phase(client, args.burst * capacity, args.burst_seconds, queries, "burst", t0)
+        health["burst"] = await client.get_json("/health")
         burst_end = time.perf_counter() - t0
-        rec4, rate4 = await phase(client, url, normal, args.seconds, queries, "after", t0)
+        rec4, rate4 = await phase(client, normal, args.seconds, queries, "after", t0)
+        health["after"] = await client.get_json("/health")
         sockets = await side
         out["rss_mb"]["end"] = rss_mb(pid)
+    finally:
+        client.close()
     phases = {}
     for name, recs, rate in (("normal", rec1, rate1), ("normal+slow+idle", rec2, rate2), ("burst", rec3, rate3),
                              ("after", rec4, rate4)):
@@ -156,7 +215,7 @@ async def run(args, url: str, port: int, pid: int, capacity: float, queries) -> 
         if window and all(r["status"] == 200 and r["server_ms"] <= args.slo_ms for r in window):
             recovery = round(float(lo - burst_end), 2)
             break
-    out.update(phases=phases, sockets=sockets, burst_start_s=round(burst_start, 2),
+    out.update(phases=phases, health=health, sockets=sockets, burst_start_s=round(burst_start, 2),
                recovery_s_after_burst=recovery)
     return out
 
@@ -202,7 +261,7 @@ def main() -> None:
             if time.time() > end or server.poll() is not None:
                 raise SystemExit("the server did not start")
             time.sleep(0.5)
-        result = asyncio.run(run(args, url, port, server.pid, capacity, queries))
+        result = asyncio.run(run(args, port, server.pid, capacity, queries))
     finally:
         server.terminate()
         server.wait(30)

@@ -141,3 +141,30 @@ def test_real_searcher_behind_http_and_both_real_run_modes(exp, data_dir):
         res = replay.run_real_http(times, url, prof, f"static:{small}", texts, slo_ms=1000, k=3)
         assert res.summary["served"] == 12
         assert {r["point"] for r in res.series if r["point"]} == {small}
+
+
+def test_profile_quality_ranks_by_position_so_a_point_with_equal_recall_is_not_a_tie():
+    """Recall@10 saturates on easy collections: a cheaper point that finds the same documents lower
+    down tied the full point and marked it dominated, so the router never served the full model.
+    The default metric is nDCG@k (ranx), which sees the difference."""
+    from types import SimpleNamespace as NS
+
+    from elasticdenser.serve.measure import quality_of_hits
+    from elasticdenser.serve.profile import PointProfile, mark_pareto
+
+    queries = [NS(query_id=f"q{i}", answers=None) for i in range(3)]
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(3)}
+    top = [[NS(doc_id=f"d{i}", score=1.0, text=""), NS(doc_id="x", score=0.5, text="")] for i in range(3)]
+    lower = [[NS(doc_id="x", score=1.0, text=""), NS(doc_id=f"d{i}", score=0.9, text="")] for i in range(3)]
+    full, small = quality_of_hits(top, queries, qrels, 10), quality_of_hits(lower, queries, qrels, 10)
+    assert full["recall@10"] == small["recall@10"] == 1.0
+    assert full["ndcg@10"] == full["mrr@10"] == 1.0 and small["mrr@10"] == 0.5 and small["ndcg@10"] < 0.7
+    # a query with no hits at all scores 0, not skipped
+    assert quality_of_hits([[], *top[1:]], queries, qrels, 10)["mrr@10"] == pytest.approx(2 / 3)
+    lat = {1: {"median": 1.0, "p90": 1.0}}
+    pts = [PointProfile("L6-H12-F1536-D384", {1: {"median": 2.0, "p90": 2.0}}, full),
+           PointProfile("L3-H6-F768-D192", lat, small)]
+    mark_pareto(pts, "ndcg@10")
+    assert all(p.pareto for p in pts)
+    mark_pareto(pts, "recall@10")
+    assert not pts[0].pareto  # what the old default did

@@ -383,7 +383,8 @@ def test_non_utf8_input_names_the_file_and_the_line(tmp_path):
 
 def test_requests_that_can_no_longer_meet_the_slo_are_shed_not_served_late():
     """With shed_late (what `serve` runs), a request whose wait already exceeds the SLO is answered
-    like an admission refusal (Overloaded -> 503 + Retry-After, counted) instead of served late."""
+    like an admission refusal (Overloaded -> 503 + Retry-After, counted) instead of served late; so
+    is one whose batch ran past the SLO (the soak saw 1-10 per phase served late before)."""
     from elasticdenser.serve.router import Overloaded
     from elasticdenser.serve.service import RoutedSearcher
 
@@ -401,12 +402,32 @@ def test_requests_that_can_no_longer_meet_the_slo_are_shed_not_served_late():
         late = [svc.submit(f"late {i}") for i in range(2)]
         time.sleep(0.2)  # 200 ms > the 50 ms target
         gate.set()
-        assert first.result(10).hits == []
+        with pytest.raises(Overloaded, match=r"took \d+ ms, past the 50 ms target"):
+            first.result(10)  # admitted on time, but its batch took 250 ms
         for f in late:
-            with pytest.raises(Overloaded, match="past the 50 ms target"):
+            with pytest.raises(Overloaded, match="waited .* past the 50 ms target"):
                 f.result(10)
-        assert svc.metrics.rejections == 2
+        assert svc.metrics.rejections == 3 and not svc.metrics.requests
         assert svc.search("on time", timeout=10).hits == []  # a fresh request is served normally
+        assert sum(svc.metrics.requests.values()) == 1
+
+
+def test_a_batch_that_would_be_late_goes_to_a_cheaper_point_before_anything_is_shed():
+    """Shedding is the last resort: when the oldest request's wait leaves too little time for the
+    routed point, the batch goes to a cheaper point that still finishes by shed_at x SLO."""
+    from elasticdenser.serve.router import Router
+
+    full, cheap = _Searcher.points
+    pts = {full: PointProfile(full, {b: {"median": 25.0, "p90": 30.0} for b in (1, 2, 4)}, {"recall@10": 0.9}),
+           cheap: PointProfile(cheap, {b: {"median": 2.0, "p90": 3.0} for b in (1, 2, 4)}, {"recall@10": 0.8})}
+    profile = Profile(pts, "recall@10", batch_sizes=[1, 2, 4])
+    router = Router(profile, RouterConfig(slo_ms=50, shed_late=True, calibrate=False, margin=1.0,
+                                          step_up_margin=1.0))
+    assert router.choose(1, 0.0).name == full  # 30 ms fits in 40 ms
+    assert router.choose(1, 0.0, waited_ms=15.0).name == cheap  # 15 + 30 > 40; 15 + 3 fits
+    assert router.current.name == full  # the routed point is unchanged: this batch only
+    router = Router(profile, RouterConfig(slo_ms=50, calibrate=False, margin=1.0, step_up_margin=1.0))
+    assert router.choose(1, 0.0, waited_ms=15.0).name == full  # without shedding the budget is the SLO
 
 
 def test_shedding_keeps_headroom_below_the_slo():

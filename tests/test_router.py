@@ -101,7 +101,7 @@ def test_measure_profile_with_a_fake_searcher():
           NS(query_id="q2", text="where is Berlin", answers=["Germany"])]
     qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
     prof = measure_profile(FakeSearcher(), qs, qrels, k=1, batch_sizes=[1, 2], repeats=2)
-    assert prof.metric == "recall@1"
+    assert prof.metric == "ndcg@1" and prof[FULL].quality["recall@1"] == 1.0
     assert prof.quality(FULL) == 1.0 and prof.quality(SMALL) == 0.0
     assert prof[FULL].quality["accuracy@1"] == 1.0 and prof[SMALL].quality["accuracy@1"] == 0.0
     assert set(prof[FULL].latency_ms) == {1, 2}

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure latency (batch 1..64) and quality of every operating point; store it in the manifest",
         description=(
             "Measures, on this machine, query encoding + search latency (median, p90) of every operating point "
-            "at each batch size, and its quality on a validation query set (Recall@k with qrels, answer-match "
+            "at each batch size, and its quality on a validation query set (nDCG@k, MRR@k, Recall@k with qrels; answer-match "
             "accuracy@k with answer strings). Marks points off the Pareto frontier. Writes the table under "
             "'profile' in EXP_DIR/manifest.json (atomic replace); the router uses only these numbers."
         ),
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queries", type=int, default=300, help="validation queries sampled (seeded; default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=10, help="quality at k (default 10)")
-    p.add_argument("--metric", help="router quality metric, e.g. recall@10 or accuracy@10 (default: recall if qrels)")
+    p.add_argument("--metric", help="router quality metric: ndcg@10, mrr@10, recall@10 or accuracy@10 (default: ndcg if qrels)")
     p.add_argument("--points", help="comma-separated points (default: all the experiment serves)")
     p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per batch size (default 5, plus 1 warm-up)")

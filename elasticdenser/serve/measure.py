@@ -54,22 +54,26 @@ def quality_of_hits(
     qrels: Optional[Mapping[str, Mapping[str, int]]],
     k: int,
 ) -> Dict[str, float]:
-    """Recall@k (if qrels cover the queries) and answer-match accuracy@k (if answers exist).
+    """nDCG@k, MRR@k and Recall@k (ranx, when qrels judge the queries) and answer-match accuracy@k
+    (when answers exist).
 
-    ``hits[i]`` are the ranked ``Hit``s of ``queries[i]`` (objects with ``doc_id`` and ``text``);
-    ``queries[i]`` has ``query_id`` and ``answers``. Answers match passage text by DPR's rule
-    (:func:`elasticdenser.eval.answers.has_answer`), exactly as ``elasticdenser evaluate`` scores them.
+    ``hits[i]`` are the ranked ``Hit``s of ``queries[i]`` (objects with ``doc_id``, ``score`` and
+    ``text``); ``queries[i]`` has ``query_id`` and ``answers``. Metrics come from the same owners as
+    ``elasticdenser evaluate``: ranx for the ranked ones, DPR's answer rule
+    (:func:`elasticdenser.eval.answers.has_answer`) for accuracy. nDCG is the router's default
+    because recall@k saturates on easy collections: ties would mark the full point as dominated.
     """
     out: Dict[str, float] = {}
-    if qrels:
-        recalls = []
-        for q, hs in zip(queries, hits):
-            rel = {d for d, g in qrels.get(q.query_id, {}).items() if g > 0}
-            if rel:
-                got = {h.doc_id for h in list(hs)[:k]}
-                recalls.append(len(rel & got) / len(rel))
-        if recalls:
-            out[f"recall@{k}"] = statistics.fmean(recalls)
+    judged = {q.query_id: {d: g for d, g in qrels.get(q.query_id, {}).items() if g > 0} for q in queries} if qrels else {}
+    judged = {q: rel for q, rel in judged.items() if rel}
+    if judged:
+        from elasticdenser.eval.metrics import evaluate
+
+        # rank by position, not by score (a score tie must not reorder hits): scores k, k-1, ...
+        run = {q.query_id: {h.doc_id: float(k - i) for i, h in enumerate(list(hs)[:k])}
+               for q, hs in zip(queries, hits) if q.query_id in judged and len(hs)}
+        names = [f"ndcg@{k}", f"mrr@{k}", f"recall@{k}"]  # a judged query with no hits scores 0 (ranx)
+        out.update(evaluate(judged, run, names) if run else dict.fromkeys(names, 0.0))
     answered = [(q, hs) for q, hs in zip(queries, hits) if getattr(q, "answers", None)]
     if answered:
         out[f"accuracy@{k}"] = statistics.fmean(
@@ -138,8 +142,9 @@ def measure_profile(
     """Measure every operating point of ``searcher`` on this machine.
 
     ``searcher`` needs ``points`` and ``search_texts(texts, k, point) -> list[list[Hit]]``.
-    Quality is computed from the same searcher's hits on ``queries`` (Recall@k with ``qrels``,
-    answer-match accuracy@k otherwise); ``metric`` picks which one the router uses.
+    Quality is computed from the same searcher's hits on ``queries`` (nDCG@k, MRR@k, Recall@k with
+    ``qrels``; answer-match accuracy@k with answers); ``metric`` picks which one the router uses
+    (default nDCG@k, else accuracy@k).
     """
     names = [str(p) for p in (points or searcher.points)]
     if not names:
@@ -170,7 +175,7 @@ def measure_profile(
         table[name] = PointProfile(name, latency, quality, params=params, flops=flops)
     available = set.intersection(*(set(p.quality) for p in table.values()))
     if metric is None:
-        metric = f"recall@{k}" if f"recall@{k}" in available else f"accuracy@{k}"
+        metric = f"ndcg@{k}" if f"ndcg@{k}" in available else f"accuracy@{k}"
     if metric not in available:
         raise InvalidInputError(f"metric {metric!r} not measurable on this query set; available: {sorted(available)}")
     mark_pareto(table.values(), metric)

@@ -5,18 +5,18 @@ The router only ever uses numbers from this table, measured on the machine that 
 * ``latency_ms[batch_size] = {"median": ..., "p90": ...}`` -- wall time of one
   ``Searcher.search_texts(batch, k, point)`` call (query encoding + FAISS search) for batch
   sizes 1, 2, 4, ..., 64;
-* ``quality = {metric: value}`` -- Recall@k (with qrels) or answer-match accuracy@k (answer
-  strings) of the point on a validation query set;
+* ``quality = {metric: value}`` -- nDCG@k, MRR@k, Recall@k (with qrels) and answer-match
+  accuracy@k (answer strings) of the point on a validation query set;
 * ``pareto`` -- False for points that another point beats on both cost and quality; the router
   never routes to those.
 
 Stored as JSON under ``"profile"`` in the experiment's ``manifest.json``::
 
     {"profile": {"version": 1, "created": "...", "machine": {...}, "k": 10,
-                 "metric": "recall@10", "batch_sizes": [1, 2, ..., 64],
+                 "metric": "ndcg@10", "batch_sizes": [1, 2, ..., 64],
                  "points": {"L6-H12-F1536-D384": {"params": ..., "flops": ...,
                             "latency_ms": {"1": {"median": 9.1, "p90": 9.8}, ...},
-                            "quality": {"recall@10": 0.81}, "pareto": true}, ...}}}
+                            "quality": {"ndcg@10": 0.81, ...}, "pareto": true}, ...}}}
 
 Batched service time between measured batch sizes is interpolated linearly in the batch size
 (and extrapolated from the last two sizes above the largest); see :meth:`PointProfile.service_ms`.

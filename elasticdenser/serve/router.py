@@ -334,15 +334,17 @@ class Router:
         now = self._now(now)
         return max(0.0, oldest_arrival + self.config.max_wait_ms / 1000.0 - now)
 
-    def choose(self, queue_len: int, now: Optional[float] = None) -> OperatingPoint:
-        """The point for the next batch, given ``queue_len`` requests waiting (incl. that batch).
+    def choose(self, queue_len: int, now: Optional[float] = None, waited_ms: float = 0.0) -> OperatingPoint:
+        """The point for the next batch, given ``queue_len`` requests waiting (incl. that batch), the
+        oldest of which has waited ``waited_ms``.
 
         Two layers: the *routed* point (``self.current``) follows the load with hysteresis (down at
         once when ``qps > margin * capacity``; up only after the better point has had
         ``slow_qps <= step_up_margin * capacity`` for ``step_up_after_s``). Then, for this batch only, if
         the waiting queue cannot drain within the SLO at the routed point (a burst), the batch goes
         to the best cheaper point that can drain it (the cheapest if none); ``current`` is unchanged,
-        so a burst does not cost ``step_up_after_s`` of lower quality.
+        so a burst does not cost ``step_up_after_s`` of lower quality. With ``shed_late`` the drain
+        must finish by the shedding threshold instead: a cheaper point beats a refusal.
         """
         now = self._now(now)
         qps = self.rate.rate(now)
@@ -376,11 +378,8 @@ class Router:
         if new != self._current:
             self.switches.append((now, self._current, new))
             self._current = new
-        chosen = self.cheapest
-        for p in self.ladder[self._index[new]:]:
-            if self.drain_ms(p, queue_len) <= c.slo_ms:
-                chosen = p
-                break
+        budget = c.slo_ms * (c.shed_at if c.shed_late else 1.0) - waited_ms
+        chosen = next((p for p in self.ladder[self._index[new]:] if self.drain_ms(p, queue_len) <= budget), self.cheapest)
         if chosen.name != new:
             self.burst_batches += 1
         self.last = Decision(chosen.name, qps, queue_len, self.drain_ms(chosen, queue_len))

@@ -4,7 +4,7 @@ The searcher only needs ``points`` and ``search_texts(texts, k, point) -> list[l
 (the :class:`elasticdenser.searcher.Searcher` contract). One worker thread serves batches back to
 back; the :class:`~elasticdenser.serve.router.Router` decides admission, when a batch is ready and
 which operating point serves it. Nothing accepted is dropped (unless ``RouterConfig.shed_late``
-answers a request that can no longer meet the SLO with the same 503 as a refusal): :meth:`RoutedSearcher.close`
+answers a request that can no longer meet, or did not meet, the SLO with the same 503 as a refusal): :meth:`RoutedSearcher.close`
 serves the remaining queue before it returns.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Metrics:
             for p in points:
                 out.append(f'elasticdenser_requests_total{{point="{p}"}} {self.requests.get(p, 0)}')
             out += [
-                "# HELP elasticdenser_rejections_total Requests rejected because the queue was full (503).",
+                "# HELP elasticdenser_rejections_total Requests refused (503): queue full, or (shed_late) SLO out of reach.",
                 "# TYPE elasticdenser_rejections_total counter",
                 f"elasticdenser_rejections_total {self.rejections}",
                 "# HELP elasticdenser_errors_total Requests that failed inside the searcher.",
@@ -243,7 +243,8 @@ class RoutedSearcher:
                     self._cond.wait(timeout=wait)
                     continue
                 head = self._queue[0]
-                point = head.point if head.point is not None else self.router.choose(len(self._queue), now)
+                point = head.point if head.point is not None else \
+                    self.router.choose(len(self._queue), now, (now - head.arrival) * 1000.0)
                 batch: List[_Request] = []
                 rest: Deque[_Request] = deque()
                 for r in self._queue:
@@ -267,11 +268,13 @@ class RoutedSearcher:
         kept = {id(r) for r in keep}
         for r in batch:
             if id(r) not in kept:
-                self.metrics.rejections += 1
-                r.future.set_exception(Overloaded(
-                    f"overloaded: this request waited {(now - r.arrival) * 1000.0:.0f} ms and would finish too close "
-                    f"to or past the {self.router.config.slo_ms:g} ms target; retry later", self.router.retry_after_s()))
+                self._refuse_late(r, f"waited {(now - r.arrival) * 1000.0:.0f} ms and would finish too close to or past")
         return keep
+
+    def _refuse_late(self, r: _Request, what: str) -> None:
+        self.metrics.rejections += 1
+        r.future.set_exception(Overloaded(f"overloaded: this request {what} the {self.router.config.slo_ms:g} ms "
+                                          "target; retry later", self.router.retry_after_s()))
 
     def _worker(self) -> None:
         while True:
@@ -294,8 +297,12 @@ class RoutedSearcher:
             done = self.clock()
             with self._cond:
                 self.router.observe_service(point, len(batch), (done - started) * 1000.0)
+            deadline = self.router.config.slo_ms / 1000.0 if self.router.config.shed_late else float("inf")
             for r, hits in zip(batch, results):
                 latency = done - r.arrival
+                if latency > deadline:  # a batch ran past its prediction: refused, never answered late
+                    self._refuse_late(r, f"took {latency * 1000.0:.0f} ms, past")
+                    continue
                 self.metrics.served(point.name, latency)
                 r.future.set_result(
                     RoutedResult(list(hits)[: r.k], point, latency * 1000.0, (started - r.arrival) * 1000.0,
@@ -317,6 +324,7 @@ class RoutedSearcher:
             "qps_estimate": round(self.router.qps(), 3),
             "queue_length": len(self._queue),
             "max_queue": self.router.max_queue,
+            "calibration_scale": round(self.router.scale, 3),  # measured / profiled batch time
             "slo_ms": self.router.config.slo_ms,
             # the query path this process runs, and the one the profile's latencies were measured on
             "encoder_backend": encoder_backend(self.searcher),
