@@ -33,6 +33,7 @@ __all__ = [
     "UnsupportedModelError",
     "default_model_path",
     "read_json",
+    "sentence_transformers_layout",
     "check_elastic_config",
     "load_checkpoint",
     "CheckpointIO",
@@ -155,6 +156,8 @@ def load_checkpoint(path: Union[str, os.PathLike, None]) -> Dict[str, Any]:
     if not path.is_dir():
         raise MissingFileError(f"model directory not found: {path}")
     elastic = check_elastic_config(read_json(path / ELASTIC_CONFIG_NAME) or {}, path / ELASTIC_CONFIG_NAME)
+    if elastic.get("role") == "ranker":  # its body would load, silently, as a query encoder
+        raise InvalidInputError(f"{path} is an ElasticRanker (a cross-encoder), not a query encoder")
     layout = {} if elastic else sentence_transformers_layout(path)
     model_dir = Path(layout.get("transformer_dir", path))
     if not (model_dir / "config.json").is_file():

@@ -1,0 +1,234 @@
+"""ElasticRanker: an elastic cross-encoder that scores (query, passage) pairs.
+
+The body is an :class:`~elasticdenser.model.encoder.ElasticEncoder` over the checkpoint's
+transformer, so a ranker point runs exactly as a query point does (sliced layers, heads and FFN
+neurons, importance order, layer order, materialised and ONNX fast paths) with CLS pooling and no
+normalisation; the relevance logit is the checkpoint's own sequence-classification head on top:
+``out(tanh(dense(CLS)))`` -- BERT's pooler + classifier, RoBERTa's classification head. A ranker
+point keeps the full width (``D`` = the hidden size): there is no embedding to cut.
+
+What loads (:func:`load_ranker_parts`):
+
+* a Hugging Face cross-encoder directory (``*ForSequenceClassification`` with one label, the
+  layout of ``cross-encoder/ms-marco-MiniLM-L-6-v2``), used as it is;
+* any supported encoder checkpoint (e.g. the bundled all-MiniLM-L6-v2, sentence-transformers
+  layout included) with a new, randomly initialised one-logit head (``new_head`` is then True);
+* a ranker saved by :meth:`ElasticRanker.save_pretrained` (the HF files plus ``elastic_config.json``
+  with ``"role": "ranker"``), which is still a standard cross-encoder directory for other tools.
+
+Refused with a clear error: other architectures (:func:`~elasticdenser.model.loading.check_supported`),
+classification heads with more than one label, and an elastic query encoder passed as a ranker.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from elasticdenser.atomic import write_text
+from elasticdenser.errors import InvalidInputError, MissingFileError
+from elasticdenser.model.encoder import ElasticEncoder
+from elasticdenser.model.loading import (
+    DEFAULT_MAX_LENGTH,
+    ELASTIC_CONFIG_NAME,
+    UnsupportedModelError,
+    check_elastic_config,
+    check_supported,
+    default_model_path,
+    read_json,
+    sentence_transformers_layout,
+)
+from elasticdenser.operating_point import OperatingPoint, PointLike
+
+__all__ = ["RANKER_ROLE", "ElasticRanker", "load_ranker_parts"]
+
+#: ``role`` in the elastic config of a saved ranker (query encoders have none).
+RANKER_ROLE = "ranker"
+
+
+def load_ranker_parts(path: Union[str, os.PathLike, None]) -> Dict[str, Any]:
+    """``model`` (a transformers ``*ForSequenceClassification`` with one label), ``tokenizer``,
+    ``elastic`` (the checked elastic config or ``{}``), ``new_head`` and ``source``."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path) if path is not None else Path(default_model_path())
+    if not path.is_dir():
+        raise MissingFileError(f"ranker model directory not found: {path}")
+    elastic = check_elastic_config(read_json(path / ELASTIC_CONFIG_NAME) or {}, path / ELASTIC_CONFIG_NAME)
+    if elastic and elastic.get("role") != RANKER_ROLE:
+        raise InvalidInputError(f"{path} is an elastic query encoder, not a ranker; pass a cross-encoder or an "
+                                "encoder checkpoint to start a ranker from")
+    model_dir = Path(({} if elastic else sentence_transformers_layout(path)).get("transformer_dir", path))
+    if not (model_dir / "config.json").is_file():
+        raise MissingFileError(f"{model_dir} has no config.json; is it a Hugging Face checkpoint directory?")
+    config = AutoConfig.from_pretrained(model_dir)
+    check_supported(config, model_dir)
+    cross = any(str(a).endswith("ForSequenceClassification") for a in (config.architectures or []))
+    if cross and int(config.num_labels) != 1:
+        raise UnsupportedModelError(
+            f"{model_dir}: the classification head has {config.num_labels} labels; a ranker needs one relevance logit"
+        )
+    config.num_labels = 1
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a new head on an encoder checkpoint is expected, not news
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return {"model": model, "tokenizer": tokenizer, "elastic": elastic, "new_head": not cross, "source": str(path)}
+
+
+class ElasticRanker(nn.Module):
+    """Elastic cross-encoder (see module docstring)."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, max_length: int = DEFAULT_MAX_LENGTH,
+                 elastic_config: Optional[dict] = None, source: Optional[str] = None, new_head: bool = False):
+        super().__init__()
+        check_supported(model.config, source or "model")
+        self.hf = model
+        base = getattr(model, model.base_model_prefix)
+        if model.config.model_type == "bert":
+            if getattr(base, "pooler", None) is None:
+                raise UnsupportedModelError(f"{source or 'model'}: a BERT cross-encoder needs its pooler")
+            self._dense, self._out = base.pooler.dense, model.classifier
+        else:  # RoBERTa / XLM-R: classifier.dense -> tanh -> classifier.out_proj on <s>
+            self._dense, self._out = model.classifier.dense, model.classifier.out_proj
+        cfg = dict(elastic_config or {})
+        self.encoder = ElasticEncoder(base, tokenizer, pooling="cls", normalize=False,
+                                      max_length=int(cfg.get("max_length") or max_length), elastic_config=cfg,
+                                      source=source)
+        if not cfg.get("points"):
+            self.encoder.set_points(self.full_width(p) for p in self.encoder.space.default_points())
+        drop = getattr(model.config, "classifier_dropout", None)
+        self.head_dropout = float(drop if drop is not None else getattr(model.config, "hidden_dropout_prob", 0.0) or 0.0)
+        self.source = source
+        self.new_head = bool(new_head)
+        self.train(False)
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, os.PathLike, None] = None, *,
+                        max_length: Optional[int] = None) -> "ElasticRanker":
+        """Load a cross-encoder, a saved ranker, or an encoder checkpoint with a new head (default:
+        the bundled all-MiniLM-L6-v2); see :func:`load_ranker_parts`."""
+        parts = load_ranker_parts(path)
+        elastic = dict(parts["elastic"])
+        if max_length:
+            elastic["max_length"] = int(max_length)
+        return cls(parts["model"], parts["tokenizer"], elastic_config=elastic or None, source=parts["source"],
+                   new_head=parts["new_head"])
+
+    # ------------------------------------------------------------------ points
+    def full_width(self, point: PointLike) -> OperatingPoint:
+        p = OperatingPoint.parse(point) if point is not None else self.encoder.space.full
+        return OperatingPoint(p.layers, p.heads, p.ffn, self.encoder.space.hidden_size)
+
+    def resolve_point(self, point: PointLike) -> OperatingPoint:
+        """The encoder's resolver; a ranker point must keep the full width (its ``D`` is the hidden size)."""
+        p = self.encoder.resolve_point(point)
+        if p.width != self.encoder.space.hidden_size:
+            raise InvalidInputError(f"ranker point {p} cuts the width; a ranker scores with the full width "
+                                    f"(use {self.full_width(p)})")
+        return p
+
+    def default_points(self) -> List[OperatingPoint]:
+        return self.encoder.default_points()
+
+    @property
+    def tokenizer(self):
+        return self.encoder.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    # ------------------------------------------------------------------ scoring
+    def head(self, cls: torch.Tensor) -> torch.Tensor:
+        """The relevance logit of pooled CLS vectors ``(B, hidden)`` -> ``(B,)``."""
+        h = torch.tanh(F.linear(cls, self._dense.weight, self._dense.bias))
+        if self.training and self.head_dropout:
+            h = F.dropout(h, self.head_dropout, True)
+        return F.linear(h, self._out.weight, self._out.bias).squeeze(-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, point: PointLike = None,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits ``(B,)`` of tokenised pairs at ``point`` (sliced weights; gradients flow)."""
+        p = self.resolve_point(point)
+        return self.head(self.encoder.pooled(input_ids, attention_mask, p, token_type_ids))
+
+    def tokenize_pairs(self, queries: Sequence[str], passages: Sequence[str], max_length: Optional[int] = None,
+                       return_tensors: str = "pt"):
+        return self.tokenizer(list(queries), list(passages), padding=True, truncation=True,
+                              max_length=int(max_length or self.max_length), return_tensors=return_tensors)
+
+    @torch.inference_mode()
+    def score_pairs(self, pairs: Sequence[Tuple[str, str]], point: PointLike = None, batch_size: int = 32,
+                    backend: Optional[str] = None, max_length: Optional[int] = None) -> np.ndarray:
+        """Relevance logits (float32, input order) of ``(query, passage)`` pairs at ``point``.
+
+        Pairs run in length-sorted batches. ``backend`` as for :meth:`ElasticEncoder.encode`: the
+        fast backends run the body's CLS vector (the same cached runners as query points) and this
+        head on top; training mode or a non-CPU device falls back to the sliced eager path.
+        """
+        p = self.resolve_point(point)
+        out = np.zeros(len(pairs), dtype=np.float32)
+        if not len(pairs):
+            return out
+        for i, (q, d) in enumerate(pairs):
+            if not isinstance(q, str) or not isinstance(d, str):
+                raise InvalidInputError(f"pair {i}: query and passage must be strings, got {type(q).__name__}, "
+                                        f"{type(d).__name__}")
+        runner = None
+        name = backend or "eager"
+        if str(name).lower() != "eager" and not self.training and self.encoder.device.type == "cpu":
+            from elasticdenser.model import fastpath
+
+            resolved = fastpath.resolve_backend(name)
+            if resolved != "eager":
+                runner = fastpath.get_runner(self.encoder, p, resolved)
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        bs = max(1, int(batch_size))
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            b = self.tokenize_pairs([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], max_length)
+            if runner is not None:
+                cls = torch.from_numpy(runner(b["input_ids"], b["attention_mask"], b.get("token_type_ids")))
+                out[idx] = self.head(cls.to(self._dense.weight.dtype)).float().numpy()
+            else:
+                b = self.encoder.batch_to_device(b)
+                out[idx] = self(b["input_ids"], b["attention_mask"], p, b.get("token_type_ids")).float().cpu().numpy()
+        return out
+
+    def score(self, query: str, passages: Sequence[str], point: PointLike = None, **kwargs: Any) -> np.ndarray:
+        """Logits of one query against each passage (see :meth:`score_pairs`)."""
+        return self.score_pairs([(query, d) for d in passages], point, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def elastic_config(self) -> dict:
+        return {**self.encoder.elastic_config(), "role": RANKER_ROLE}
+
+    def save_pretrained(self, path: Union[str, os.PathLike]) -> Path:
+        """The HF cross-encoder files (loadable by any tool) plus ``elastic_config.json``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.hf.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        write_text(path / ELASTIC_CONFIG_NAME, json.dumps(self.elastic_config(), indent=1))
+        return path
+
+    def fingerprint(self) -> str:
+        """sha256 of every weight (body and head) plus the elastic config."""
+        h = hashlib.sha256(json.dumps(self.elastic_config(), sort_keys=True).encode())
+        for name, tensor in sorted(self.hf.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
