@@ -26,9 +26,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from elasticdenser.data.types import check_k, is_blank
+from elasticdenser.data.types import Document, check_k, is_blank
 from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.operating_point import OperatingPoint, PointLike
+from elasticdenser.rerank import check_depth
 
 __all__ = ["Hit", "SearchResult", "Searcher"]
 
@@ -48,6 +49,9 @@ class SearchResult:
     query: str
     point: OperatingPoint
     hits: List[Hit] = field(default_factory=list)
+    #: the ranker point that reranked the first ``rerank_depth`` hits (None: not reranked)
+    ranker_point: Optional[OperatingPoint] = None
+    rerank_depth: int = 0
 
 
 class Searcher:
@@ -71,12 +75,16 @@ class Searcher:
         self.points = [p for p in self.points if str(p.width) in manifest.get("indexes", {})] or self.points
         self._router = None
         self._router_lock = threading.Lock()
+        #: the ElasticRanker that ``rerank=N`` uses (:meth:`attach_ranker`); None = no reranking
+        self.ranker = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, exp_dir: "str | os.PathLike", allow_mismatch: bool = False, encoder=None,
-             use_gpu: Optional[bool] = None, device: Optional[str] = None, backend: str = "auto") -> "Searcher":
-        """Open ``exp_dir``; the encoder is ``exp_dir/model`` unless one is given.
+             use_gpu: Optional[bool] = None, device: Optional[str] = None, backend: str = "auto",
+             ranker=None) -> "Searcher":
+        """Open ``exp_dir``; the encoder is ``exp_dir/model`` unless one is given. ``ranker`` (an
+        ElasticRanker or its directory) enables ``rerank=N``.
 
         ``backend`` is the query encoder's serving path (default ``"auto"``: the
         fastest exact one; ``"int8"`` is the opt-in quantised path, see :mod:`elasticdenser.model.fastpath`).
@@ -115,7 +123,30 @@ class Searcher:
         docstore = DocStore(exp_dir)  # MissingFileError naming the file: hits without passages are refused
         if len(docstore) != len(doc_ids):
             raise StateError(f"{exp_dir}: the passage store has {len(docstore)} passages but doc_ids.txt {len(doc_ids)}")
-        return cls(exp_dir, manifest, encoder, doc_ids, docstore, use_gpu=use_gpu, backend=backend)
+        return cls(exp_dir, manifest, encoder, doc_ids, docstore, use_gpu=use_gpu, backend=backend).attach_ranker(ranker)
+
+    def attach_ranker(self, ranker) -> "Searcher":
+        """Rerank with ``ranker`` (an :class:`~elasticdenser.model.ranker.ElasticRanker` or its
+        directory) when a search asks for ``rerank=N``."""
+        if ranker is not None and not hasattr(ranker, "score_pairs"):
+            from elasticdenser.model.ranker import ElasticRanker
+
+            ranker = ElasticRanker.from_pretrained(ranker)
+        self.ranker = ranker
+        return self
+
+    def _rerank(self, texts: Sequence[str], hits: List[List[Hit]], depth: int, ranker_point) -> Tuple[list, object]:
+        """Per query ``(order, scores)`` of its hits after reranking (:func:`rerank_lists`), and the ranker point."""
+        from elasticdenser.rerank import rerank_lists
+
+        if self.ranker is None:
+            raise StateError("rerank needs a ranker: Searcher.open(..., ranker=DIR) or attach_ranker()")
+        rp = self.ranker.resolve_point(ranker_point)
+        return rerank_lists(self.ranker, texts, [[_contents(h) for h in hs] for hs in hits], depth, rp, self.backend), rp
+
+    @staticmethod
+    def _reordered(hits: List[Hit], order: List[int], scores: List[float]) -> List[Hit]:
+        return [Hit(hits[i].doc_id, sc, hits[i].title, hits[i].text) for i, sc in zip(order, scores)]
 
     # ------------------------------------------------------------------ helpers
     def resolve_point(self, point: PointLike) -> OperatingPoint:
@@ -226,54 +257,85 @@ class Searcher:
         return Hit(doc_id, float(score), d.title, d.text)
 
     # ------------------------------------------------------------------ public API
-    def search(self, query: str, k: int = 10, point: "OperatingPoint | str | None" = None) -> SearchResult:
+    def search(self, query: str, k: int = 10, point: "OperatingPoint | str | None" = None, rerank: int = 0,
+               ranker_point: "OperatingPoint | str | None" = None) -> SearchResult:
+        """Top ``k`` hits; with ``rerank=N`` the retriever's top ``max(k, N)`` of which the first
+        ``N`` are reranked by the attached ranker at ``ranker_point`` (None = its full point)."""
         if not isinstance(query, str):
             raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
         if is_blank(query):
             raise InvalidInputError("empty query: give some text to search for")
         k = check_k(k)
+        depth = check_depth(rerank)
         p = self._route(point, 1)
-        scores, ids = self._raw_search([query], k, p)
-        return SearchResult(query, p, [self._hit(int(r), s) for r, s in zip(ids[0], scores[0]) if r >= 0])
+        scores, ids = self._raw_search([query], max(k, depth), p)
+        hits = [self._hit(int(r), s) for r, s in zip(ids[0], scores[0]) if r >= 0]
+        if not depth:
+            return SearchResult(query, p, hits[:k])
+        ((order, new_scores),), rp = self._rerank([query], [hits], depth, ranker_point)
+        return SearchResult(query, p, self._reordered(hits, order, new_scores)[:k], rp, depth)
 
     def search_texts(self, texts: Sequence[str], k: int = 10, point=None, batch_size: int = 32,
-                     skip_empty: bool = False) -> List[List[Hit]]:
+                     skip_empty: bool = False, rerank: int = 0, ranker_point=None) -> List[List[Hit]]:
         texts = list(texts)
+        depth = check_depth(rerank)
         keep = self._check_texts([str(i) for i in range(len(texts))], texts, skip_empty)
         point = self._route(point, len(keep))
-        scores, ids = self._raw_search([texts[i] for i in keep], k, point, batch_size)
+        scores, ids = self._raw_search([texts[i] for i in keep], max(check_k(k), depth), point, batch_size)
         out: List[List[Hit]] = [[] for _ in texts]
         for row, i in enumerate(keep):
             out[i] = [self._hit(int(r), s) for r, s in zip(ids[row], scores[row]) if r >= 0]
-        return out
+        if depth and keep:
+            lists, _ = self._rerank([texts[i] for i in keep], [out[i] for i in keep], depth, ranker_point)
+            for i, (order, new_scores) in zip(keep, lists):
+                out[i] = self._reordered(out[i], order, new_scores)
+        return [hs[:k] for hs in out]
 
     def batch_search(self, queries, k: int = 100, point=None, batch_size: int = 32, skip_empty: bool = False,
-                     timings: Optional[List[float]] = None, return_rows: bool = False):
+                     timings: Optional[List[float]] = None, return_rows: bool = False, rerank: int = 0,
+                     ranker_point=None):
         """A ``ranx.Run`` named after the point that served it (``point=None``: routed, as in
         :meth:`search`; evaluation passes a point). ``queries``: ``Query`` objects, ``{qid: text}``, or
         ``(qid, text)`` pairs. ``timings`` collects seconds per batch (encode + search).
-        With ``return_rows=True`` returns ``(run, {qid: [row, ...]})`` (ranked corpus positions)."""
+        With ``return_rows=True`` returns ``(run, {qid: [row, ...]})`` (ranked corpus positions).
+        ``rerank=N``: the first ``N`` of each list reranked as in :meth:`search`; the run is then
+        named ``<point>+<ranker point>@N``."""
         from elasticdenser.eval.metrics import make_run
 
         pairs = _as_pairs(queries)
         ids_, texts = [q for q, _ in pairs], [t for _, t in pairs]
+        depth = check_depth(rerank)
         keep = self._check_texts(ids_, texts, skip_empty)
         p = self._route(point, len(keep))
-        scores, rows = self._raw_search([texts[i] for i in keep], k, p, batch_size, timings)
+        scores, rows = self._raw_search([texts[i] for i in keep], max(check_k(k), depth), p, batch_size, timings)
+        name = p.name
+        if depth and keep:
+            valid = [rows[j][rows[j] >= 0] for j in range(len(keep))]
+            lists, rp = self._rerank([texts[i] for i in keep], [[self._hit(int(r), 0.0) for r in v] for v in valid],
+                                     depth, ranker_point)
+            for j, (order, new_scores) in enumerate(lists):
+                n = len(order)
+                rows[j, :n], scores[j, :n] = valid[j][order], new_scores
+            name = f"{p.name}+{rp.name}@{depth}"
         results, ranked = {}, {}
         for j, i in enumerate(keep):
-            valid = rows[j] >= 0
-            r, s = rows[j][valid], scores[j][valid]
+            valid_j = rows[j] >= 0
+            r, s = rows[j][valid_j][: check_k(k)], scores[j][valid_j][: check_k(k)]
             # ranx sorts by score; identical scores are ordered by doc id there
             results[ids_[i]] = {self.doc_ids[int(x)]: float(y) for x, y in zip(r, s)}
             ranked[ids_[i]] = [int(x) for x in r]
-        run = make_run(results, name=p.name) if results else None
+        run = make_run(results, name=name) if results else None
         return (run, ranked) if return_rows else run
 
     def passage(self, row: int):
         if self.docstore is None:
             raise MissingFileError(f"{self.exp_dir} has no passage text store (docs.jsonl)")
         return self.docstore.get(row)
+
+
+def _contents(hit: Hit) -> str:
+    """The passage as the document tower and the ranker see it (:attr:`Document.contents`)."""
+    return Document(hit.doc_id, hit.title, hit.text).contents
 
 
 def _as_pairs(queries) -> List[Tuple[str, str]]:

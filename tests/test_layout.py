@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: folder -> package it is installed as (setup.cfg's package_dir)
 ROOTS = {"elasticdenser": "elasticdenser", "index": "elasticdenser.index", "eval": "elasticdenser.eval",
          "data": "elasticdenser.data"}
-LAYER = {"errors": 0, "atomic": 0, "operating_point": 0, "data": 1, "model": 2, "training": 3, "index": 3,
+LAYER = {"errors": 0, "atomic": 0, "operating_point": 0, "data": 1, "model": 2, "training": 3, "index": 3, "rerank": 3,
          "serve": 4, "eval": 4, "searcher": 4, "commands": 5, "cli": 5, "__main__": 5, "": 6}
 MAX_LINES = 400
 

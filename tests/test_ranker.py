@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -164,3 +165,109 @@ def test_gradients_flow_into_the_shared_weights_from_a_small_point(cross_encoder
     assert grads[f"bert.encoder.layer.{used}.intermediate.dense.weight"][: small.ffn].abs().sum() > 0
     g = grads[f"bert.encoder.layer.{unused}.intermediate.dense.weight"]
     assert g is None or g.abs().sum() == 0
+
+
+# --- training and reranking end to end on a small real collection ---------------------------------
+@pytest.fixture(scope="module")
+def squad_small(data_dir, tmp_path_factory):
+    """The first 120 paragraphs of squad-sample-test (real text, its article split kept), as a BEIR
+    folder: test questions of odd articles, training questions of even ones (qrels/train.tsv)."""
+    from elasticdenser.data import load_collection
+    from elasticdenser.data.export import export_collection
+    from elasticdenser.data.types import Collection, Corpus
+
+    full = load_collection("squad-sample-test", data_dir)
+    docs = list(full.corpus)[:120]
+    keep = {d.doc_id for d in docs}
+    test = [q for q in full.queries if next(iter(full.qrels[q.query_id])) in keep][:30]
+    train = [q for q in full.train_queries if full.train_positives[q.query_id][0] in keep][:60]
+    small = Collection("squad-small", Corpus(docs), test, {q.query_id: full.qrels[q.query_id] for q in test},
+                       train_queries=train, train_positives={q.query_id: full.train_positives[q.query_id] for q in train})
+    out = tmp_path_factory.mktemp("squad-small")
+    export_collection(small, out)
+    return out
+
+
+def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_dir, tiny_encoder, tmp_path, one_thread):
+    from elasticdenser.data import load_collection
+    from elasticdenser.eval.metrics import evaluate
+    from elasticdenser.index import build
+    from elasticdenser.searcher import Searcher
+    from elasticdenser.training.ranker import RankerConfig, train_ranker
+
+    coll = load_collection(str(squad_small))
+    assert coll.train_queries and coll.queries
+    exp = tmp_path / "exp"
+    build.build_experiment(tiny_encoder, coll.corpus, exp, collection=coll.name, chunk_size=64, progress=False)
+    cfg = RankerConfig(model=str(cross_encoder_dir), collection=str(squad_small), experiment=str(exp),
+                       output_dir=str(tmp_path / "ranker"), teacher_steps=6, steps=4, batch_size=2, list_size=4,
+                       candidates=8, max_length=96, checkpoint_every=2, teacher_lr=1e-3, lr=1e-3)
+    model = train_ranker(cfg, Searcher.open(exp), progress=False)
+    summary = json.loads((model / "ranker_summary.json").read_text())
+    assert summary["questions"] == len(coll.train_queries) and summary["phases"]["elastic"]["steps"] == 4
+    assert (tmp_path / "ranker" / "teacher" / "config.json").is_file()
+    # a resumed run: kill after the teacher, start again -> the same final weights
+    again = cfg.replace(output_dir=str(tmp_path / "ranker2"))
+    import shutil
+
+    shutil.copytree(tmp_path / "ranker" / "teacher", tmp_path / "ranker2" / "teacher")
+    resumed = train_ranker(again, Searcher.open(exp), progress=False)
+    assert ElasticRanker.from_pretrained(resumed).fingerprint() == ElasticRanker.from_pretrained(model).fingerprint()
+    # killed inside the elastic phase, right after its step-2 checkpoint: resumed from it, same weights
+    from elasticdenser.training import ranker as trainer
+
+    save = trainer._save_state
+
+    def save_then_die(out, ranker, optimizer, scheduler, phase, step, keep):
+        save(out, ranker, optimizer, scheduler, phase, step, keep)
+        if phase == "elastic":
+            raise KeyboardInterrupt
+
+    third = cfg.replace(output_dir=str(tmp_path / "ranker3"))
+    trainer._save_state = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_ranker(third, Searcher.open(exp), progress=False)
+    finally:
+        trainer._save_state = save
+    final = train_ranker(third, Searcher.open(exp), progress=False)
+    assert json.loads((final / "ranker_summary.json").read_text())["phases"]["elastic"]["resumed_at"] == 2
+    assert ElasticRanker.from_pretrained(final).fingerprint() == ElasticRanker.from_pretrained(model).fingerprint()
+
+    searcher = Searcher.open(exp, ranker=model)
+    plain = searcher.search(coll.queries[0].text, k=5, point="full")
+    reranked = searcher.search(coll.queries[0].text, k=5, point="full", rerank=8)
+    small = searcher.ranker.default_points()[-1]
+    assert plain.ranker_point is None and reranked.ranker_point == searcher.ranker.resolve_point(None)
+    assert reranked.rerank_depth == 8 and len(reranked.hits) == 5
+    scores = [h.score for h in reranked.hits]
+    assert scores == sorted(scores, reverse=True)
+    top8 = {h.doc_id for h in searcher.search(coll.queries[0].text, k=8, point="full").hits}
+    assert {h.doc_id for h in reranked.hits} <= top8  # reranking reorders the first stage's candidates
+    logits = searcher.ranker.score(coll.queries[0].text, [f"{h.title} {h.text}".strip() for h in reranked.hits])
+    np.testing.assert_allclose(scores, logits, atol=1e-4)
+    run = searcher.batch_search(coll.queries, k=10, point="full", rerank=8, ranker_point=small)
+    assert run.name == f"{searcher.resolve_point('full').name}+{small.name}@8"
+    first = run.to_dict()[coll.queries[0].query_id]
+    single = searcher.search(coll.queries[0].text, k=10, point="full", rerank=8, ranker_point=small)
+    assert [h.doc_id for h in single.hits] == sorted(first, key=lambda d: -first[d])  # search == batch_search
+    assert 0.0 <= evaluate(coll.qrels, run, ["ndcg@10"])["ndcg@10"] <= 1.0
+    with pytest.raises(InvalidInputError, match="rerank depth"):
+        searcher.search("x", rerank=-1)
+    from elasticdenser.errors import StateError
+
+    with pytest.raises(StateError, match="needs a ranker"):
+        Searcher.open(exp).search("x", rerank=5)
+
+
+def test_ranker_config_is_checked_and_needs_a_first_stage(tmp_path):
+    from elasticdenser.training.ranker import RankerConfig
+
+    with pytest.raises(InvalidInputError, match="experiment"):
+        RankerConfig().validate()
+    with pytest.raises(InvalidInputError, match="list_size"):
+        RankerConfig(experiment="x", list_size=1).validate()
+    with pytest.raises(InvalidInputError, match="steps must be an integer"):
+        RankerConfig(experiment="x").override(["steps=true"])
+    path = RankerConfig(experiment="x", steps=7).save(tmp_path)
+    assert path.name == "ranker_config.yaml" and RankerConfig.load(path).steps == 7

@@ -90,7 +90,7 @@ def load_ranker_parts(path: Union[str, os.PathLike, None]) -> Dict[str, Any]:
 class ElasticRanker(nn.Module):
     """Elastic cross-encoder (see module docstring)."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, max_length: int = DEFAULT_MAX_LENGTH,
+    def __init__(self, model: nn.Module, tokenizer, *, max_length: Optional[int] = None,
                  elastic_config: Optional[dict] = None, source: Optional[str] = None, new_head: bool = False):
         super().__init__()
         check_supported(model.config, source or "model")
@@ -104,7 +104,8 @@ class ElasticRanker(nn.Module):
             self._dense, self._out = model.classifier.dense, model.classifier.out_proj
         cfg = dict(elastic_config or {})
         self.encoder = ElasticEncoder(base, tokenizer, pooling="cls", normalize=False,
-                                      max_length=int(cfg.get("max_length") or max_length), elastic_config=cfg,
+                                      max_length=int(max_length or cfg.get("max_length") or DEFAULT_MAX_LENGTH),
+                                      elastic_config=cfg,
                                       source=source)
         if not cfg.get("points"):
             self.encoder.set_points(self.full_width(p) for p in self.encoder.space.default_points())
@@ -120,11 +121,8 @@ class ElasticRanker(nn.Module):
         """Load a cross-encoder, a saved ranker, or an encoder checkpoint with a new head (default:
         the bundled all-MiniLM-L6-v2); see :func:`load_ranker_parts`."""
         parts = load_ranker_parts(path)
-        elastic = dict(parts["elastic"])
-        if max_length:
-            elastic["max_length"] = int(max_length)
-        return cls(parts["model"], parts["tokenizer"], elastic_config=elastic or None, source=parts["source"],
-                   new_head=parts["new_head"])
+        return cls(parts["model"], parts["tokenizer"], max_length=max_length, elastic_config=parts["elastic"] or None,
+                   source=parts["source"], new_head=parts["new_head"])
 
     # ------------------------------------------------------------------ points
     def full_width(self, point: PointLike) -> OperatingPoint:

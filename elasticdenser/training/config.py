@@ -5,14 +5,12 @@ training again reproduces the run.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, Optional
 
-from elasticdenser.atomic import write_text
 from elasticdenser.data.pseudo import PSEUDO_KINDS
-from elasticdenser.errors import InvalidInputError, MissingFileError
+from elasticdenser.errors import InvalidInputError
+from elasticdenser.training.configfile import ConfigFile
 
 __all__ = ["CONFIG_FILENAME", "TrainConfig"]
 
@@ -30,7 +28,13 @@ _CHOICES = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigFile):
+    KIND: ClassVar[str] = "train config"
+    FILENAME: ClassVar[str] = CONFIG_FILENAME
+    RENAMED: ClassVar[Dict[str, str]] = {
+        "query_pool": "query_pool was replaced by sources (0.3.0): query_pool: query-pool -> sources: [pool]; "
+                      "query_pool: null -> sources: []"}
+
     # --- model and data -----------------------------------------------------------------
     #: starting encoder (a save_pretrained directory); None = all-MiniLM-L6-v2 from its PyPI package
     model: Optional[str] = None
@@ -200,106 +204,3 @@ class TrainConfig:
         if isinstance(self.widths, str):
             self.widths = [int(w) for w in self.widths.split(",") if w.strip()]
         return self
-
-    # --- (de)serialisation ------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if "query_pool" in unknown:
-            raise InvalidInputError("train config: query_pool was replaced by sources (0.3.0): "
-                                    "query_pool: query-pool -> sources: [pool]; query_pool: null -> sources: []")
-        if unknown:
-            raise InvalidInputError(f"train config: unknown key(s) {', '.join(unknown)}")
-        return cls(**{k: _coerce(known[k], v) for k, v in data.items()}).validate()
-
-    @classmethod
-    def load(cls, path: "str | Path") -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"train config not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".toml":
-            import tomllib
-
-            try:
-                data = tomllib.loads(text)
-            except tomllib.TOMLDecodeError as exc:
-                raise InvalidInputError(f"train config {path}: invalid TOML: {exc}") from None
-        else:
-            import yaml
-
-            try:
-                data = yaml.safe_load(text) or {}
-            except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None)
-                where = f" line {mark.line + 1}" if mark is not None else ""
-                raise InvalidInputError(f"train config {path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-        if not isinstance(data, dict):
-            raise InvalidInputError(f"train config {path}: expected a mapping at the top level")
-        return cls.from_dict(data)
-
-    def save(self, path: "str | Path") -> Path:
-        import yaml
-
-        path = Path(path)
-        if path.is_dir() or not path.suffix:
-            path = path / CONFIG_FILENAME
-        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return path
-
-    def override(self, assignments: Sequence[str]) -> "TrainConfig":
-        """Apply ``key=value`` strings (value parsed as YAML), e.g. ``steps=200``, ``points=[...]``."""
-        import yaml
-
-        data = self.to_dict()
-        for item in assignments:
-            if "=" not in item:
-                raise InvalidInputError(f"train config override {item!r}: expected key=value")
-            key, value = item.split("=", 1)
-            key = key.strip().replace("-", "_")
-            if key not in data:
-                raise InvalidInputError(f"train config: unknown key {key!r}")
-            try:
-                data[key] = yaml.safe_load(value)
-            except yaml.YAMLError as exc:
-                raise InvalidInputError(f"train config override {item!r}: invalid value ({exc})") from None
-        return TrainConfig.from_dict(data)
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes).validate()
-
-
-def _coerce(f: dataclasses.Field, value: Any) -> Any:
-    """Light type coercion for values that came from YAML/TOML/CLI strings."""
-    if value is None:
-        return None
-    default = f.default if f.default is not dataclasses.MISSING else None
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() in ("true", "yes", "1", "on"):
-                return True
-            if value.lower() in ("false", "no", "0", "off"):
-                return False
-        if isinstance(value, bool):
-            return value
-        raise InvalidInputError(f"train config: {f.name} must be a boolean, got {value!r}")
-    if default is None and str(f.type) in ("Optional[int]", "Optional[float]"):
-        default = 0 if str(f.type) == "Optional[int]" else 0.0  # typed by the annotation
-    if isinstance(default, (int, float)):
-        kind = "an integer" if isinstance(default, int) else "a number"
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise InvalidInputError(f"train config: {f.name} must be {kind}, got {value!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise InvalidInputError(f"train config: {f.name} must be {kind}, got {value!r}") from None
-        if isinstance(default, float):
-            return number
-        if number != int(number):
-            raise InvalidInputError(f"train config: {f.name} must be an integer, got {value!r}")
-        return int(number)
-    return value
