@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.3.1"
+__version__ = "0.4.0"
 
 #: public name -> the module that owns it
 _EXPORTS = {
@@ -19,6 +19,9 @@ _EXPORTS = {
     "parse_points": "elasticdenser.operating_point",
     "ElasticDenserError": "elasticdenser.errors",
     "ElasticEncoder": "elasticdenser.model.encoder",
+    "ElasticRanker": "elasticdenser.model.ranker",
+    "RankerConfig": "elasticdenser.training.ranker",
+    "train_ranker": "elasticdenser.training.ranker",
     "load_collection": "elasticdenser.data",
     "load_query_pool": "elasticdenser.data",
     "TrainConfig": "elasticdenser.training.config",
@@ -40,6 +43,9 @@ __all__ = [
     "parse_points",
     "ElasticDenserError",
     "ElasticEncoder",
+    "ElasticRanker",
+    "RankerConfig",
+    "train_ranker",
     "load_collection",
     "load_query_pool",
     "TrainConfig",

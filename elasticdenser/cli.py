@@ -17,7 +17,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 # Each name is a module elasticdenser.commands.<name> exposing `register(subparsers)`;
 # the registered parser sets `func(args) -> int`. A module that fails to import is an error.
-COMMANDS = ["version", "data", "train", "index", "search", "evaluate", "profile", "simulate", "serve", "pipeline"]
+COMMANDS = ["version", "data", "train", "train-ranker", "index", "search", "evaluate", "profile", "simulate", "serve", "pipeline"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        importlib.import_module(f"elasticdenser.commands.{name}").register(sub)
+        importlib.import_module(f"elasticdenser.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

@@ -40,10 +40,12 @@ def answer_accuracy(ranked_rows: Dict[str, List[int]], answers: Dict[str, Sequen
 
 def evaluate_points(searcher, collection, points: Sequence, k: int = 100, batch_size: int = 32,
                     metrics: Sequence[str] = DEFAULT_METRICS, answer_ks: Sequence[int] = ANSWER_KS,
-                    progress=None) -> Tuple[List[dict], Dict[str, object]]:
+                    progress=None, rerank: int = 0, ranker_points: Sequence = ()) -> Tuple[List[dict], Dict[str, object]]:
     """One row per point: ``point``, ``params_m``, ``latency_ms`` (median per batch of ``batch_size``
     queries, encode + search), ``qps``, ranx ``metrics`` (if the collection has qrels) and
-    ``answer@k`` (if its queries have answers). Returns ``(rows, {point name: ranx.Run})``."""
+    ``answer@k`` (if its queries have answers). With ``rerank=N``, one more row per point and
+    ranker point (the searcher's attached ranker reranking the top N; ``latency_ms`` then includes
+    reranking). Returns ``(rows, {run name: ranx.Run})``."""
     queries = [q for q in collection.queries if q.text.strip()]
     with_answers = {q.query_id: q.answers for q in queries if q.answers}
     # judged queries that are evaluated (all of them unless the caller cut the query list)
@@ -55,28 +57,30 @@ def evaluate_points(searcher, collection, points: Sequence, k: int = 100, batch_
         p = searcher.resolve_point(point)
         searcher.index(p.width)  # load outside the timed region
         searcher.encode([q.text for q in queries[:batch_size]], p)  # warm-up
-        timings: List[float] = []
-        t0 = time.perf_counter()
-        run, ranked = searcher.batch_search(queries, k=k, point=p, batch_size=batch_size, timings=timings,
-                                            return_rows=True)
-        total = time.perf_counter() - t0
-        full = timings[:-1] if len(timings) > 1 and len(queries) % batch_size else timings
-        row = {
-            "point": p.name,
-            "params_m": round(searcher.encoder.point_params(p) / 1e6, 2),
-            "latency_ms": round(1000 * statistics.median(full), 2),
-            "qps": round(len(queries) / total, 1),
-            "queries": len(queries),
-        }
-        if qrels:
-            row.update({m: round(v, 4) for m, v in evaluate(qrels, run, metrics).items()})
-        if with_answers:
-            acc = answer_accuracy({q: ranked[q] for q in with_answers}, with_answers, tokens, answer_ks)
-            row.update({m: round(v, 4) for m, v in acc.items()})
-        rows.append(row)
-        runs[p.name] = run
-        if progress:
-            progress(row)
+        for rp in [None, *(ranker_points if rerank else ())]:
+            timings: List[float] = []
+            t0 = time.perf_counter()
+            run, ranked = searcher.batch_search(queries, k=k, point=p, batch_size=batch_size, timings=timings,
+                                                return_rows=True, rerank=rerank if rp is not None else 0, ranker_point=rp)
+            total = time.perf_counter() - t0
+            full = timings[:-1] if len(timings) > 1 and len(queries) % batch_size else timings
+            row = {
+                "point": run.name if run is not None else p.name,
+                "params_m": round(searcher.encoder.point_params(p) / 1e6, 2),
+                # reranking runs after the whole first stage: its share is spread over the batches
+                "latency_ms": round(1000 * (statistics.median(full) if rp is None else total / max(1, len(timings))), 2),
+                "qps": round(len(queries) / total, 1),
+                "queries": len(queries),
+            }
+            if qrels:
+                row.update({m: round(v, 4) for m, v in evaluate(qrels, run, metrics).items()})
+            if with_answers:
+                acc = answer_accuracy({q: ranked[q] for q in with_answers}, with_answers, tokens, answer_ks)
+                row.update({m: round(v, 4) for m, v in acc.items()})
+            rows.append(row)
+            runs[row["point"]] = run
+            if progress:
+                progress(row)
     return rows, runs
 
 

@@ -271,3 +271,27 @@ def test_ranker_config_is_checked_and_needs_a_first_stage(tmp_path):
         RankerConfig(experiment="x").override(["steps=true"])
     path = RankerConfig(experiment="x", steps=7).save(tmp_path)
     assert path.name == "ranker_config.yaml" and RankerConfig.load(path).steps == 7
+
+
+def test_cli_train_ranker_then_evaluate_with_reranked_rows(squad_small, cross_encoder_dir, build_tiny_experiment,
+                                                            tmp_path, one_thread):
+    from elasticdenser.cli import main
+    from elasticdenser.data import load_collection
+
+    exp = build_tiny_experiment(load_collection(str(squad_small)))
+    out = tmp_path / "ranker"
+    assert main(["train-ranker", str(exp), "--collection", str(squad_small), "--model", str(cross_encoder_dir),
+                 "--out", str(out), "--teacher-steps", "2", "--steps", "2", "--no-progress",
+                 "--set", "batch_size=2", "list_size=3", "candidates=5", "max_length=64"]) == 0
+    assert (out / "model" / "elastic_config.json").is_file() and (out / "ranker_config.yaml").is_file()
+    report = tmp_path / "report"
+    assert main(["evaluate", str(exp), str(squad_small), "--points", "full", "--ranker", str(out / "model"),
+                 "--rerank", "5", "--ranker-points", "full,L2-H2-F64-D64", "--k", "10", "--out", str(report)]) == 0
+    rows = json.loads((report / "metrics.json").read_text())["rows"]
+    names = [r["point"] for r in rows]
+    assert len(rows) == 3 and names[1].endswith("+L4-H4-F128-D64@5") and names[2].endswith("+L2-H2-F64-D64@5")
+    assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
+    assert rows[1]["ndcg@10"] != rows[2]["ndcg@10"] or rows[1]["mrr@10"] != rows[2]["mrr@10"]
+    # a ranker point that cuts the width is refused with exit 2, naming the rule
+    assert main(["evaluate", str(exp), str(squad_small), "--points", "full", "--ranker", str(out / "model"),
+                 "--ranker-points", "L2-H2-F64-D32", "--out", str(tmp_path / "bad")]) == 2

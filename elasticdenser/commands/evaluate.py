@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stat-test", default="student", choices=["student", "fisher", "tukey"])
     p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
     p.add_argument("--allow-model-mismatch", action="store_true")
+    p.add_argument("--ranker", default=None, help="an ElasticRanker directory: adds reranked rows (see --rerank)")
+    p.add_argument("--rerank", type=int, default=20, help="with --ranker: rerank each point's top N (default 20)")
+    p.add_argument("--ranker-points", default="default", help="with --ranker: ranker points, 'full' or 'default'")
     add_device(p)
     p.set_defaults(func=run)
 
@@ -54,12 +57,22 @@ def run(args: argparse.Namespace) -> int:
         coll.queries = coll.queries[: args.max_queries]
     check_judgments_match(coll, searcher)
     points = resolve_points(args.points, searcher.encoder, searcher.points)
-    rows, runs = evaluate_points(searcher, coll, points, k=args.k, batch_size=args.batch_size)
+    ranker_points = []
+    if args.ranker:
+        if args.rerank < 1:
+            raise InvalidInputError(f"--rerank must be >= 1 with --ranker, got {args.rerank}")
+        searcher.attach_ranker(args.ranker)
+        ranker = searcher.ranker
+        ranker_points = [ranker.resolve_point(rp) for rp in
+                         resolve_points(args.ranker_points, ranker.encoder, ranker.default_points())]
+    rows, runs = evaluate_points(searcher, coll, points, k=args.k, batch_size=args.batch_size,
+                                 rerank=args.rerank if args.ranker else 0, ranker_points=ranker_points)
     print(markdown_table(rows))
     cmp_ = compare_points(coll, runs, stat_test=args.stat_test)
     if cmp_ is not None:
         print(cmp_)
     paths = save_report(Path(args.out or args.exp_dir), rows, {"collection": coll.name, "k": args.k,
-                        "batch_size": args.batch_size}, cmp_)
+                        "batch_size": args.batch_size,
+                        **({"ranker": str(args.ranker), "rerank": args.rerank} if args.ranker else {})}, cmp_)
     print(f"saved {paths['json']} and {paths['md']}")
     return 0
