@@ -77,6 +77,7 @@ class Searcher:
         self._router_lock = threading.Lock()
         #: the ElasticRanker that ``rerank=N`` uses (:meth:`attach_ranker`); None = no reranking
         self.ranker = None
+        self._bm25 = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -228,6 +229,32 @@ class Searcher:
         badset = set(bad)
         return [i for i in range(len(texts)) if i not in badset]
 
+    def bm25(self):
+        """The experiment's BM25 index (``index --bm25``), loaded on first use."""
+        with self._index_lock:
+            if self._bm25 is None:
+                from elasticdenser.index.bm25 import BM25Index
+
+                self._bm25 = BM25Index(self.exp_dir, len(self.doc_ids),
+                                       self.manifest.get("embeddings", {}).get("doc_ids_sha256"))
+            return self._bm25
+
+    def _first_stage(self, texts: Sequence[str], k: int, point, batch_size: int = 32,
+                     timings: Optional[List[float]] = None, first_stage: str = "dense",
+                     fusion: str = "rrf") -> Tuple[np.ndarray, np.ndarray]:
+        """``(scores, rows)`` of the first stage: dense (at ``point``), BM25, or their fusion
+        (:func:`elasticdenser.index.bm25.fuse`, over the top ``max(k, 100)`` of each)."""
+        from elasticdenser.index.bm25 import FIRST_STAGES, fuse
+
+        if first_stage not in FIRST_STAGES:
+            raise InvalidInputError(f"first_stage must be one of {', '.join(FIRST_STAGES)}, got {first_stage!r}")
+        if first_stage == "dense":
+            return self._raw_search(texts, k, point, batch_size, timings)
+        lexical = self.bm25().search(texts, max(k, 100) if first_stage == "fusion" else k)
+        if first_stage == "bm25":
+            return lexical
+        return fuse(self._raw_search(texts, max(k, 100), point, batch_size, timings), lexical, k, fusion)
+
     def _raw_search(self, texts: Sequence[str], k: int, point, batch_size: int = 32,
                     timings: Optional[List[float]] = None) -> Tuple[np.ndarray, np.ndarray]:
         from elasticdenser.index import faiss_index as fi
@@ -258,9 +285,11 @@ class Searcher:
 
     # ------------------------------------------------------------------ public API
     def search(self, query: str, k: int = 10, point: "OperatingPoint | str | None" = None, rerank: int = 0,
-               ranker_point: "OperatingPoint | str | None" = None) -> SearchResult:
-        """Top ``k`` hits; with ``rerank=N`` the retriever's top ``max(k, N)`` of which the first
-        ``N`` are reranked by the attached ranker at ``ranker_point`` (None = its full point)."""
+               ranker_point: "OperatingPoint | str | None" = None, first_stage: str = "dense",
+               fusion: str = "rrf") -> SearchResult:
+        """Top ``k`` hits; with ``rerank=N`` the first stage's top ``max(k, N)`` of which the first
+        ``N`` are reranked by the attached ranker at ``ranker_point`` (None = its full point).
+        ``first_stage``: ``dense`` (the query point), ``bm25`` or ``fusion`` (``rrf`` or ``score``)."""
         if not isinstance(query, str):
             raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
         if is_blank(query):
@@ -268,7 +297,7 @@ class Searcher:
         k = check_k(k)
         depth = check_depth(rerank)
         p = self._route(point, 1)
-        scores, ids = self._raw_search([query], max(k, depth), p)
+        scores, ids = self._first_stage([query], max(k, depth), p, first_stage=first_stage, fusion=fusion)
         hits = [self._hit(int(r), s) for r, s in zip(ids[0], scores[0]) if r >= 0]
         if not depth:
             return SearchResult(query, p, hits[:k])
@@ -276,12 +305,14 @@ class Searcher:
         return SearchResult(query, p, self._reordered(hits, order, new_scores)[:k], rp, depth)
 
     def search_texts(self, texts: Sequence[str], k: int = 10, point=None, batch_size: int = 32,
-                     skip_empty: bool = False, rerank: int = 0, ranker_point=None) -> List[List[Hit]]:
+                     skip_empty: bool = False, rerank: int = 0, ranker_point=None, first_stage: str = "dense",
+                     fusion: str = "rrf") -> List[List[Hit]]:
         texts = list(texts)
         depth = check_depth(rerank)
         keep = self._check_texts([str(i) for i in range(len(texts))], texts, skip_empty)
         point = self._route(point, len(keep))
-        scores, ids = self._raw_search([texts[i] for i in keep], max(check_k(k), depth), point, batch_size)
+        scores, ids = self._first_stage([texts[i] for i in keep], max(check_k(k), depth), point, batch_size,
+                                        first_stage=first_stage, fusion=fusion)
         out: List[List[Hit]] = [[] for _ in texts]
         for row, i in enumerate(keep):
             out[i] = [self._hit(int(r), s) for r, s in zip(ids[row], scores[row]) if r >= 0]
@@ -293,13 +324,13 @@ class Searcher:
 
     def batch_search(self, queries, k: int = 100, point=None, batch_size: int = 32, skip_empty: bool = False,
                      timings: Optional[List[float]] = None, return_rows: bool = False, rerank: int = 0,
-                     ranker_point=None):
+                     ranker_point=None, first_stage: str = "dense", fusion: str = "rrf"):
         """A ``ranx.Run`` named after the point that served it (``point=None``: routed, as in
         :meth:`search`; evaluation passes a point). ``queries``: ``Query`` objects, ``{qid: text}``, or
         ``(qid, text)`` pairs. ``timings`` collects seconds per batch (encode + search).
         With ``return_rows=True`` returns ``(run, {qid: [row, ...]})`` (ranked corpus positions).
         ``rerank=N``: the first ``N`` of each list reranked as in :meth:`search`; the run is then
-        named ``<point>+<ranker point>@N``."""
+        named ``<point>+<ranker point>@N``; a BM25 first stage is ``bm25``, a fusion ``<point>+bm25-<fusion>``."""
         from elasticdenser.eval.metrics import make_run
 
         pairs = _as_pairs(queries)
@@ -307,8 +338,9 @@ class Searcher:
         depth = check_depth(rerank)
         keep = self._check_texts(ids_, texts, skip_empty)
         p = self._route(point, len(keep))
-        scores, rows = self._raw_search([texts[i] for i in keep], max(check_k(k), depth), p, batch_size, timings)
-        name = p.name
+        scores, rows = self._first_stage([texts[i] for i in keep], max(check_k(k), depth), p, batch_size, timings,
+                                         first_stage, fusion)
+        name = {"dense": p.name, "bm25": "bm25"}.get(first_stage, f"{p.name}+bm25-{fusion}")
         if depth and keep:
             valid = [rows[j][rows[j] >= 0] for j in range(len(keep))]
             lists, rp = self._rerank([texts[i] for i in keep], [[self._hit(int(r), 0.0) for r in v] for v in valid],
@@ -316,7 +348,7 @@ class Searcher:
             for j, (order, new_scores) in enumerate(lists):
                 n = len(order)
                 rows[j, :n], scores[j, :n] = valid[j][order], new_scores
-            name = f"{p.name}+{rp.name}@{depth}"
+            name = f"{name}+{rp.name}@{depth}"
         results, ranked = {}, {}
         for j, i in enumerate(keep):
             valid_j = rows[j] >= 0

@@ -40,12 +40,14 @@ def answer_accuracy(ranked_rows: Dict[str, List[int]], answers: Dict[str, Sequen
 
 def evaluate_points(searcher, collection, points: Sequence, k: int = 100, batch_size: int = 32,
                     metrics: Sequence[str] = DEFAULT_METRICS, answer_ks: Sequence[int] = ANSWER_KS,
-                    progress=None, rerank: int = 0, ranker_points: Sequence = ()) -> Tuple[List[dict], Dict[str, object]]:
+                    progress=None, rerank: int = 0, ranker_points: Sequence = (), first_stage: str = "dense",
+                    fusion: str = "rrf") -> Tuple[List[dict], Dict[str, object]]:
     """One row per point: ``point``, ``params_m``, ``latency_ms`` (median per batch of ``batch_size``
     queries, encode + search), ``qps``, ranx ``metrics`` (if the collection has qrels) and
     ``answer@k`` (if its queries have answers). With ``rerank=N``, one more row per point and
     ranker point (the searcher's attached ranker reranking the top N; ``latency_ms`` then includes
-    reranking). Returns ``(rows, {run name: ranx.Run})``."""
+    reranking). ``first_stage``/``fusion`` as for ``Searcher.batch_search`` (BM25 alone: one row,
+    whatever the points). Returns ``(rows, {run name: ranx.Run})``."""
     queries = [q for q in collection.queries if q.text.strip()]
     with_answers = {q.query_id: q.answers for q in queries if q.answers}
     # judged queries that are evaluated (all of them unless the caller cut the query list)
@@ -53,7 +55,7 @@ def evaluate_points(searcher, collection, points: Sequence, k: int = 100, batch_
     qrels = {qid: docs for qid, docs in (collection.qrels or {}).items() if qid in asked}
     tokens = _PassageTokens(searcher)
     rows, runs = [], {}
-    for point in points:
+    for point in points[:1] if first_stage == "bm25" else points:
         p = searcher.resolve_point(point)
         searcher.index(p.width)  # load outside the timed region
         searcher.encode([q.text for q in queries[:batch_size]], p)  # warm-up
@@ -61,7 +63,8 @@ def evaluate_points(searcher, collection, points: Sequence, k: int = 100, batch_
             timings: List[float] = []
             t0 = time.perf_counter()
             run, ranked = searcher.batch_search(queries, k=k, point=p, batch_size=batch_size, timings=timings,
-                                                return_rows=True, rerank=rerank if rp is not None else 0, ranker_point=rp)
+                                                return_rows=True, rerank=rerank if rp is not None else 0, ranker_point=rp,
+                                                first_stage=first_stage, fusion=fusion)
             total = time.perf_counter() - t0
             full = timings[:-1] if len(timings) > 1 and len(queries) % batch_size else timings
             row = {

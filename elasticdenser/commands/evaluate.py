@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ranker", default=None, help="an ElasticRanker directory: adds reranked rows (see --rerank)")
     p.add_argument("--rerank", type=int, default=20, help="with --ranker: rerank each point's top N (default 20)")
     p.add_argument("--ranker-points", default="default", help="with --ranker: ranker points, 'full' or 'default'")
+    p.add_argument("--first-stage", choices=["dense", "bm25", "fusion"], default="dense",
+                   help="candidates from the dense points (default), BM25 (`index --bm25`), or their fusion")
+    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf", help="with --first-stage fusion")
     add_device(p)
     p.set_defaults(func=run)
 
@@ -66,13 +69,15 @@ def run(args: argparse.Namespace) -> int:
         ranker_points = [ranker.resolve_point(rp) for rp in
                          resolve_points(args.ranker_points, ranker.encoder, ranker.default_points())]
     rows, runs = evaluate_points(searcher, coll, points, k=args.k, batch_size=args.batch_size,
-                                 rerank=args.rerank if args.ranker else 0, ranker_points=ranker_points)
+                                 rerank=args.rerank if args.ranker else 0, ranker_points=ranker_points,
+                                 first_stage=args.first_stage, fusion=args.fusion)
     print(markdown_table(rows))
     cmp_ = compare_points(coll, runs, stat_test=args.stat_test)
     if cmp_ is not None:
         print(cmp_)
     paths = save_report(Path(args.out or args.exp_dir), rows, {"collection": coll.name, "k": args.k,
                         "batch_size": args.batch_size,
+                        "first_stage": args.first_stage,
                         **({"ranker": str(args.ranker), "rerank": args.rerank} if args.ranker else {})}, cmp_)
     print(f"saved {paths['json']} and {paths['md']}")
     return 0

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="encode every chunk, merge and build every index again, even where they are current")
     p.add_argument("--remove-chunks", action="store_true", help="delete chunks/ after a successful merge (halves peak disk)")
+    p.add_argument("--bm25", action="store_true", help="also build a BM25 index (bm25s) of the passages: the lexical "
+                   "and fused first stages (search/evaluate --first-stage)")
     add_progress(p)
     add_device(p)
     p.set_defaults(func=run)
@@ -93,4 +95,11 @@ def run(args: argparse.Namespace) -> int:
         info = m["indexes"][str(w)]
         print(f"{info['file']}: {info['factory']}, {info['ntotal']} vectors, {info['bytes'] / 1e6:.1f} MB, "
               f"{info['build_seconds']:.1f}s")
+    if args.bm25:
+        from elasticdenser.index import manifest as mf
+        from elasticdenser.index.bm25 import build_bm25
+
+        section = build_bm25(args.out, progress=not args.no_progress)  # seconds per 100k passages: always fresh
+        mf.update(args.out, bm25=section)
+        print(f"bm25/: BM25 over {section['num_docs']} passages")
     return 0

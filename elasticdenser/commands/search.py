@@ -1,4 +1,5 @@
-"""``elasticdenser search``: batch retrieval of a query set at one operating point -> TREC run file."""
+"""``elasticdenser search``: batch retrieval of a query set at one operating point (optionally BM25 or fused,
+and reranked) -> TREC run file."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-model-mismatch", action="store_true")
     add_device(p)
     p.add_argument("--model", default=None, help="search with this encoder instead of EXP/model")
+    p.add_argument("--first-stage", choices=["dense", "bm25", "fusion"], default="dense",
+                   help="dense (the point), BM25 (`index --bm25`), or their fusion (--fusion rrf|score)")
+    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf")
+    p.add_argument("--ranker", default=None, help="an ElasticRanker directory: rerank the top --rerank hits")
+    p.add_argument("--rerank", type=int, default=20, help="with --ranker: rerank depth (default 20)")
+    p.add_argument("--ranker-point", default=None, help="with --ranker: the ranker's point (default: full)")
     p.set_defaults(func=run)
 
 
@@ -45,19 +52,21 @@ def run(args: argparse.Namespace) -> int:
 
     encoder = load_encoder(args.model, args.device) if args.model else None
     searcher = Searcher.open(args.exp_dir, allow_mismatch=args.allow_model_mismatch, device=pick_device(args.device),
-                             encoder=encoder)
+                             encoder=encoder, ranker=args.ranker)
     queries = load_queries(args.queries, args.data_dir)
     point = searcher.resolve_point(args.point)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # truncation is summarised below
-        run_ = searcher.batch_search(queries, k=args.k, point=point, batch_size=args.batch_size, skip_empty=args.skip_empty)
+        run_ = searcher.batch_search(queries, k=args.k, point=point, batch_size=args.batch_size, skip_empty=args.skip_empty,
+                                     rerank=args.rerank if args.ranker else 0, ranker_point=args.ranker_point,
+                                     first_stage=args.first_stage, fusion=args.fusion)
     dt = time.perf_counter() - t0
     if run_ is None:
         raise InvalidInputError("no non-empty queries to search")
-    out = Path(args.out) if args.out else Path(args.exp_dir) / "runs" / f"{point.name}.trec"
+    out = Path(args.out) if args.out else Path(args.exp_dir) / "runs" / f"{run_.name}.trec"
     write_trec_run(run_, out)
-    msg = f"{len(run_)} queries at {point.name} in {dt:.2f}s ({len(run_) / dt:.0f} q/s) -> {out}"
+    msg = f"{len(run_)} queries at {run_.name} in {dt:.2f}s ({len(run_) / dt:.0f} q/s) -> {out}"
     if searcher.truncated_queries:
         msg += f"; {searcher.truncated_queries} over-long queries truncated to {searcher.encoder.max_length} tokens"
     print(msg)
