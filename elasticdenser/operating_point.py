@@ -24,8 +24,8 @@ class InvalidOperatingPoint(InvalidInputError):
     """A point that cannot exist in a given elastic space (or cannot be parsed)."""
 
 
-__all__ = ["WIDTH_MULTIPLE", "InvalidOperatingPoint", "OperatingPoint", "PointLike", "ElasticSpace", "truncate",
-           "parse_points"]
+__all__ = ["WIDTH_MULTIPLE", "InvalidOperatingPoint", "OperatingPoint", "PointLike", "ServingConfig", "ElasticSpace",
+           "truncate", "parse_points"]
 
 
 @dataclass(frozen=True, order=True)
@@ -57,6 +57,44 @@ class OperatingPoint:
 
 #: what every API that takes a point accepts: a point, its name, or None (the API says what None means).
 PointLike = Union[OperatingPoint, str, None]
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What serves one batch: a query point and, optionally, a ranker point that reranks the first
+    stage's top ``depth``. Named ``<query point>`` or ``<query point>+<ranker point>@<depth>``: the
+    names a profile, the router and a run use for the joint configuration."""
+
+    query: OperatingPoint
+    ranker: Optional[OperatingPoint] = None
+    depth: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.ranker is None) != (self.depth == 0) or self.depth < 0:
+            raise InvalidOperatingPoint(f"a serving configuration reranks with a ranker point at depth >= 1, or not "
+                                        f"at all; got ranker {self.ranker}, depth {self.depth}")
+
+    @classmethod
+    def parse(cls, text: "str | OperatingPoint | ServingConfig") -> "ServingConfig":
+        if isinstance(text, ServingConfig):
+            return text
+        if isinstance(text, OperatingPoint):
+            return cls(text)
+        query, plus, rest = str(text).strip().partition("+")
+        if not plus:
+            return cls(OperatingPoint.parse(query))
+        ranker, at, depth = rest.partition("@")
+        if not at or not depth.isdigit():
+            raise InvalidOperatingPoint(f"cannot parse serving configuration {text!r}: expected "
+                                        "'<query point>+<ranker point>@<depth>', e.g. 'L6-H12-F1536-D384+L3-H6-F768-D384@20'")
+        return cls(OperatingPoint.parse(query), OperatingPoint.parse(ranker), int(depth))
+
+    @property
+    def name(self) -> str:
+        return self.query.name if self.ranker is None else f"{self.query.name}+{self.ranker.name}@{self.depth}"
+
+    def __str__(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,11 @@ class Hit:
     title: str
     text: str
 
+    @property
+    def contents(self) -> str:
+        """The passage as the document tower and the ranker see it (:attr:`Document.contents`)."""
+        return Document(self.doc_id, self.title, self.text).contents
+
 
 @dataclass
 class SearchResult:
@@ -143,7 +148,7 @@ class Searcher:
         if self.ranker is None:
             raise StateError("rerank needs a ranker: Searcher.open(..., ranker=DIR) or attach_ranker()")
         rp = self.ranker.resolve_point(ranker_point)
-        return rerank_lists(self.ranker, texts, [[_contents(h) for h in hs] for hs in hits], depth, rp, self.backend), rp
+        return rerank_lists(self.ranker, texts, [[h.contents for h in hs] for hs in hits], depth, rp, self.backend), rp
 
     @staticmethod
     def _reordered(hits: List[Hit], order: List[int], scores: List[float]) -> List[Hit]:
@@ -363,11 +368,6 @@ class Searcher:
         if self.docstore is None:
             raise MissingFileError(f"{self.exp_dir} has no passage text store (docs.jsonl)")
         return self.docstore.get(row)
-
-
-def _contents(hit: Hit) -> str:
-    """The passage as the document tower and the ranker see it (:attr:`Document.contents`)."""
-    return Document(hit.doc_id, hit.title, hit.text).contents
 
 
 def _as_pairs(queries) -> List[Tuple[str, str]]:

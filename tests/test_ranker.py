@@ -295,3 +295,80 @@ def test_cli_train_ranker_then_evaluate_with_reranked_rows(squad_small, cross_en
     # a ranker point that cuts the width is refused with exit 2, naming the rule
     assert main(["evaluate", str(exp), str(squad_small), "--points", "full", "--ranker", str(out / "model"),
                  "--ranker-points", "L2-H2-F64-D32", "--out", str(tmp_path / "bad")]) == 2
+
+
+# --- the two-stage profile and the router over both stages ------------------------------------------
+def _two_stage_profile(query_points, ranker_points, depth=5):
+    """Synthetic but shaped like a real one: reranking costs more and scores better."""
+    from elasticdenser.operating_point import ServingConfig
+    from elasticdenser.serve.profile import PointProfile, Profile, mark_pareto
+
+    entries = {}
+    for i, qp in enumerate(query_points):
+        q_ms = 4.0 / (i + 1)
+        entries[qp.name] = PointProfile(qp.name, {b: {"median": q_ms * b, "p90": q_ms * b * 1.1} for b in (1, 2, 4)},
+                                        {"ndcg@10": 0.60 - 0.05 * i})
+        for j, rp in enumerate(ranker_points):
+            r_ms = 20.0 / (j + 1)
+            name = ServingConfig(qp, rp, depth).name
+            entries[name] = PointProfile(name, {b: {"median": (q_ms + r_ms) * b, "p90": (q_ms + r_ms) * b * 1.1}
+                                                for b in (1, 2, 4)}, {"ndcg@10": 0.75 - 0.05 * i - 0.03 * j})
+    mark_pareto(entries.values(), "ndcg@10")
+    return Profile(entries, "ndcg@10", batch_sizes=[1, 2, 4])
+
+
+def test_router_over_both_stages_reranks_at_low_load_and_drops_the_ranker_under_overload(cross_encoder_dir):
+    from elasticdenser.serve.router import Router, RouterConfig
+
+    ranker = ElasticRanker.from_pretrained(cross_encoder_dir)
+    from elasticdenser.operating_point import OperatingPoint
+
+    qps_ = [OperatingPoint.parse("L4-H4-F128-D64"), OperatingPoint.parse("L2-H2-F64-D32")]
+    profile = _two_stage_profile(qps_, ranker.default_points())
+    router = Router(profile, RouterConfig(slo_ms=100, step_up_after_s=0.0))
+    low = router.choose_config(1, 0.0)
+    assert low.ranker == ranker.default_points()[0] and low.query == qps_[0] and low.depth == 5
+    t = 1.0
+    for _ in range(3000):  # 3000 q/s: beyond every reranking configuration's capacity
+        router.admit(0, t)
+        t += 1 / 3000
+    busy = router.choose_config(1, t)
+    assert busy.ranker is None and busy.query == qps_[-1]
+    assert router.choose(1, t) == busy.query  # choose() is the query point of the same decision
+
+
+def test_joint_profile_measured_and_served_by_the_routed_service(squad_small, cross_encoder_dir, build_tiny_experiment,
+                                                                 one_thread):
+    from elasticdenser.data import load_collection
+    from elasticdenser.operating_point import ServingConfig
+    from elasticdenser.searcher import Searcher
+    from elasticdenser.serve.measure import measure_profile
+    from elasticdenser.serve.measure_ranker import add_ranker_profile
+    from elasticdenser.serve.router import RouterConfig
+    from elasticdenser.serve.service import RoutedSearcher
+
+    coll = load_collection(str(squad_small))
+    searcher = Searcher.open(build_tiny_experiment(coll), ranker=cross_encoder_dir)
+    queries = coll.queries[:12]
+    prof = measure_profile(searcher, queries, coll.qrels, batch_sizes=[1, 2, 4], repeats=1, points=searcher.points[:2])
+    prof = add_ranker_profile(prof, searcher, queries, coll.qrels, depths=[5], repeats=1,
+                              ranker_points=[searcher.ranker.default_points()[0], searcher.ranker.default_points()[-1]])
+    joint = [p for p in prof.points.values() if p.config.ranker is not None]
+    assert len(joint) == 2 * 2 and prof.extra["ranker_fingerprint"] == searcher.ranker.fingerprint()
+    for entry in joint:
+        alone = prof[entry.config.query.name]
+        assert all(entry.service_ms(b) > alone.service_ms(b) for b in (1, 2, 4, 8))
+        # the measured quality is what the searcher's own reranked results score
+        cfg = entry.config
+        hits = searcher.search_texts([q.text for q in queries], 10, cfg.query, rerank=cfg.depth, ranker_point=cfg.ranker)
+        from elasticdenser.serve.measure import quality_of_hits
+
+        assert quality_of_hits(hits, queries, coll.qrels, 10)["ndcg@10"] == pytest.approx(entry.quality["ndcg@10"], abs=1e-6)
+    # the routed service serves a joint configuration end to end when the router picks one
+    best = _two_stage_profile(searcher.points[:2], searcher.ranker.default_points())
+    with RoutedSearcher(searcher, profile=best, config=RouterConfig(slo_ms=500)) as svc:
+        res = svc.search(queries[0].text, k=3, timeout=30)
+        assert isinstance(res.config, ServingConfig) and res.config.ranker is not None and res.config.depth == 5
+        direct = searcher.search(queries[0].text, k=3, point=res.config.query, rerank=5, ranker_point=res.config.ranker)
+        assert [h.doc_id for h in res.hits] == [h.doc_id for h in direct.hits]
+        assert res.config.name in svc.metrics_text()

@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_backend(p, "auto", "query encoder path to measure (default auto: ONNX Runtime, else TorchScript; int8: opt-in "
                         "quantised ONNX, see BENCHMARKS.md); recorded so that `serve` runs the same one")
     add_out(p, "also write the profile JSON to this file (it is always stored in EXP/manifest.json)")
+    p.add_argument("--ranker", help="an ElasticRanker directory: also profile every query point x ranker point x "
+                   "rerank depth, so the router chooses both stages (serve with the same --ranker)")
+    p.add_argument("--rerank-depths", default="10,20", help="with --ranker: rerank depths to profile (default 10,20)")
+    p.add_argument("--ranker-points", help="with --ranker: comma-separated ranker points (default: its defaults)")
     p.set_defaults(func=run)
 
 
@@ -64,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
     for target in (Path(args.exp_dir), manifest):  # minutes of measuring must not end in a write error
         if target.exists() and not os.access(target, os.W_OK):
             raise StateError(f"{target} is not writable: the profile is stored in {manifest}")
-    searcher = Searcher.open(args.exp_dir, backend=args.backend)
+    try:
+        depths = [int(d) for d in args.rerank_depths.split(",") if d.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--rerank-depths must be comma-separated integers, got {args.rerank_depths!r}") from None
+    searcher = Searcher.open(args.exp_dir, backend=args.backend, ranker=args.ranker)
     name = args.collection or searcher.manifest.get("collection", {}).get("name")
     if not name:
         raise InvalidInputError("the manifest names no collection; pass --collection")
@@ -79,13 +87,19 @@ def run(args: argparse.Namespace) -> int:
 
     prof = measure_profile(searcher, queries, coll.qrels, k=args.k, metric=args.metric, points=points,
                            batch_sizes=batch_sizes, repeats=args.repeats, space=searcher.encoder.space, log=log)
+    if args.ranker:
+        from elasticdenser.serve.measure_ranker import add_ranker_profile
+
+        prof = add_ranker_profile(prof, searcher, queries, coll.qrels, depths=depths, repeats=min(args.repeats, 2),
+                                  ranker_points=args.ranker_points.split(",") if args.ranker_points else None, log=log)
     path = save_profile(args.exp_dir, prof)
     if args.out:
         write_json(args.out, prof.to_json())
     print(f"profile of {len(prof.points)} points written to {path} (metric {prof.metric})")
-    print(f"{'point':<22} {'b=1 med':>8} {'b=1 p90':>8} {'b=64 med':>9} {prof.metric:>12}  pareto")
+    width = max(len(n) for n in prof.points)
+    print(f"{'point':<{width}} {'b=1 med':>8} {'b=1 p90':>8} {'b=64 med':>9} {prof.metric:>12}  pareto")
     for p in sorted(prof.points.values(), key=lambda x: -x.cost()):
         b1, bl = p.latency_ms[min(p.latency_ms)], p.latency_ms[max(p.latency_ms)]
-        print(f"{p.name:<22} {b1['median']:8.1f} {b1['p90']:8.1f} {bl['median']:9.1f} "
+        print(f"{p.name:<{width}} {b1['median']:8.1f} {b1['p90']:8.1f} {bl['median']:9.1f} "
               f"{p.quality[prof.metric]:12.4f}  {'yes' if p.pareto else 'no (not routed to)'}")
     return 0

@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="close a connection whose request is not complete after this many seconds "
                    f"(default {d.request_timeout_s:g})")
     g.add_argument("--docs", action="store_true", help="serve the interactive /docs and /openapi.json (off by default)")
+    p.add_argument("--ranker", help="the ElasticRanker the profile measured (`profile --ranker`): the router then "
+                   "chooses the query point, the ranker point and the rerank depth (none included) together")
     g.add_argument("--serve-late", action="store_true",
                    help="serve queued requests even when they can no longer meet the SLO (default: answer them "
                    "503 + Retry-After at once)")
@@ -99,8 +101,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     profile = load_profile(args.exp_dir)
     backend = args.backend or profile.extra.get("encoder_backend") or "auto"
-    searcher = Searcher.open(args.exp_dir, backend=backend)
+    searcher = Searcher.open(args.exp_dir, backend=backend, ranker=args.ranker)
     check_profile_model(profile, searcher.encoder.fingerprint(), f"the profile in {args.exp_dir}")
+    measured = profile.extra.get("ranker_fingerprint")
+    if args.ranker and measured != searcher.ranker.fingerprint():
+        raise StateError(f"the profile in {args.exp_dir} did not measure the ranker {args.ranker}"
+                         f"{'' if measured else ' (it has no ranker entries)'}: run `elasticdenser profile "
+                         f"{args.exp_dir} --ranker {args.ranker}`")
     for width in sorted({p.width for p in searcher.points}):
         searcher.index(width)  # a missing or damaged index is an error now, not at the first request
     limits = ServerLimits(max_body_bytes=args.max_body_bytes, idle_timeout_s=args.idle_timeout,

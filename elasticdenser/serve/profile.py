@@ -39,7 +39,7 @@ from typing import (
 
 from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.index import manifest as mf
-from elasticdenser.operating_point import OperatingPoint
+from elasticdenser.operating_point import OperatingPoint, ServingConfig
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -77,8 +77,14 @@ class PointProfile:
         self._sizes = sorted(self.latency_ms)
 
     @property
+    def config(self) -> ServingConfig:
+        """What this entry serves: a query point, or a query point + ranker point at a rerank depth."""
+        return ServingConfig.parse(self.name)
+
+    @property
     def point(self) -> OperatingPoint:
-        return OperatingPoint.parse(self.name)
+        """The query point (of a joint configuration: its first stage)."""
+        return self.config.query
 
     @property
     def batch_sizes(self) -> List[int]:

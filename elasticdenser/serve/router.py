@@ -38,6 +38,8 @@ that one batch to the best cheaper point that can, without changing the routed p
 
 Admission: a bounded queue of ``max_queue`` requests (default: what the cheapest point drains in the
 SLO); beyond it :meth:`Router.admit` says no; with ``shed_late``, :meth:`Router.late` also sheds late ones.
+A profile's entries may be joint configurations (query point + ranker point at a rerank depth,
+:class:`~elasticdenser.operating_point.ServingConfig`): they are routed like points.
 """
 from __future__ import annotations
 
@@ -47,8 +49,9 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from elasticdenser.errors import InvalidInputError
-from elasticdenser.operating_point import OperatingPoint
+from elasticdenser.operating_point import OperatingPoint, ServingConfig
 from elasticdenser.serve.profile import PointProfile, Profile
+from elasticdenser.serve.rate import RateEstimator
 
 __all__ = ["Overloaded", "RouterConfig", "Decision", "RateEstimator", "Router"]
 
@@ -107,28 +110,6 @@ class Decision:
     predicted_ms: float
 
 
-class RateEstimator:
-    """Exponentially decayed arrival counter: ``qps = s / tau``; see module docstring."""
-
-    def __init__(self, tau_s: float = 1.0):
-        self.tau = float(tau_s)
-        self._s = 0.0
-        self._t: Optional[float] = None
-
-    def observe(self, now: float, n: int = 1) -> None:
-        if self._t is not None and now > self._t:
-            self._s *= math.exp(-(now - self._t) / self.tau)
-        if self._t is None or now > self._t:
-            self._t = now
-        self._s += n
-
-    def rate(self, now: float) -> float:
-        if self._t is None:
-            return 0.0
-        dt = max(0.0, now - self._t)
-        return self._s * math.exp(-dt / self.tau) / self.tau
-
-
 class Router:
     """Chooses the operating point of each batch; see the module docstring for the model.
 
@@ -177,7 +158,6 @@ class Router:
         self.burst_batches = 0  # batches sent below the routed point because of a queue burst
         self.last: Optional[Decision] = None
 
-    # --- convenience constructors ---------------------------------------------------------
     @classmethod
     def static(cls, profile: Profile, point: Union[str, OperatingPoint], config: Optional[RouterConfig] = None,
                clock: Callable[[], float] = time.monotonic) -> "Router":
@@ -187,6 +167,11 @@ class Router:
     def current(self) -> OperatingPoint:
         """The routed point (what ``choose`` serves unless a burst sends a batch lower)."""
         return self.profile[self._current].point
+
+    @property
+    def current_config(self) -> ServingConfig:
+        """The routed configuration (with a ranker profiled: query point, ranker point, depth)."""
+        return self.profile[self._current].config
 
     @property
     def best(self) -> PointProfile:
@@ -335,8 +320,13 @@ class Router:
         return max(0.0, oldest_arrival + self.config.max_wait_ms / 1000.0 - now)
 
     def choose(self, queue_len: int, now: Optional[float] = None, waited_ms: float = 0.0) -> OperatingPoint:
-        """The point for the next batch, given ``queue_len`` requests waiting (incl. that batch), the
-        oldest of which has waited ``waited_ms``.
+        """The query point of :meth:`choose_config` (the whole choice for a profile without a ranker)."""
+        return self.choose_config(queue_len, now, waited_ms).query
+
+    def choose_config(self, queue_len: int, now: Optional[float] = None, waited_ms: float = 0.0) -> ServingConfig:
+        """The configuration for the next batch, given ``queue_len`` requests waiting (incl. that batch),
+        the oldest of which has waited ``waited_ms``; with a ranker profiled, a joint one (query point,
+        ranker point, rerank depth), ``no rerank`` included.
 
         Two layers: the *routed* point (``self.current``) follows the load with hysteresis (down at
         once when ``qps > margin * capacity``; up only after the better point has had
@@ -350,7 +340,7 @@ class Router:
         qps = self.rate.rate(now)
         if self.fixed is not None:
             self.last = Decision(self.fixed, qps, queue_len, self.drain_ms(self.ladder[0], queue_len))
-            return self.ladder[0].point
+            return self.ladder[0].config
         c = self.config
         slow = self.slow_rate.rate(now)
         target = None
@@ -383,7 +373,7 @@ class Router:
         if chosen.name != new:
             self.burst_batches += 1
         self.last = Decision(chosen.name, qps, queue_len, self.drain_ms(chosen, queue_len))
-        return chosen.point
+        return chosen.config
 
     def describe(self) -> List[Dict[str, float]]:
         """Per point: quality, SLO capacity (qps) and service time at batch 1 and ``max_batch``."""

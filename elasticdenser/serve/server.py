@@ -3,7 +3,8 @@
 Endpoints:
 
 * ``POST /search`` ``{"query": str, "k": int = 10, "point": str | null}`` ->
-  ``{"point", "hits": [{"doc_id", "score", "title", "text"}], "latency_ms", "batch_size"}``;
+  ``{"point", "ranker_point", "rerank_depth", "hits": [{"doc_id", "score", "title", "text"}], "latency_ms",
+  "batch_size"}`` (``ranker_point`` null and ``rerank_depth`` 0 when not reranked);
   invalid input -> 422 with a message; queue full -> 503 with ``Retry-After``.
 * ``GET /health`` -> status, points, current point, QPS estimate, queue length, the query path
   served and the one the profile was measured on.
@@ -29,6 +30,7 @@ from typing import Any, Optional
 
 from elasticdenser.data.types import is_blank
 from elasticdenser.errors import InvalidInputError
+from elasticdenser.operating_point import ServingConfig
 from elasticdenser.serve.router import Overloaded, RouterConfig
 from elasticdenser.serve.service import RoutedSearcher
 
@@ -129,8 +131,11 @@ def create_app(target: Any, profile: Any = None, config: Optional[RouterConfig] 
             return _overloaded(exc)
         except Exception as exc:
             return JSONResponse(status_code=500, content={"error": "search failed", "detail": str(exc)})
+        config = res.config or ServingConfig(res.point)
         return {
             "point": res.point.name,
+            "ranker_point": config.ranker.name if config.ranker else None,
+            "rerank_depth": config.depth,
             "hits": [_hit_json(h) for h in res.hits],
             "latency_ms": round(res.latency_ms, 3),
             "batch_size": res.batch_size,

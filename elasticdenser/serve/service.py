@@ -18,7 +18,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
 from elasticdenser.data.types import check_k, is_blank
 from elasticdenser.errors import InvalidInputError, StateError
-from elasticdenser.operating_point import OperatingPoint, PointLike
+from elasticdenser.operating_point import OperatingPoint, PointLike, ServingConfig
 from elasticdenser.serve.measure import encoder_backend
 from elasticdenser.serve.profile import Profile, load_profile
 from elasticdenser.serve.router import Overloaded, Router, RouterConfig
@@ -32,18 +32,19 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 @dataclass
 class RoutedResult:
     hits: List[Any]
-    point: OperatingPoint  #: the operating point that served this request
+    point: OperatingPoint  #: the query point that served this request
     latency_ms: float  #: queueing + batched service, as seen by the service
     queue_ms: float
     batch_size: int
     done_at: float = 0.0  #: service clock when the result was set
+    config: Optional[ServingConfig] = None  #: the whole configuration (with the ranker point and depth, if any)
 
 
 @dataclass
 class _Request:
     text: str
     k: int
-    point: Optional[OperatingPoint]
+    point: Optional[ServingConfig]  #: asked for (a query point) or, once batched, what serves it
     arrival: float
     future: Future = field(default_factory=Future)
 
@@ -126,6 +127,17 @@ def _searcher_profile(searcher: Any) -> Profile:
     raise InvalidInputError("no operating-point profile for this searcher; run `elasticdenser profile EXP_DIR` first")
 
 
+def _joint_configs(searcher: Any, profile: Profile) -> List[str]:
+    """The profile's joint configurations this searcher can serve: its query points with its
+    attached ranker's points (none without a ranker)."""
+    ranker = getattr(searcher, "ranker", None)
+    if ranker is None:
+        return []
+    queries, rankers = {str(p) for p in searcher.points}, {p.name for p in ranker.default_points()}
+    return [name for name, entry in profile.points.items() if entry.config.ranker is not None
+            and entry.config.query.name in queries and entry.config.ranker.name in rankers]
+
+
 class RoutedSearcher:
     """Thread-safe routed front end of a searcher; use as a context manager or call start()/close()."""
 
@@ -142,8 +154,10 @@ class RoutedSearcher:
         self.point_names = [p.name for p in self.points]
         if router is None:
             profile = profile or _searcher_profile(searcher)
-            router = Router(profile, config, clock, points=self.point_names)
+            router = Router(profile, config, clock, points=self.point_names + _joint_configs(searcher, profile))
         self.router = router
+        #: what /metrics counts: the query points and the joint configurations the router may choose
+        self.config_names = self.point_names + [p.name for p in router.ladder if p.name not in self.point_names]
         self.clock = router.clock
         self.metrics = Metrics()
         self._queue: Deque[_Request] = deque()
@@ -219,7 +233,7 @@ class RoutedSearcher:
                     f"overloaded: {len(self._queue)} requests already queued (limit {self.router.max_queue}); retry later",
                     self.router.retry_after_s(),
                 )
-            req = _Request(query, k, name, now)
+            req = _Request(query, k, None if name is None else ServingConfig(name), now)
             self._queue.append(req)
             self._cond.notify()
         return req.future
@@ -244,7 +258,7 @@ class RoutedSearcher:
                     continue
                 head = self._queue[0]
                 point = head.point if head.point is not None else \
-                    self.router.choose(len(self._queue), now, (now - head.arrival) * 1000.0)
+                    self.router.choose_config(len(self._queue), now, (now - head.arrival) * 1000.0)
                 batch: List[_Request] = []
                 rest: Deque[_Request] = deque()
                 for r in self._queue:
@@ -261,10 +275,10 @@ class RoutedSearcher:
                     r.point = point
                 return batch
 
-    def _shed_late(self, batch: List[_Request], point: OperatingPoint, now: float) -> List[_Request]:
+    def _shed_late(self, batch: List[_Request], point: ServingConfig, now: float) -> List[_Request]:
         """Answer the requests of ``batch`` that can no longer meet the SLO with ``Overloaded``
         (503 + Retry-After over HTTP, counted as rejections); the rest are served."""
-        keep = [r for r in batch if not self.router.late(point, len(batch), (now - r.arrival) * 1000.0)]
+        keep = [r for r in batch if not self.router.late(point.name, len(batch), (now - r.arrival) * 1000.0)]
         kept = {id(r) for r in keep}
         for r in batch:
             if id(r) not in kept:
@@ -285,7 +299,8 @@ class RoutedSearcher:
             started = self.clock()
             try:
                 kmax = max(r.k for r in batch)
-                results = self.searcher.search_texts([r.text for r in batch], kmax, point)
+                rerank = {"rerank": point.depth, "ranker_point": point.ranker} if point.ranker is not None else {}
+                results = self.searcher.search_texts([r.text for r in batch], kmax, point.query, **rerank)
                 if len(results) != len(batch):
                     raise StateError(f"searcher returned {len(results)} results for {len(batch)} queries")
             except BaseException as exc:  # fail this batch's requests, keep serving
@@ -296,7 +311,7 @@ class RoutedSearcher:
                 continue
             done = self.clock()
             with self._cond:
-                self.router.observe_service(point, len(batch), (done - started) * 1000.0)
+                self.router.observe_service(point.name, len(batch), (done - started) * 1000.0)
             deadline = self.router.config.slo_ms / 1000.0 if self.router.config.shed_late else float("inf")
             for r, hits in zip(batch, results):
                 latency = done - r.arrival
@@ -305,8 +320,8 @@ class RoutedSearcher:
                     continue
                 self.metrics.served(point.name, latency)
                 r.future.set_result(
-                    RoutedResult(list(hits)[: r.k], point, latency * 1000.0, (started - r.arrival) * 1000.0,
-                                 len(batch), done)
+                    RoutedResult(list(hits)[: r.k], point.query, latency * 1000.0, (started - r.arrival) * 1000.0,
+                                 len(batch), done, point)
                 )
 
     # --- status ---------------------------------------------------------------------------
@@ -314,13 +329,15 @@ class RoutedSearcher:
         return self.router.current
 
     def metrics_text(self) -> str:
-        return self.metrics.render(self.router.qps(), self.router.current.name, len(self._queue), self.point_names)
+        return self.metrics.render(self.router.qps(), self.router.current_config.name, len(self._queue),
+                                   self.config_names)
 
     def health(self) -> Dict[str, Any]:
         return {
             "status": "ok" if self._thread is not None and self._thread.is_alive() else "stopped",
             "points": self.point_names,
             "current_point": self.router.current.name,
+            "current_config": self.router.current_config.name,
             "qps_estimate": round(self.router.qps(), 3),
             "queue_length": len(self._queue),
             "max_queue": self.router.max_queue,

@@ -268,7 +268,7 @@ def simulate(
             else:
                 now = deadline
                 wait = 0.0
-        point = router.choose(len(queue), now, (now - tl[queue[0]]) * 1000.0).name
+        point = router.choose_config(len(queue), now, (now - tl[queue[0]]) * 1000.0).name
         b = min(len(queue), B)
         took = service(point, b)
         router.observe_service(point, b, took * 1000.0)

@@ -245,7 +245,7 @@ def train_ranker(cfg: RankerConfig, first_stage, progress: bool = True,
                 logits = ranker(batch["input_ids"], batch["attention_mask"], point, batch.get("token_type_ids"))
                 loss = _list_losses(logits, sizes, labels, target, cfg, cfg.label_weight if phase == "elastic" else 1.0)
                 loss.backward()
-                step_loss += float(loss)
+                step_loss += float(loss.detach())
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
@@ -253,6 +253,8 @@ def train_ranker(cfg: RankerConfig, first_stage, progress: bool = True,
             losses.append(step_loss)
             if progress:
                 bar.set_postfix(loss=f"{step_loss:.3f}")
+            elif (step + 1) % 50 == 0:
+                log_fn(f"{phase} step {step + 1}/{steps}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
                 _save_state(out, ranker, optimizer, scheduler, phase, step + 1, cfg.keep_checkpoints)
         ranker.train(False)

@@ -1,0 +1,129 @@
+"""ElasticRanker (issue 17): reranking quality and cost per first stage, through the CLI a user runs.
+
+Per collection, in ``--out/<collection>/``: ``index --bm25`` (the untrained retriever + BM25),
+``train-ranker`` (teacher, then every ranker point distilled), a static ranker of the smallest
+shape trained the same way (same teacher, same lists, only that shape), then ``evaluate`` rows:
+
+- ``bm25``, the dense full point, the dense smallest point, the fused first stage (RRF);
+- the dense full point + every ranker point, the dense smallest point + every ranker point;
+- the fused first stage + every ranker point; the dense full point + the static ranker.
+
+Each row's nDCG@10 / MRR@10 and cost per query (``evaluate``'s batch latency / batch size; the
+ranker runs on the ONNX Runtime path, ``backend="auto"``). Resumable: a step whose output exists is
+skipped. Results: ``--results`` (JSON) and the markdown table printed at the end::
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_ranker.py --collections squad-sample-test \\
+        --max-queries 200 --out runs/rank
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+SMALLEST_RANKER = "L3-H6-F768-D384"
+SMALLEST_QUERY = "L3-H6-F768-D192"
+FULL = "L6-H12-F1536-D384"
+
+
+def cli(*args: str, log: Path) -> float:
+    t0 = time.time()
+    with open(log, "a") as fh:
+        fh.write(f"\n$ elasticdenser {' '.join(args)}\n")
+        fh.flush()
+        subprocess.run([sys.executable, "-m", "elasticdenser", *args], check=True, stdout=fh, stderr=fh,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    return time.time() - t0
+
+
+def rows_of(report: Path) -> List[dict]:
+    return json.loads((report / "metrics.json").read_text())["rows"]
+
+
+def run_collection(name: str, args, work: Path, results: dict) -> None:
+    log = work / "log.txt"
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["--data-dir", args.data_dir]
+    res = results.setdefault(name, {"rows": {}, "seconds": {}})
+    exp, ranker, static = work / "exp", work / "ranker", work / "ranker-static"
+    if not (exp / "bm25" / "settings.json").is_file():
+        res["seconds"]["index"] = round(cli("index", name, "--out", str(exp), "--bm25", "--no-progress", *common, log=log), 1)
+    sets = [f"list_size={args.list_size}", f"batch_size={args.batch_size}", f"candidates={args.candidates}"]
+    if not (ranker / "model" / "config.json").is_file():
+        res["seconds"]["train-ranker"] = round(cli(
+            "train-ranker", str(exp), "--collection", name, "--out", str(ranker), "--teacher-steps",
+            str(args.teacher_steps), "--steps", str(args.steps), "--no-progress", *common, "--set", *sets, log=log), 1)
+    if not (static / "model" / "config.json").is_file():
+        res["seconds"]["train-static"] = round(cli(
+            "train-ranker", str(exp), "--collection", name, "--out", str(static), "--teacher", str(ranker / "teacher"),
+            "--steps", str(args.steps), "--points", SMALLEST_RANKER, "--no-progress", *common, "--set", *sets,
+            "static=true", log=log), 1)
+    evals = {
+        "dense": ["--points", f"{FULL},{SMALLEST_QUERY}", "--ranker", str(ranker / "model")],
+        "bm25": ["--first-stage", "bm25", "--points", "full"],
+        "fusion": ["--first-stage", "fusion", "--points", "full", "--ranker", str(ranker / "model")],
+        "static": ["--points", "full", "--ranker", str(static / "model"), "--ranker-points", SMALLEST_RANKER],
+    }
+    for key, extra in evals.items():
+        out = work / f"eval-{key}"
+        if not (out / "metrics.json").is_file():
+            res["seconds"][f"eval-{key}"] = round(cli(
+                "evaluate", str(exp), name, "--out", str(out), "--k", "100", "--max-queries", str(args.max_queries),
+                "--rerank", str(args.rerank), *extra, *common, log=log), 1)
+        for row in rows_of(out):
+            label = ("static: " if key == "static" and "+" in row["point"] else "") + row["point"]
+            res["rows"][label] = {k: row.get(k) for k in ("ndcg@10", "mrr@10", "recall@100", "latency_ms", "queries")}
+    res["batch_size"] = 32
+    res["max_queries"] = args.max_queries
+    res["rerank"] = args.rerank
+
+
+def table(results: dict) -> str:
+    lines = []
+    for name, res in results.items():
+        rows = res["rows"]
+        base = {k: rows.get(k) for k in ("bm25", FULL)}
+        lines += [f"\n#### {name} ({res.get('max_queries')} test queries, rerank depth {res.get('rerank')})\n",
+                  "| first stage + ranker | nDCG@10 | MRR@10 | vs dense full (nDCG) | ms / query |", "|---|---:|---:|---:|---:|"]
+        for label, m in rows.items():
+            if m.get("ndcg@10") is None:
+                continue
+            delta = 100 * (m["ndcg@10"] - base[FULL]["ndcg@10"]) if base.get(FULL) else float("nan")
+            per_query = m["latency_ms"] / res.get("batch_size", 32) if m.get("latency_ms") else float("nan")
+            lines.append(f"| {label} | {m['ndcg@10']:.3f} | {m['mrr@10']:.3f} | {delta:+.1f} | {per_query:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--collections", default="squad-sample-test")
+    ap.add_argument("--data-dir", default=os.environ.get("ELASTICDENSER_DATA"))
+    ap.add_argument("--out", default="runs/rank")
+    ap.add_argument("--results", default="benchmarks/results/ranker.json")
+    ap.add_argument("--max-queries", type=int, default=200)
+    ap.add_argument("--rerank", type=int, default=20)
+    ap.add_argument("--teacher-steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--list-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--candidates", type=int, default=20)
+    args = ap.parse_args(argv)
+    if not args.data_dir:
+        raise SystemExit("--data-dir or $ELASTICDENSER_DATA is needed")
+    results_path = Path(args.results)
+    results: Dict[str, dict] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name in [c for c in args.collections.split(",") if c]:
+        run_collection(name, args, Path(args.out) / name, results)
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
