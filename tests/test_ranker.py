@@ -372,3 +372,26 @@ def test_joint_profile_measured_and_served_by_the_routed_service(squad_small, cr
         direct = searcher.search(queries[0].text, k=3, point=res.config.query, rerank=5, ranker_point=res.config.ranker)
         assert [h.doc_id for h in res.hits] == [h.doc_id for h in direct.hits]
         assert res.config.name in svc.metrics_text()
+
+
+def test_discrete_event_ramp_over_both_stages(cross_encoder_dir):
+    """The DES drives the same router over joint configurations: at low load it reranks, at the
+    ramp's peak it sheds the ranker, and it stays within the SLO where a static full pipeline cannot."""
+    from elasticdenser.operating_point import OperatingPoint
+    from elasticdenser.serve import simulate as sim
+    from elasticdenser.serve.router import Router, RouterConfig
+    from elasticdenser.serve.traces import parse_trace
+
+    ranker = ElasticRanker.from_pretrained(cross_encoder_dir)
+    profile = _two_stage_profile([OperatingPoint.parse("L4-H4-F128-D64"), OperatingPoint.parse("L2-H2-F64-D32")],
+                                 ranker.default_points())
+    config = RouterConfig(slo_ms=100)
+    full = sim.full_point(profile)
+    assert full == f"L4-H4-F128-D64+{ranker.default_points()[0].name}@5"
+    assert sim.smallest_point(profile) == "L2-H2-F64-D32"
+    capacity = Router.static(profile, full, config).capacity[full]
+    trace = parse_trace("ramp:lo=0.2x,hi=3x,duration=40,hold=0.2", capacity, seed=0)
+    routed, static = sim.simulate_policies(trace.times, profile, ["router", "static-full"], config, duration=trace.duration)
+    served = {row["point"] for row in routed.series if row["point"]}
+    assert any("+" in name for name in served) and any("+" not in name for name in served)
+    assert routed.summary["windows_p99_within_slo"] > static.summary["windows_p99_within_slo"]

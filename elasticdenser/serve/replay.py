@@ -54,7 +54,7 @@ def run_real_inprocess(
         try:
             res = fut.result()
             latency[j] = (res.done_at - t_sent) * 1000.0
-            served_by[j] = res.point.name
+            served_by[j] = (res.config or res.point).name
         except Overloaded:
             pass
         finally:

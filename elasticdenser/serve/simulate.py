@@ -32,7 +32,7 @@ import numpy as np
 
 from elasticdenser.atomic import atomic_path
 from elasticdenser.errors import InvalidInputError
-from elasticdenser.operating_point import OperatingPoint
+from elasticdenser.operating_point import ServingConfig
 from elasticdenser.serve.profile import Profile
 from elasticdenser.serve.router import Router, RouterConfig
 
@@ -49,12 +49,20 @@ SERIES_FIELDS = [
 
 
 # --- policies --------------------------------------------------------------------------------
+def _size(name: str):
+    c = ServingConfig.parse(name)
+    return (c.query, c.ranker is not None, c.ranker or c.query, c.depth)
+
+
 def full_point(profile: Profile) -> str:
-    return max(profile.points, key=lambda n: OperatingPoint.parse(n))
+    """The largest entry: the full query point, reranked by the full ranker at the deepest depth
+    when the profile has a ranker."""
+    return max(profile.points, key=_size)
 
 
 def smallest_point(profile: Profile) -> str:
-    return min(profile.points, key=lambda n: OperatingPoint.parse(n))
+    """The smallest query point, not reranked."""
+    return min(profile.points, key=_size)
 
 
 def resolve_policy(profile: Profile, policy: str) -> Optional[str]:
@@ -67,7 +75,7 @@ def resolve_policy(profile: Profile, policy: str) -> Optional[str]:
     if policy == "static-smallest":
         return smallest_point(profile)
     if policy.startswith("static:"):
-        name = OperatingPoint.parse(policy[len("static:"):]).name
+        name = ServingConfig.parse(policy[len("static:"):]).name
         if name not in profile:
             raise InvalidInputError(f"policy {policy!r}: point {name} is not in the profile ({', '.join(profile.points)})")
         return name
@@ -335,7 +343,7 @@ def plot(results: Sequence[PolicyResult], path: Union[str, Path], profile: Profi
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    names = sorted(profile.points, key=lambda n: OperatingPoint.parse(n))
+    names = sorted(profile.points, key=_size)
     fig, axes = plt.subplots(4, 1, figsize=(10, 10), sharex=True)
     for r in results:
         t = [row["t"] for row in r.series]
