@@ -395,3 +395,15 @@ def test_discrete_event_ramp_over_both_stages(cross_encoder_dir):
     served = {row["point"] for row in routed.series if row["point"]}
     assert any("+" in name for name in served) and any("+" not in name for name in served)
     assert routed.summary["windows_p99_within_slo"] > static.summary["windows_p99_within_slo"]
+
+
+def test_importance_order_keeps_the_full_point_and_changes_the_prefixes(cross_encoder_dir):
+    ranker = ElasticRanker.from_pretrained(cross_encoder_dir)
+    small = ranker.default_points()[-1]
+    full_before, small_before = ranker.score_pairs(PAIRS), ranker.score_pairs(PAIRS, small)
+    lists = [(PAIRS[1][0], [PAIRS[1][1], PAIRS[2][1], PAIRS[3][1]], 0), (PAIRS[0][0], [PAIRS[3][1], PAIRS[0][1]], 1)]
+    info = ranker.reorder_by_importance(lists)
+    assert info["num_lists"] == 2 and ranker.encoder.reordered
+    np.testing.assert_allclose(ranker.score_pairs(PAIRS), full_before, atol=1e-5)  # a permutation
+    assert not np.allclose(ranker.score_pairs(PAIRS, small), small_before, atol=1e-5)
+    assert any(perm != sorted(perm) for perm in ranker.encoder.head_permutation + ranker.encoder.ffn_permutation)

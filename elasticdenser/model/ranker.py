@@ -209,6 +209,48 @@ class ElasticRanker(nn.Module):
         """Logits of one query against each passage (see :meth:`score_pairs`)."""
         return self.score_pairs([(query, d) for d in passages], point, **kwargs)
 
+    # ------------------------------------------------------------------ importance order
+    def reorder_by_importance(self, lists: Sequence[Tuple[str, Sequence[str], int]]) -> dict:
+        """Reorder heads and FFN neurons of every layer, most important first, so that every ranker
+        point is a prefix of the best heads and neurons (as :meth:`ElasticEncoder.reorder_by_importance`
+        does for query points). Importance: Taylor ``|d loss / d gate|`` per pair, summed, where the
+        loss is the full point's listwise cross-entropy on labelled lists ``(query, passages, index of
+        the positive)``. The full point's scores are unchanged (a permutation)."""
+        enc = self.encoder
+        L, H, Fn = enc.space.num_layers, enc.space.num_heads, enc.space.intermediate_size
+        head_scores = torch.zeros(L, H, dtype=torch.float64)
+        ffn_scores = torch.zeros(L, Fn, dtype=torch.float64)
+        was_training = self.training
+        self.train(False)
+        params = list(self.hf.parameters())
+        flags = [q.requires_grad for q in params]
+        for q in params:
+            q.requires_grad_(False)
+        try:
+            for query, passages, label in lists:
+                b = enc.batch_to_device(self.tokenize_pairs([query] * len(passages), passages))
+                n = len(passages)
+                hg = [torch.ones(n, H, device=enc.device, requires_grad=True) for _ in range(L)]
+                fg = [torch.ones(n, Fn, device=enc.device, requires_grad=True) for _ in range(L)]
+                with torch.enable_grad():
+                    cls = enc.pooled(b["input_ids"], b["attention_mask"], None, b.get("token_type_ids"),
+                                     head_gates=hg, ffn_gates=fg)
+                    loss = F.cross_entropy(self.head(cls)[None], torch.tensor([int(label)], device=enc.device))
+                    grads = torch.autograd.grad(loss, hg + fg)
+                for i in range(L):
+                    head_scores[i] += grads[i].abs().sum(0).double().cpu()
+                    ffn_scores[i] += grads[L + i].abs().sum(0).double().cpu()
+        finally:
+            for q, flag in zip(params, flags):
+                q.requires_grad_(flag)
+            self.train(was_training)
+        enc.apply_permutation([sorted(range(H), key=lambda j, s=s: (-float(s[j]), j)) for s in head_scores],
+                              [torch.argsort(-s, stable=True).tolist() for s in ffn_scores])
+        enc.reordered = True
+        enc.importance_info = {"method": "taylor |d loss / d gate| per pair, summed; loss = the full point's listwise "
+                               "cross-entropy on labelled lists", "num_lists": len(lists)}
+        return dict(enc.importance_info)
+
     # ------------------------------------------------------------------ persistence
     def elastic_config(self) -> dict:
         return {**self.encoder.elastic_config(), "role": RANKER_ROLE}

@@ -45,7 +45,8 @@ class RankerConfig(ConfigFile):
     KIND: ClassVar[str] = "ranker config"
     FILENAME: ClassVar[str] = RANKER_CONFIG_FILENAME
 
-    #: start checkpoint: an HF cross-encoder, a saved ranker, or an encoder (new head); None = all-MiniLM-L6-v2
+    #: start checkpoint: an HF cross-encoder, a saved ranker, or an encoder (new head); None = the teacher if
+    #: given, else all-MiniLM-L6-v2
     model: Optional[str] = None
     #: a trained cross-encoder to distil from; None = fine-tune the full point first (teacher_steps)
     teacher: Optional[str] = None
@@ -75,6 +76,8 @@ class RankerConfig(ConfigFile):
     sampling: str = "sandwich"
     num_random: int = 1
     static: bool = False  #: train only the listed point(s) (a static baseline of that shape)
+    #: before the elastic phase, order heads and FFN neurons by importance on this many labelled lists (0: keep)
+    reorder_lists: int = 64
     label_weight: float = 1.0
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
@@ -90,7 +93,7 @@ class RankerConfig(ConfigFile):
                 raise InvalidInputError(f"ranker config: {name} must be >= 1, got {getattr(self, name)!r}")
         if self.list_size < 2:
             raise InvalidInputError("ranker config: list_size must be >= 2 (a positive and a negative)")
-        for name in ("teacher_steps", "steps", "num_random", "pseudo_queries"):
+        for name in ("teacher_steps", "steps", "num_random", "pseudo_queries", "reorder_lists"):
             if int(getattr(self, name)) < 0:
                 raise InvalidInputError(f"ranker config: {name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("teacher_lr", "lr", "weight_decay", "max_grad_norm", "label_weight", "distill_weight"):
@@ -174,7 +177,8 @@ def train_ranker(cfg: RankerConfig, first_stage, progress: bool = True,
     passages = {d.doc_id: d.contents for d in coll.corpus}
     log_fn(f"first stage: {len(questions)} questions x {cfg.candidates} candidates from {cfg.experiment}")
     examples = first_stage_lists(first_stage, questions, passages, cfg.candidates, cfg.first_stage_point)
-    ranker = ElasticRanker.from_pretrained(cfg.model, max_length=cfg.max_length)
+    # a given teacher is also where the student starts (its sub-networks are what gets distilled)
+    ranker = ElasticRanker.from_pretrained(cfg.model or cfg.teacher, max_length=cfg.max_length)
     if cfg.points:
         ranker.encoder.set_points([ranker.full_width(p) for p in cfg.points])
     state = _latest_state(out)
@@ -214,6 +218,18 @@ def train_ranker(cfg: RankerConfig, first_stage, progress: bool = True,
             set_rng_state(state["rng"])
             start = int(state["step"])
             log_fn(f"{phase}: resuming at step {start}")
+        if phase == "elastic" and start == 0 and cfg.reorder_lists and not ranker.encoder.reordered:
+            rng = random.Random(cfg.seed + 17)
+            labelled = [ex for ex in examples if ex.positives]
+            rng.shuffle(labelled)
+            lists = []
+            for ex in labelled[: 4 * cfg.reorder_lists]:
+                built = build_list(ex, cfg.list_size, rng)
+                if built is not None and len(lists) < cfg.reorder_lists:
+                    lists.append((ex.query, *built))
+            if lists:
+                log_fn(f"ordering heads and FFN neurons by importance on {len(lists)} lists")
+                ranker.reorder_by_importance(lists)
         ranker.train(True)
         losses: List[float] = []
         bar = range(start, steps)
