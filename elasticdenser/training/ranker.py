@@ -20,6 +20,7 @@ import copy
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,8 +140,6 @@ def _save_state(out: Path, ranker, optimizer, scheduler, phase: str, step: int, 
                     "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / _STATE)
     done = sorted((p for p in root.iterdir() if (p / _STATE).is_file()), key=lambda p: p.stat().st_mtime)
     for old in done[:-keep]:
-        import shutil
-
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -277,10 +276,14 @@ def train_ranker(cfg: RankerConfig, first_stage, progress: bool = True,
         state = None
         summary["phases"][phase] = {"steps": steps, "resumed_at": start, "final_loss": losses[-1] if losses else None}
         if phase == "teacher":
-            ranker.save_pretrained(out / "teacher")
+            with atomic_dir(out / "teacher") as tmp:  # a half-written teacher must not look finished
+                ranker.save_pretrained(tmp)
             teacher = copy.deepcopy(ranker)
-    final = ranker.save_pretrained(out / "model")
+            for done in (out / "checkpoints").glob("teacher-*"):  # the finished teacher is the resume point now
+                shutil.rmtree(done, ignore_errors=True)
     summary.update(seconds=round(time.time() - t0, 1), points=[p.name for p in ranker.default_points()],
                    teacher=cfg.teacher or str(out / "teacher"), fingerprint=ranker.fingerprint())
-    write_text(final / "ranker_summary.json", json.dumps(summary, indent=1))
-    return final
+    with atomic_dir(out / "model") as tmp:
+        ranker.save_pretrained(tmp)
+        write_text(tmp / "ranker_summary.json", json.dumps(summary, indent=1))
+    return out / "model"
