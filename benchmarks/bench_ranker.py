@@ -81,6 +81,27 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
     res["batch_size"] = 32
     res["max_queries"] = args.max_queries
     res["rerank"] = args.rerank
+    if args.router_slo_ms:
+        route(name, args, exp, ranker, work, res, log)
+
+
+def route(name: str, args, exp: Path, ranker: Path, work: Path, res: dict, log: Path) -> None:
+    """The router over both stages: profile every (query point, ranker point, depth) on this machine,
+    then the discrete-event ramp 0.2x -> 3x of the capacity of the full pipeline (full query point +
+    full ranker at the deepest depth), the router against every static configuration."""
+    from elasticdenser.serve.profile import load_profile
+
+    profile = load_profile(exp)
+    if "ranker_fingerprint" not in profile.extra:
+        res["seconds"]["profile"] = round(cli(
+            "profile", str(exp), "--data-dir", args.data_dir, "--max-queries", "100", "--batch-sizes", "1,2,4,8,16,32",
+            "--ranker", str(ranker / "model"), "--rerank-depths", "10,20", log=log), 1)
+        profile = load_profile(exp)
+    policies = ["router"] + [f"static:{n}" for n in profile.points]
+    out = work / "ramp.json"
+    cli("simulate", "--profile", str(exp), "--slo-ms", str(args.router_slo_ms), "--policies", ",".join(policies),
+        "--trace", "ramp:lo=0.2x,hi=3x,duration=300,hold=0.2,base=0.15", "--json", str(out), log=log)
+    res["ramp"] = {"slo_ms": args.router_slo_ms, **json.loads(out.read_text())}
 
 
 def table(results: dict) -> str:
@@ -112,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--list-size", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--candidates", type=int, default=20)
+    ap.add_argument("--router-slo-ms", type=float, default=0, help="also profile both stages and run the DES ramp "
+                    "at this SLO (0: skip)")
     args = ap.parse_args(argv)
     if not args.data_dir:
         raise SystemExit("--data-dir or $ELASTICDENSER_DATA is needed")
