@@ -255,10 +255,20 @@ class Searcher:
             raise InvalidInputError(f"first_stage must be one of {', '.join(FIRST_STAGES)}, got {first_stage!r}")
         if first_stage == "dense":
             return self._raw_search(texts, k, point, batch_size, timings)
-        lexical = self.bm25().search(texts, max(k, 100) if first_stage == "fusion" else k)
-        if first_stage == "bm25":
-            return lexical
-        return fuse(self._raw_search(texts, max(k, 100), point, batch_size, timings), lexical, k, fusion)
+        k = check_k(k)
+        scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
+        rows = np.full((len(texts), k), -1, dtype=np.int64)
+        for lo in range(0, len(texts), batch_size):
+            t0 = time.perf_counter()
+            batch = texts[lo : lo + batch_size]
+            lexical = self.bm25().search(batch, max(k, 100) if first_stage == "fusion" else k)
+            if first_stage == "fusion":
+                lexical = fuse(self._raw_search(batch, max(k, 100), point, batch_size), lexical, k, fusion)
+            if timings is not None:
+                timings.append(time.perf_counter() - t0)
+            n = lexical[1].shape[1]
+            scores[lo : lo + len(batch), :n], rows[lo : lo + len(batch), :n] = lexical
+        return scores, rows
 
     def _raw_search(self, texts: Sequence[str], k: int, point, batch_size: int = 32,
                     timings: Optional[List[float]] = None) -> Tuple[np.ndarray, np.ndarray]:

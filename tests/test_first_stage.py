@@ -72,3 +72,18 @@ def test_search_cli_writes_a_fused_run(small_nq, build_tiny_experiment, tiny_ber
                  "--out", str(out), "--model", str(tiny_bert_dir)]) == 0
     run = load_trec_run(out)  # the project's own reader accepts what search wrote
     assert len(run) == len(coll.queries) and all(len(docs) == 5 for docs in run.values())
+
+
+def test_evaluate_rows_for_bm25_and_fusion_time_their_batches(small_nq, build_tiny_experiment, one_thread):
+    from elasticdenser.eval.evaluate import evaluate_points
+    from elasticdenser.index import manifest as mf
+    from elasticdenser.index.bm25 import build_bm25
+    from elasticdenser.searcher import Searcher
+
+    coll = small_nq(60, 10)
+    exp = build_tiny_experiment(coll)
+    mf.update(exp, bm25=build_bm25(exp))
+    searcher = Searcher.open(exp)
+    for stage, name in (("bm25", "bm25"), ("fusion", f"{searcher.resolve_point('full').name}+bm25-rrf")):
+        rows, runs = evaluate_points(searcher, coll, ["full"], k=10, batch_size=4, first_stage=stage)
+        assert [r["point"] for r in rows] == [name] and rows[0]["latency_ms"] > 0 and 0 <= rows[0]["ndcg@10"] <= 1
