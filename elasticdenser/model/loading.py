@@ -36,6 +36,8 @@ __all__ = [
     "sentence_transformers_layout",
     "check_elastic_config",
     "load_checkpoint",
+    "save_checkpoint_dir",
+    "hash_weights",
     "CheckpointIO",
 ]
 
@@ -217,12 +219,7 @@ class CheckpointIO:
 
     def save_pretrained(self, path: Union[str, os.PathLike]) -> Path:
         """Write the HF model + tokenizer files and ``elastic_config.json`` into ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        write_text(path / ELASTIC_CONFIG_NAME, json.dumps(self.elastic_config(), indent=1))
-        return path
+        return save_checkpoint_dir(path, self.model, self.tokenizer, self.elastic_config())
 
     def fingerprint(self) -> str:
         """sha256 of every weight (names, shapes, dtypes, bytes) plus the elastic config."""
@@ -232,8 +229,23 @@ class CheckpointIO:
         mc = self.model.config
         arch = {k: getattr(mc, k, None) for k in ("model_type", "hidden_act", "layer_norm_eps", "pad_token_id")}
         h.update(json.dumps(arch, sort_keys=True).encode())
-        for name, tensor in sorted(self.model.state_dict().items()):
-            t = tensor.detach().cpu().contiguous()
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return hash_weights(h, self.model.state_dict())
+
+
+def save_checkpoint_dir(path: Union[str, os.PathLike], model, tokenizer, elastic_config: dict) -> Path:
+    """The one checkpoint layout: the HF model + tokenizer files and ``elastic_config.json``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    write_text(path / ELASTIC_CONFIG_NAME, json.dumps(elastic_config, indent=1))
+    return path
+
+
+def hash_weights(h, state_dict) -> str:
+    """Feed every weight (name, shape, dtype, bytes; sorted by name) into ``h``; its hex digest."""
+    for name, tensor in sorted(state_dict.items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticdenser.atomic import write_text
 from elasticdenser.errors import InvalidInputError, MissingFileError
 from elasticdenser.model.encoder import ElasticEncoder
 from elasticdenser.model.loading import (
@@ -42,7 +41,9 @@ from elasticdenser.model.loading import (
     check_elastic_config,
     check_supported,
     default_model_path,
+    hash_weights,
     read_json,
+    save_checkpoint_dir,
     sentence_transformers_layout,
 )
 from elasticdenser.operating_point import OperatingPoint, PointLike
@@ -257,18 +258,9 @@ class ElasticRanker(nn.Module):
 
     def save_pretrained(self, path: Union[str, os.PathLike]) -> Path:
         """The HF cross-encoder files (loadable by any tool) plus ``elastic_config.json``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.hf.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        write_text(path / ELASTIC_CONFIG_NAME, json.dumps(self.elastic_config(), indent=1))
-        return path
+        return save_checkpoint_dir(path, self.hf, self.tokenizer, self.elastic_config())
 
     def fingerprint(self) -> str:
         """sha256 of every weight (body and head) plus the elastic config."""
-        h = hashlib.sha256(json.dumps(self.elastic_config(), sort_keys=True).encode())
-        for name, tensor in sorted(self.hf.state_dict().items()):
-            t = tensor.detach().cpu().contiguous()
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return hash_weights(hashlib.sha256(json.dumps(self.elastic_config(), sort_keys=True).encode()),
+                            self.hf.state_dict())
