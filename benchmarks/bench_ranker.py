@@ -6,7 +6,8 @@ shape trained the same way (same teacher, same lists, only that shape), then ``e
 
 - ``bm25``, the dense full point, the dense smallest point, the fused first stage (RRF);
 - the dense full point + every ranker point, the dense smallest point + every ranker point;
-- the fused first stage + every ranker point; the dense full point + the static ranker.
+- the fused first stage + every ranker point; the dense full point + the static ranker, and + the
+  teacher (before the elastic phase).
 
 Each row's nDCG@10 / MRR@10 and cost per query (``evaluate``'s batch latency / batch size; the
 ranker runs on the ONNX Runtime path, ``backend="auto"``). Resumable: a step whose output exists is
@@ -68,6 +69,8 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
         "bm25": ["--first-stage", "bm25", "--points", "full"],
         "fusion": ["--first-stage", "fusion", "--points", "full", "--ranker", str(ranker / "model")],
         "static": ["--points", "full", "--ranker", str(static / "model"), "--ranker-points", SMALLEST_RANKER],
+        # the teacher before the elastic phase: what distillation started from
+        "teacher": ["--points", "full", "--ranker", str(ranker / "teacher"), "--ranker-points", "full"],
     }
     for key, extra in evals.items():
         out = work / f"eval-{key}"
@@ -76,7 +79,9 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
                 "evaluate", str(exp), name, "--out", str(out), "--k", "100", "--max-queries", str(args.max_queries),
                 "--rerank", str(args.rerank), *extra, *common, log=log), 1)
         for row in rows_of(out):
-            label = ("static: " if key == "static" and "+" in row["point"] else "") + row["point"]
+            if key in ("static", "teacher") and "+" not in row["point"]:
+                continue  # the dense row again, measured in the "dense" run
+            label = (f"{key}: " if key in ("static", "teacher") else "") + row["point"]
             res["rows"][label] = {k: row.get(k) for k in ("ndcg@10", "mrr@10", "recall@100", "latency_ms", "queries")}
     res["batch_size"] = 32
     res["max_queries"] = args.max_queries

@@ -41,11 +41,11 @@ def add_ranker_profile(profile: Profile, searcher: Any, queries: Sequence[Any], 
     base = [p for p in profile.points.values() if p.config.ranker is None]
     backend = getattr(searcher, "backend", "auto")
     candidates = {p.name: searcher.search_texts(texts, max(profile.k, depths[-1]), p.point) for p in base}
-    logits: Dict[Any, Dict[tuple, float]] = {rp: {} for rp in points}
+    logits: Dict[Any, Dict[tuple, float]] = {}
+    todo = sorted({(i, h.doc_id, h.contents) for hits in candidates.values() for i, hs in enumerate(hits)
+                   for h in hs[: depths[-1]]})
     for rp in points:
         log(f"profiling ranker {rp.name}: scoring the candidates of {len(base)} query points")
-        todo = sorted({(i, h.doc_id, h.contents) for hits in candidates.values() for i, hs in enumerate(hits)
-                       for h in hs[: depths[-1]]})
         scores = ranker.score_pairs([(texts[i], text) for i, _, text in todo], rp, backend=backend)
         logits[rp] = {(i, d): float(s) for (i, d, _), s in zip(todo, scores)}
     # one batch of ``b`` queries reranked at depth ``n``: ``b x n`` pairs from real candidates

@@ -162,18 +162,10 @@ class TrainConfig(ConfigFile):
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise InvalidInputError(f"train config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        positive = ["steps", "batch_size", "grad_accum", "query_max_length", "doc_max_length", "doc_batch_size"]
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise InvalidInputError(f"train config: {name} must be >= 1, got {getattr(self, name)!r}")
-        non_negative = ["distill_weight", "align_weight", "contrastive_weight", "lr", "weight_decay", "max_grad_norm",
-                        "largest_weight"]
-        for name in non_negative:
-            if float(getattr(self, name)) < 0:
-                raise InvalidInputError(f"train config: {name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ["distill_temperature", "contrastive_temperature"]:
-            if float(getattr(self, name)) <= 0:
-                raise InvalidInputError(f"train config: {name} must be > 0, got {getattr(self, name)!r}")
+        self.check_bounds(["steps", "batch_size", "grad_accum", "query_max_length", "doc_max_length", "doc_batch_size"], 1)
+        self.check_bounds(["distill_weight", "align_weight", "contrastive_weight", "lr", "weight_decay", "max_grad_norm",
+                           "largest_weight"], 0)
+        self.check_bounds(["distill_temperature", "contrastive_temperature"], 0, strict=True)
         if self.distill_weight == self.align_weight == self.contrastive_weight == 0:
             raise InvalidInputError("train config: every loss is switched off (all weights are 0)")
         if self.static and not self.points:

@@ -28,6 +28,13 @@ class ConfigFile:
     def validate(self: C) -> C:
         return self
 
+    def check_bounds(self, names: Sequence[str], minimum: float, strict: bool = False) -> None:
+        """Each named value must be >= ``minimum`` (``> minimum`` with ``strict``); the error names the key."""
+        for name in names:
+            value = getattr(self, name)
+            if float(value) < minimum or (strict and float(value) == minimum):
+                raise InvalidInputError(f"{self.KIND}: {name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 

@@ -89,19 +89,12 @@ class RankerConfig(ConfigFile):
     def validate(self) -> "RankerConfig":
         if self.sampling not in ("sandwich", "fixed"):
             raise InvalidInputError(f"ranker config: sampling must be sandwich or fixed, got {self.sampling!r}")
-        for name in ("candidates", "list_size", "batch_size", "max_length", "checkpoint_every", "keep_checkpoints"):
-            if int(getattr(self, name)) < 1:
-                raise InvalidInputError(f"ranker config: {name} must be >= 1, got {getattr(self, name)!r}")
+        self.check_bounds(("candidates", "list_size", "batch_size", "max_length", "checkpoint_every", "keep_checkpoints"), 1)
         if self.list_size < 2:
             raise InvalidInputError("ranker config: list_size must be >= 2 (a positive and a negative)")
-        for name in ("teacher_steps", "steps", "num_random", "pseudo_queries", "reorder_lists"):
-            if int(getattr(self, name)) < 0:
-                raise InvalidInputError(f"ranker config: {name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("teacher_lr", "lr", "weight_decay", "max_grad_norm", "label_weight", "distill_weight"):
-            if float(getattr(self, name)) < 0:
-                raise InvalidInputError(f"ranker config: {name} must be >= 0, got {getattr(self, name)!r}")
-        if self.distill_temperature <= 0:
-            raise InvalidInputError("ranker config: distill_temperature must be > 0")
+        self.check_bounds(("teacher_steps", "steps", "num_random", "pseudo_queries", "reorder_lists", "teacher_lr", "lr",
+                           "weight_decay", "max_grad_norm", "label_weight", "distill_weight"), 0)
+        self.check_bounds(("distill_temperature",), 0, strict=True)
         if not self.experiment:
             raise InvalidInputError("ranker config: experiment (the first stage whose candidates the ranker learns "
                                     "to rerank) is required")
