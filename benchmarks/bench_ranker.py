@@ -50,30 +50,35 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
     log = work / "log.txt"
     work.mkdir(parents=True, exist_ok=True)
     common = ["--data-dir", args.data_dir]
-    res = results.setdefault(name, {"rows": {}, "seconds": {}})
-    exp, ranker, static = work / "exp", work / "ranker", work / "ranker-static"
+    tag = args.tag
+    res = results.setdefault(name + tag, {"rows": {}, "seconds": {}})
+    exp, ranker, static = work / "exp", work / f"ranker{tag}", work / f"ranker-static{tag}"
+    teacher = Path(args.teacher) if args.teacher else ranker / "teacher"
+    sets = [f"list_size={args.list_size}", f"batch_size={args.batch_size}", f"candidates={args.candidates}", *args.set]
     if not (exp / "bm25" / "settings.json").is_file():
         res["seconds"]["index"] = round(cli("index", name, "--out", str(exp), "--bm25", "--no-progress", *common, log=log), 1)
-    sets = [f"list_size={args.list_size}", f"batch_size={args.batch_size}", f"candidates={args.candidates}"]
     if not (ranker / "model" / "config.json").is_file():
+        first = ["--teacher", args.teacher] if args.teacher else ["--teacher-steps", str(args.teacher_steps)]
         res["seconds"]["train-ranker"] = round(cli(
-            "train-ranker", str(exp), "--collection", name, "--out", str(ranker), "--teacher-steps",
-            str(args.teacher_steps), "--steps", str(args.steps), "--no-progress", *common, "--set", *sets, log=log), 1)
+            "train-ranker", str(exp), "--collection", name, "--out", str(ranker), *first, "--steps", str(args.steps),
+            "--no-progress", *common, "--set", *sets, log=log), 1)
     if not (static / "model" / "config.json").is_file():
         res["seconds"]["train-static"] = round(cli(
-            "train-ranker", str(exp), "--collection", name, "--out", str(static), "--teacher", str(ranker / "teacher"),
+            "train-ranker", str(exp), "--collection", name, "--out", str(static), "--teacher", str(teacher),
             "--steps", str(args.steps), "--points", SMALLEST_RANKER, "--no-progress", *common, "--set", *sets,
             "static=true", log=log), 1)
     evals = {
-        "dense": ["--points", f"{FULL},{SMALLEST_QUERY}", "--ranker", str(ranker / "model")],
+        "dense": ["--points", args.query_points, "--ranker", str(ranker / "model")],
         "bm25": ["--first-stage", "bm25", "--points", "full"],
         "fusion": ["--first-stage", "fusion", "--points", "full", "--ranker", str(ranker / "model")],
         "static": ["--points", "full", "--ranker", str(static / "model"), "--ranker-points", SMALLEST_RANKER],
         # the teacher before the elastic phase: what distillation started from
-        "teacher": ["--points", "full", "--ranker", str(ranker / "teacher"), "--ranker-points", "full"],
+        "teacher": ["--points", "full", "--ranker", str(teacher), "--ranker-points", "full"],
     }
+    if args.teacher:  # its row belongs to the run that trained it
+        del evals["teacher"]
     for key, extra in evals.items():
-        out = work / f"eval-{key}"
+        out = work / (f"eval-{key}" if key == "bm25" else f"eval-{key}{tag}")  # BM25 is the same in every variant
         if not (out / "metrics.json").is_file():
             res["seconds"][f"eval-{key}"] = round(cli(
                 "evaluate", str(exp), name, "--out", str(out), "--k", "100", "--max-queries", str(args.max_queries),
@@ -138,6 +143,12 @@ def main(argv=None) -> int:
     ap.add_argument("--list-size", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--candidates", type=int, default=20)
+    ap.add_argument("--query-points", default=f"{FULL},{SMALLEST_QUERY}", help="first-stage points of the dense rows")
+    ap.add_argument("--teacher", help="a trained cross-encoder to distil from (skips the teacher phase)")
+    ap.add_argument("--tag", default="", help="a variant: its rankers and rows live under ranker<TAG>, eval-*<TAG> "
+                    "and results key <collection><TAG>")
+    ap.add_argument("--set", nargs="*", default=[], help="more train-ranker settings (KEY=VALUE), e.g. "
+                    "reorder_layers=false")
     ap.add_argument("--router-slo-ms", type=float, default=0, help="also profile both stages and run the DES ramp "
                     "at this SLO (0: skip)")
     args = ap.parse_args(argv)

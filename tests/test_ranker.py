@@ -407,3 +407,38 @@ def test_importance_order_keeps_the_full_point_and_changes_the_prefixes(cross_en
     np.testing.assert_allclose(ranker.score_pairs(PAIRS), full_before, atol=1e-5)  # a permutation
     assert not np.allclose(ranker.score_pairs(PAIRS, small), small_before, atol=1e-5)
     assert any(perm != sorted(perm) for perm in ranker.encoder.head_permutation + ranker.encoder.ffn_permutation)
+
+
+def test_layer_order_keeps_the_depth_whose_list_scores_stay_closest_and_survives_save(cross_encoder_dir, tmp_path):
+    from elasticdenser.operating_point import OperatingPoint
+
+    ranker = ElasticRanker.from_pretrained(cross_encoder_dir)
+    lists = [(PAIRS[1][0], [PAIRS[1][1], PAIRS[2][1], PAIRS[3][1]], 0), (PAIRS[0][0], [PAIRS[3][1], PAIRS[0][1]], 1)]
+    full_before = ranker.score_pairs(PAIRS)
+    space = ranker.encoder.space
+    L = space.num_layers
+
+    def kl_to_full(layers):
+        ranker.encoder.layer_order = list(layers) + [i for i in range(L) if i not in layers]
+        kl = 0.0
+        for q, ps, _ in lists:
+            full = torch.log_softmax(torch.from_numpy(ranker.score(q, ps)), -1)
+            sub = torch.log_softmax(torch.from_numpy(ranker.score(q, ps, OperatingPoint(
+                len(layers), space.full.heads, space.full.ffn, space.hidden_size))), -1)
+            kl += float(torch.nn.functional.kl_div(sub, full, log_target=True, reduction="sum"))
+        return kl
+
+    # greedy elimination's first step is exhaustive: depth L-1 keeps the best (L-1)-subset
+    best = min((tuple(i for i in range(L) if i != drop) for drop in range(L)), key=kl_to_full)
+    ranker.encoder.layer_order = list(range(L))
+    order = ranker.reorder_layers(lists)
+    assert sorted(order) == list(range(L))
+    assert tuple(sorted(order[: L - 1])) == best
+    np.testing.assert_allclose(ranker.score_pairs(PAIRS), full_before, atol=1e-5)  # every layer still runs
+    small = OperatingPoint(2, space.full.heads, space.full.ffn, space.hidden_size)
+    ranker.save_pretrained(tmp_path / "r")
+    loaded = ElasticRanker.from_pretrained(tmp_path / "r")
+    assert loaded.encoder.layer_order == order
+    np.testing.assert_allclose(loaded.score_pairs(PAIRS, small), ranker.score_pairs(PAIRS, small), atol=1e-5)
+    with pytest.raises(InvalidInputError, match="at least one candidate list"):
+        ranker.reorder_layers([])

@@ -1,12 +1,16 @@
 """``elasticdenser index``: encode a corpus once (full model, full width), merge, build one FAISS index per width.
 
 Sharded use: run ``--shard i --num-shards n`` for every i (any machines, same --out folder or
-copy ``chunks/`` together), then ``--merge`` once. A killed run resumes when re-run.
+copy ``chunks/`` together), then ``--merge`` once. A killed run resumes when re-run. Under
+``torchrun --nproc_per_node N -m elasticdenser index ...`` each rank encodes shard RANK of
+WORLD_SIZE (on its own GPU where there are GPUs), and rank 0 merges and builds the indexes once
+every rank has finished (the ranks share the --out folder).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 from typing import List
 
 from elasticdenser.commands._common import add_data_dir, add_device, add_out, add_progress
@@ -56,29 +60,69 @@ def _widths(spec: str, hidden: int) -> List[int]:
     return widths
 
 
-def run(args: argparse.Namespace) -> int:
-    from elasticdenser.index import build
-    from elasticdenser.index import faiss_index as fi
+#: a rank waits this long for the slowest rank's shard (gloo's 30-minute default is shorter than a corpus)
+_RANK_TIMEOUT = timedelta(days=7)
 
+
+def _torchrun(args: argparse.Namespace):
+    """The process group when launched by torchrun with more than one rank (``--shard`` and
+    ``--num-shards`` then come from RANK and WORLD_SIZE), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if args.shard != 0 or args.num_shards != 1:
+        raise InvalidInputError("--shard / --num-shards are set by torchrun (RANK / WORLD_SIZE); pass neither")
+    from elasticdenser.training.distributed import setup_distributed
+
+    dist = setup_distributed(timeout=_RANK_TIMEOUT)
+    args.shard, args.num_shards = dist.rank, dist.world
+    return dist
+
+
+def run(args: argparse.Namespace) -> int:
     for flag in ("chunk_size", "batch_size", "train_size"):
         if getattr(args, flag) < 1:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    dist = _torchrun(args)
+    try:
+        return _run(args, dist)
+    finally:
+        if dist is not None and dist.owns_group:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, dist) -> int:
     from elasticdenser.commands._common import pick_device
+    from elasticdenser.index import build
+    from elasticdenser.index import faiss_index as fi
     from elasticdenser.model.towers import load_towers
 
-    query_encoder, encoder = load_towers(args.model, pick_device(args.device))  # encoder: the document tower
+    if dist is not None and not dist.main and args.merge:
+        return 0  # rank 0 merges
+    device = dist.device if dist is not None and not args.device else pick_device(args.device)
+    query_encoder, encoder = load_towers(args.model, device)  # encoder: the document tower
     widths = _widths(args.widths, encoder.space.hidden_size) if args.widths else None
     if not args.merge:
         from elasticdenser.data import load_collection
 
         coll = load_collection(args.collection, args.data_dir)
-        stats = build.encode_stage(encoder, coll.corpus, args.out, collection=coll.name, shard=args.shard,
-                                   num_shards=args.num_shards, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                                   dtype=args.dtype, bf16=args.bf16, progress=not args.no_progress,
-                                   backend="auto", force=args.force, save_model_dir=False)
-        print(f"shard {args.shard}/{args.num_shards}: encoded {stats['encoded_chunks']} chunk(s), "
-              f"{stats['skipped_chunks']} already done, {stats['passages']} passages in {stats['seconds']:.1f}s")
-        if args.num_shards > 1:
+        try:
+            stats = build.encode_stage(encoder, coll.corpus, args.out, collection=coll.name, shard=args.shard,
+                                       num_shards=args.num_shards, chunk_size=args.chunk_size,
+                                       batch_size=args.batch_size, dtype=args.dtype, bf16=args.bf16,
+                                       progress=not args.no_progress and args.shard == 0, backend="auto",
+                                       force=args.force, save_model_dir=False)
+            print(f"shard {args.shard}/{args.num_shards}: encoded {stats['encoded_chunks']} chunk(s), "
+                  f"{stats['skipped_chunks']} already done, {stats['passages']} passages in {stats['seconds']:.1f}s")
+        finally:
+            if dist is not None:
+                dist.barrier()  # every shard is written (or a rank failed and torchrun stops the group)
+        if dist is not None and not dist.main:
+            return 0
+        if args.num_shards > 1 and dist is None:
             print(f"run the other shards, then: elasticdenser index {args.collection} --out {args.out} --merge", file=sys.stderr)
             return 0
         name = coll.name

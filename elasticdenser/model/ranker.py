@@ -46,6 +46,7 @@ from elasticdenser.model.loading import (
     save_checkpoint_dir,
     sentence_transformers_layout,
 )
+from elasticdenser.model.reorder import greedy_layer_order
 from elasticdenser.operating_point import OperatingPoint, PointLike
 
 __all__ = ["RANKER_ROLE", "ElasticRanker", "load_ranker_parts"]
@@ -251,6 +252,44 @@ class ElasticRanker(nn.Module):
         enc.importance_info = {"method": "taylor |d loss / d gate| per pair, summed; loss = the full point's listwise "
                                "cross-entropy on labelled lists", "num_lists": len(lists)}
         return dict(enc.importance_info)
+
+    @torch.no_grad()
+    def reorder_layers(self, lists: Sequence[Tuple[str, Sequence[str], int]], lists_per_batch: int = 8) -> List[int]:
+        """Choose the layers each depth keeps (sets the encoder's ``layer_order``); run once before the
+        elastic phase. Bottom-up truncation feeds the head a layer it was never trained on; greedy
+        elimination (:func:`~elasticdenser.model.reorder.greedy_layer_order`) instead keeps the
+        layers whose removal moves the full point's score distribution over each candidate list
+        least. ``lists`` as for :meth:`reorder_by_importance` (the labels are not used)."""
+        enc = self.encoder
+        if not lists:
+            raise InvalidInputError("layer ordering needs at least one candidate list")
+        was_training, original = self.training, list(enc.layer_order)
+        self.train(False)
+        step = max(1, int(lists_per_batch))
+        batches = []
+        for i in range(0, len(lists), step):
+            chunk = lists[i : i + step]
+            b = self.tokenize_pairs([q for q, ps, _ in chunk for _ in ps], [p for _, ps, _ in chunk for p in ps])
+            batches.append((enc.batch_to_device(b), [len(ps) for _, ps, _ in chunk]))
+        full = enc.space.full
+
+        def log_probs(layers: List[int]) -> List[torch.Tensor]:
+            enc.layer_order = layers + [i for i in range(enc.space.num_layers) if i not in layers]
+            point = OperatingPoint(len(layers), full.heads, full.ffn, enc.space.hidden_size)
+            out = []
+            for b, sizes in batches:
+                logits = self(b["input_ids"], b["attention_mask"], point, b.get("token_type_ids")).float()
+                out.extend(F.log_softmax(s, -1) for s in logits.split(sizes))
+            return out
+
+        try:
+            enc.layer_order = greedy_layer_order(enc.space.num_layers, log_probs)
+        except BaseException:
+            enc.layer_order = original
+            raise
+        finally:
+            self.train(was_training)
+        return list(enc.layer_order)
 
     # ------------------------------------------------------------------ persistence
     def elastic_config(self) -> dict:

@@ -8,7 +8,7 @@ the encoder's sliced forward (``pooled``), ``encode``, ``tokenize`` and ``trunca
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,30 @@ import torch.nn.functional as F
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import OperatingPoint
 
-__all__ = ["ImportanceReordering"]
+__all__ = ["ImportanceReordering", "greedy_layer_order"]
+
+
+def greedy_layer_order(num_layers: int, log_probs: Callable[[List[int]], List[torch.Tensor]]) -> List[int]:
+    """The nested layer order (most important first) that greedy backward elimination finds.
+
+    ``log_probs(layers)`` runs the model on only ``layers`` (in order) and returns its score
+    distributions (log-softmax rows). Starting from every layer, the layer whose removal moves those
+    distributions least from the full model's (KL) is dropped, until one is left; the order is the
+    survivors first, then the dropped layers, last dropped first, so every depth is a prefix. The
+    query encoder scores queries against fixed documents, the ranker scores candidate lists.
+    """
+    kept = list(range(num_layers))
+    target = log_probs(kept)
+    dropped: List[int] = []
+    while len(kept) > 1:
+        def cost(layer: int) -> float:
+            sub = log_probs([i for i in kept if i != layer])
+            return sum(float(F.kl_div(s, t, log_target=True, reduction="sum")) for s, t in zip(sub, target))
+
+        worst = min(kept, key=lambda i: (cost(i), i))
+        kept.remove(worst)
+        dropped.append(worst)
+    return kept + dropped[::-1]
 
 
 class ImportanceReordering:
@@ -198,18 +221,7 @@ class ImportanceReordering:
                     out.append(F.log_softmax(qv @ docs.T / temperature, dim=-1))
                 return out
 
-            kept = list(range(self.space.num_layers))
-            target = log_probs(kept)
-            dropped: List[int] = []
-            while len(kept) > 1:
-                def cost(layer: int) -> float:
-                    sub = log_probs([i for i in kept if i != layer])
-                    return sum(float(F.kl_div(s, t, log_target=True, reduction="sum")) for s, t in zip(sub, target))
-
-                worst = min(kept, key=lambda i: (cost(i), i))
-                kept.remove(worst)
-                dropped.append(worst)
-            self.layer_order = kept + dropped[::-1]
+            self.layer_order = greedy_layer_order(self.space.num_layers, log_probs)
         except BaseException:
             self.layer_order = original
             raise

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from datetime import timedelta
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -50,8 +51,9 @@ class Dist:
         return [int(v) for v in t.tolist()]
 
 
-def setup_distributed() -> Dist:
-    """Initialise torch.distributed from torchrun's env (gloo on CPU, NCCL on GPUs)."""
+def setup_distributed(timeout: Optional[timedelta] = None) -> Dist:
+    """Initialise torch.distributed from torchrun's env (gloo on CPU, NCCL on GPUs); ``timeout``:
+    how long a collective waits for the slowest rank (torch's default when None)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -61,7 +63,8 @@ def setup_distributed() -> Dist:
         torch.cuda.set_device(device)
     owns = False
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo",
+                                             **({"timeout": timeout} if timeout is not None else {}))
         owns = True
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()

@@ -79,6 +79,8 @@ class RankerConfig(ConfigFile):
     static: bool = False  #: train only the listed point(s) (a static baseline of that shape)
     #: before the elastic phase, order heads and FFN neurons by importance on this many labelled lists (0: keep)
     reorder_lists: int = 64
+    #: and choose the layers each depth keeps by greedy elimination on the same lists (else bottom-up)
+    reorder_layers: bool = True
     label_weight: float = 1.0
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
@@ -222,6 +224,8 @@ def train_ranker(cfg: RankerConfig, first_stage, progress: bool = True,
             if lists:
                 log_fn(f"ordering heads and FFN neurons by importance on {len(lists)} lists")
                 ranker.reorder_by_importance(lists)
+                if cfg.reorder_layers:
+                    log_fn(f"layer order (most important first): {ranker.reorder_layers(lists)}")
         ranker.train(True)
         losses: List[float] = []
         bar = range(start, steps)
