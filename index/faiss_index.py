@@ -36,6 +36,8 @@ __all__ = [
     "DEFAULT_TRAIN_SIZE",
     "index_file",
     "tune_faiss",
+    "SINGLE_THREAD_WORK",
+    "search_threads",
     "gpu_available",
     "to_gpu",
     "to_cpu",
@@ -210,9 +212,37 @@ def default_search_params(factory: str) -> str:
     return ""
 
 
+#: a search smaller than this (query rows x stored vectors x width, multiply-adds) runs on one
+#: OpenMP thread: a parallel region costs more than it saves at that size, and when another process
+#: or request holds a core, FAISS's threads wait for it at every barrier (BENCHMARKS.md)
+SINGLE_THREAD_WORK = 1 << 27
+
+
+def search_threads(index, n: int) -> Optional[int]:
+    """1 for a search whose work is below :data:`SINGLE_THREAD_WORK` (or an index that is not
+    flat and a batch of one), None (FAISS's own thread count) for larger ones."""
+    import faiss
+
+    if isinstance(index, faiss.IndexFlat):  # exact: the work is known
+        return 1 if n * int(index.ntotal) * int(index.d) < SINGLE_THREAD_WORK else None
+    return 1 if n <= 1 else None
+
+
 def search(index, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """``(scores, ids)`` of shape (n, k); ids are -1 where fewer than ``k`` results exist."""
+    """``(scores, ids)`` of shape (n, k); ids are -1 where fewer than ``k`` results exist. Small
+    searches run on the calling thread only (:func:`search_threads`; OpenMP's thread count is a
+    per-thread setting, so concurrent searches do not see each other's)."""
+    import faiss
+
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or q.shape[1] != index.d:
         raise InvalidInputError(f"query embeddings have shape {q.shape}, the index expects width {index.d}")
-    return index.search(q, int(k))
+    threads = search_threads(index, len(q))
+    if threads is None or "Gpu" in type(index).__name__:
+        return index.search(q, int(k))
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        return index.search(q, int(k))
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -112,3 +112,31 @@ def test_manifest_refuses_another_model():
     assert mf.check_model(m, Fake("a" * 64)) is None
     with pytest.raises(mf.ManifestMismatchError):
         mf.check_model(m, Fake("b" * 64))
+
+
+def test_small_searches_run_on_one_thread_and_leave_the_thread_setting_as_it_was():
+    import faiss
+
+    from elasticdenser.index import faiss_index as fi
+
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((2000, 64)).astype("float32")
+    flat = faiss.IndexFlatIP(64)
+    flat.add(xb)
+    big = fi.SINGLE_THREAD_WORK // (2000 * 64) + 1  # the first batch size past the single-thread rule
+    assert fi.search_threads(flat, 1) == 1 and fi.search_threads(flat, big - 1) == 1
+    assert fi.search_threads(flat, big) is None
+    hnsw = faiss.IndexHNSWFlat(64, 8)
+    hnsw.add(xb)
+    assert fi.search_threads(hnsw, 1) == 1 and fi.search_threads(hnsw, 2) is None
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        q = rng.standard_normal((8, 64)).astype("float32")
+        scores, ids = fi.search(flat, q, 5)
+        assert faiss.omp_get_max_threads() == 2  # restored after the one-thread search
+        ref_scores, ref_ids = flat.search(q, 5)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -1,0 +1,134 @@
+"""Where a batch-1 query's time goes on the serving path, text in -> hits out (issue 16, item 2).
+
+For the full point and the smallest default point of an experiment, on the serving backend
+(``Searcher.open(..., backend="auto")``), every stage of ``Searcher.search(query, k=10, point=P)``
+timed on its own, plus the whole call, plus the server's JSON body of the result:
+
+``tokenise`` (HF fast tokenizer to numpy), ``model`` (the fast runner: session call, pooling,
+normalisation), ``encode`` (``Searcher.encode``: tokenise + model + the searcher's checks),
+``faiss`` (``faiss_index.search`` of one vector at the point's width), ``hits`` (row -> ``Hit``
+with the passage from the docstore), ``search`` (the public call), ``json`` (``/search``'s body).
+``not the model`` = ``search`` - ``model``. Interleaved: every round visits every (point, stage)
+in a fresh random order over one real question; medians. CPU flags are recorded with the figures.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_query_path.py --exp runs/nq-sample-main13 \\
+        --out benchmarks/results/query_path.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+STAGES = ("tokenise", "model", "encode", "faiss", "hits", "search", "json")
+#: FAISS at batch 1 and 32 under its thread rule (``faiss_index.search``) vs all OpenMP threads
+FAISS_THREADS = ("faiss b1 omp", "faiss b32 rule", "faiss b32 omp")
+
+
+def stage_functions(searcher, point):
+    """``{stage: f(question)}`` for one point; each runs exactly what that stage runs in ``search``."""
+    from elasticdenser.index import faiss_index as fi
+    from elasticdenser.model import fastpath
+    from elasticdenser.serve.server import _hit_json
+
+    enc = searcher.encoder
+    runner = fastpath.get_runner(enc, point, searcher.backend or "auto")
+    tensors = "np" if runner.backend in ("onnx", "int8") else "pt"
+    index = searcher.index(point.width)
+    vec = searcher.encode(["warm up"], point)
+    vec32 = np.repeat(vec, 32, axis=0)
+    _, rows = fi.search(index, vec, 10)
+    result = searcher.search("warm up", k=10, point=point)
+
+    def tokenise(q):
+        return enc.tokenizer([q], padding=True, truncation=True, max_length=enc.max_length, return_tensors=tensors)
+
+    batches = {}
+
+    def model(q):
+        b = batches.get(q)
+        if b is None:
+            b = batches[q] = tokenise(q)
+        return runner(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
+
+    return {
+        "tokenise": tokenise,
+        "model": model,
+        "encode": lambda q: searcher.encode([q], point),
+        "faiss": lambda q: fi.search(index, vec, 10),
+        "hits": lambda q: [searcher._hit(int(r), 0.5) for r in rows[0] if r >= 0],
+        "search": lambda q: searcher.search(q, k=10, point=point),
+        "json": lambda q: json.dumps({"query": q, "point": point.name, "hits": [_hit_json(h) for h in result.hits]}),
+        "faiss b1 omp": lambda q: index.search(vec, 10),
+        "faiss b32 rule": lambda q: fi.search(index, vec32, 10),
+        "faiss b32 omp": lambda q: index.search(vec32, 10),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--exp", required=True, help="an indexed experiment (its query model and its indexes)")
+    ap.add_argument("--collection", default="nq-sample", help="where the questions come from")
+    ap.add_argument("--data-dir", default=os.environ.get("ELASTICDENSER_DATA"))
+    ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--points", default="full,smallest", help="points to time (names, full, smallest)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    from elasticdenser import Searcher
+    from elasticdenser.data import load_collection
+    from elasticdenser.model.cpu import cpu_features
+
+    searcher = Searcher.open(args.exp, backend="auto")
+    defaults = searcher.encoder.default_points()
+    names = {"full": defaults[0], "smallest": defaults[-1]}
+    points = [names.get(n) or searcher.resolve_point(n) for n in args.points.split(",") if n]
+    questions = [q.text for q in load_collection(args.collection, args.data_dir).queries]
+    fns = {p.name: stage_functions(searcher, p) for p in points}
+    rng = random.Random(0)
+    samples = {(p.name, s): [] for p in points for s in STAGES + FAISS_THREADS}
+    for _ in range(args.rounds):
+        q = rng.choice(questions)
+        keys = list(samples)
+        rng.shuffle(keys)
+        for key in keys:
+            f = fns[key[0]][key[1]]
+            t0 = time.perf_counter()
+            f(q)
+            samples[key].append(time.perf_counter() - t0)
+    import faiss
+
+    res = {"exp": args.exp, "rounds": args.rounds, "omp_threads": faiss.omp_get_max_threads(),
+           "backend": searcher.backend, "cpu": cpu_features(),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "points": {}}
+    for p in points:
+        ms = {s: 1e3 * statistics.median(samples[(p.name, s)]) for s in STAGES + FAISS_THREADS}
+        ms["not the model"] = ms["search"] - ms["model"]
+        res["points"][p.name] = {k: round(v, 4) for k, v in ms.items()}
+    full, small = points[0].name, points[-1].name
+    res["search_ratio"] = round(res["points"][full]["search"] / res["points"][small]["search"], 3)
+    res["model_ratio"] = round(res["points"][full]["model"] / res["points"][small]["model"], 3)
+    lines = ["| stage (median ms, batch 1) | " + " | ".join(p.name for p in points) + " |",
+             "|---|" + "---:|" * len(points)]
+    for s in (*STAGES, "not the model", *FAISS_THREADS):
+        lines.append(f"| {s} | " + " | ".join(f"{res['points'][p.name][s]:.3f}" for p in points) + " |")
+    print("\n".join(lines))
+    print(f"full / smallest: search {res['search_ratio']}x, model call {res['model_ratio']}x; cpu {res['cpu']['summary']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""What the CPU this process runs on can do, read at run time (never assumed).
+
+The machines this project runs on differ between sessions: some are AVX2-only, some have AVX-512
+with AVX512-BF16, some AMX. Whether bf16 pays depends on that: with native bf16 products a bf16
+matmul runs faster than fp32; without them torch emulates bf16 and it runs several times slower
+(BENCHMARKS.md). Benchmarks record :func:`cpu_features` beside every speed figure, and the bf16
+paths consult :func:`native_bf16` instead of a hard-coded choice.
+"""
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict
+
+__all__ = ["cpu_features", "native_bf16"]
+
+#: the flags (Linux /proc/cpuinfo names) that decide which low-precision products run in hardware
+_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> Dict[str, object]:
+    """``{"model": ..., "flags": {name: bool}, "torch_capability": ..., "summary": ...}`` of this CPU."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # not Linux: only torch's own view below
+        pass
+    capability = ""
+    try:
+        import torch
+
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except (ImportError, AttributeError):
+        pass
+    found = {name: name in flags for name in _FLAGS}
+    have = [n for n in _FLAGS if found[n]] or ["none of " + ", ".join(_FLAGS)]
+    return {"model": model, "flags": found, "torch_capability": capability,
+            "summary": f"{model}; {', '.join(have)}; torch {capability or '?'}"}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16)."""
+    flags = cpu_features()["flags"]
+    return bool(flags["avx512_bf16"] or flags["amx_bf16"])
