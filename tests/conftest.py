@@ -105,7 +105,7 @@ def small_nq(data_dir):
 
 
 #: modules whose every test trains, spawns processes, runs a server or the main job
-_SLOW_MODULES = {"test_pipeline_nq", "test_train_ddp", "test_index_torchrun", "test_train_run", "test_profile"}
+_SLOW_MODULES = {"test_pipeline_nq", "test_train_ddp", "test_index_torchrun", "test_ranker_ddp", "test_train_run", "test_profile"}
 
 
 def pytest_collection_modifyitems(config, items):

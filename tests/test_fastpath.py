@@ -168,3 +168,17 @@ def test_minilm_smallest_point_retrieval_matches_eager(minilm, data_dir):
         assert _cos(q8, qref).min() >= 0.98
         low = score(q8)
         assert all(abs(ref[m] - low[m]) <= 0.02 for m in ("mrr@10", "ndcg@10")), (ref, low)
+
+
+def test_cpu_features_decide_native_bf16_from_the_flags(monkeypatch):
+    from elasticdenser.model import cpu
+
+    avx2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: avx2\n"
+    assert cpu.parse_cpuinfo(avx2) == ("AMD EPYC", {"fpu", "sse2", "avx2", "fma"})
+    sapphire = "model name\t: Intel Xeon\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+    for text, native in ((avx2, False), (sapphire, True)):
+        cpu.cpu_features.cache_clear()
+        monkeypatch.setattr(cpu, "Path", lambda _p, t=text: type("F", (), {"read_text": lambda self: t})())
+        assert cpu.native_bf16() is native
+        assert cpu.cpu_features()["flags"]["avx2"] and cpu.cpu_features()["model"] in cpu.cpu_features()["summary"]
+    cpu.cpu_features.cache_clear()

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="FAISS factory string, for all widths or one (repeatable): Flat (default), HNSW32, 'IVF4096,PQ96'")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="embedding store dtype")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast while encoding")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast while encoding (pays on GPUs and on CPUs "
+                   "with AVX512-BF16 or AMX; elsewhere it is slower, and says so)")
     p.add_argument("--chunk-size", type=int, default=16384, help="documents per resumable chunk")
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
@@ -104,6 +105,12 @@ def _run(args: argparse.Namespace, dist) -> int:
         return 0  # rank 0 merges
     device = dist.device if dist is not None and not args.device else pick_device(args.device)
     query_encoder, encoder = load_towers(args.model, device)  # encoder: the document tower
+    if args.bf16 and encoder.device.type == "cpu":
+        from elasticdenser.model.cpu import cpu_features, native_bf16
+
+        if not native_bf16():
+            print(f"warning: --bf16 on a CPU without bf16 products ({cpu_features()['summary']}): torch emulates them, "
+                  "which is several times slower than fp32 (BENCHMARKS.md); encoding anyway", file=sys.stderr)
     widths = _widths(args.widths, encoder.space.hidden_size) if args.widths else None
     if not args.merge:
         from elasticdenser.data import load_collection

@@ -13,25 +13,32 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict
 
-__all__ = ["cpu_features", "native_bf16"]
+__all__ = ["cpu_features", "native_bf16", "parse_cpuinfo"]
 
 #: the flags (Linux /proc/cpuinfo names) that decide which low-precision products run in hardware
 _FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
+def parse_cpuinfo(text: str) -> "tuple[str, set]":
+    """``(model name, flags)`` of the first processor in a Linux ``/proc/cpuinfo`` text."""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
 @lru_cache(maxsize=1)
 def cpu_features() -> Dict[str, object]:
     """``{"model": ..., "flags": {name: bool}, "torch_capability": ..., "summary": ...}`` of this CPU."""
-    model, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+        model, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:  # not Linux: only torch's own view below
-        pass
+        model, flags = "", set()
+    model = model or platform.processor() or platform.machine()
     capability = ""
     try:
         import torch

@@ -130,9 +130,11 @@ def _onnx_bytes(module: torch.nn.Module, example) -> bytes:
     return buf.getvalue()
 
 
-def _quantize_int8(data: bytes) -> bytes:
+def _quantize_int8(data: bytes, keep_fp32: Sequence[str] = (), reduce_range: bool = False) -> bytes:
     """Dynamic int8 quantisation of the weight matrix multiplications (per output channel); the
-    attention products (activation x activation), LayerNorm, softmax and pooling stay fp32."""
+    attention products (activation x activation), LayerNorm, softmax and pooling stay fp32, and so
+    do the weight products whose node name contains one of ``keep_fp32`` (e.g. ``"ffn_out"``:
+    ``benchmarks/bench_int8_variants.py`` measures which)."""
     import logging
     import tempfile
 
@@ -143,13 +145,14 @@ def _quantize_int8(data: bytes) -> bytes:
         raise StateError(f"backend 'int8' needs onnx and onnxruntime (pip install 'elasticdenser[serve]'): {exc}") from exc
     model = onnx.load_from_string(data)
     weights = {init.name for init in model.graph.initializer}
-    activations = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
+    activations = [n.name for n in model.graph.node if n.op_type == "MatMul"
+                   and (n.input[1] not in weights or any(k in n.name for k in keep_fp32))]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(data)
         logging.disable(logging.WARNING)  # quantize_dynamic logs a generic "run pre-processing" hint
         try:
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True,
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
                              op_types_to_quantize=["MatMul"], nodes_to_exclude=activations)
         finally:
             logging.disable(logging.NOTSET)

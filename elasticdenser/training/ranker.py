@@ -150,16 +150,32 @@ def train_ranker(cfg: RankerConfig, first_stage, progress: bool = True,
 
     ``first_stage`` is the retriever whose candidates the ranker learns to rerank: anything with
     ``search_texts(texts, k, point)`` -- ``Searcher.open(cfg.experiment)``, as ``train-ranker`` opens it.
+    Under ``torchrun`` each rank takes its share of every step's ``batch_size x WORLD_SIZE`` lists,
+    gradients are averaged over the ranks, and rank 0 alone writes (same file layout, same resume).
     """
+    from elasticdenser.training.distributed import setup_distributed
+
+    dist = setup_distributed()
+    try:
+        return _train_ranker(cfg, first_stage, progress, log_fn, dist)
+    finally:
+        if dist.owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callable[[str], None], dist) -> Path:
     from elasticdenser.data import load_collection
     from elasticdenser.model.ranker import ElasticRanker
     from elasticdenser.training.checkpoint import set_rng_state
+    from elasticdenser.training.distributed import allreduce_gradients, broadcast_parameters
     from elasticdenser.training.ranker_data import build_list, first_stage_lists, training_questions
     from elasticdenser.training.sampling import PointSampler, lr_lambda
 
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out)
+    dist.barrier()
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     coll = load_collection(cfg.collection, cfg.data_dir)
@@ -226,25 +242,28 @@ def train_ranker(cfg: RankerConfig, first_stage, progress: bool = True,
                 ranker.reorder_by_importance(lists)
                 if cfg.reorder_layers:
                     log_fn(f"layer order (most important first): {ranker.reorder_layers(lists)}")
+            ranker.encoder.layer_order = dist.from_rank0(ranker.encoder.layer_order)
+        broadcast_parameters(ranker.hf, dist)  # every rank starts the phase from rank 0's weights
         ranker.train(True)
         losses: List[float] = []
         bar = range(start, steps)
-        if progress:
+        if progress and dist.main:
             from tqdm.auto import tqdm
 
             bar = tqdm(bar, desc=f"ranker {phase}", unit="step", initial=start, total=steps)
         for step in bar:
             rng = random.Random(cfg.seed * 7_919 + step + (0 if phase == "teacher" else 1_000_003))
-            lists = []
-            for _ in range(100 * cfg.batch_size):
+            lists, wanted = [], cfg.batch_size * dist.world
+            for _ in range(100 * wanted):
                 ex = examples[rng.randrange(len(examples))]
                 built = build_list(ex, cfg.list_size, rng)
                 if built is not None and (phase == "elastic" or built[1] >= 0):
                     lists.append((ex.query, *built))
-                    if len(lists) == cfg.batch_size:
+                    if len(lists) == wanted:
                         break
             else:
                 raise InvalidInputError(f"{cfg.collection}: too few questions with a usable list ({phase} phase)")
+            lists = lists[dist.rank :: dist.world]  # this rank's share; one rank = every list
             sizes, labels = [len(p) for _, p, _ in lists], [lab for _, _, lab in lists]
             batch = ranker.tokenize_pairs([q for q, ps, _ in lists for _ in ps], [p for _, ps, _ in lists for p in ps])
             target = None
@@ -258,29 +277,36 @@ def train_ranker(cfg: RankerConfig, first_stage, progress: bool = True,
                 loss = _list_losses(logits, sizes, labels, target, cfg, cfg.label_weight if phase == "elastic" else 1.0)
                 loss.backward()
                 step_loss += float(loss.detach())
+            allreduce_gradients(params, dist)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             losses.append(step_loss)
-            if progress:
+            if progress and dist.main:
                 bar.set_postfix(loss=f"{step_loss:.3f}")
-            elif (step + 1) % 50 == 0:
+            elif (step + 1) % 50 == 0 and dist.main:
                 log_fn(f"{phase} step {step + 1}/{steps}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-                _save_state(out, ranker, optimizer, scheduler, phase, step + 1, cfg.keep_checkpoints)
+                if dist.main:
+                    _save_state(out, ranker, optimizer, scheduler, phase, step + 1, cfg.keep_checkpoints)
+                dist.barrier()
         ranker.train(False)
         state = None
         summary["phases"][phase] = {"steps": steps, "resumed_at": start, "final_loss": losses[-1] if losses else None}
         if phase == "teacher":
-            with atomic_dir(out / "teacher") as tmp:  # a half-written teacher must not look finished
-                ranker.save_pretrained(tmp)
+            if dist.main:
+                with atomic_dir(out / "teacher") as tmp:  # a half-written teacher must not look finished
+                    ranker.save_pretrained(tmp)
+                for done in (out / "checkpoints").glob("teacher-*"):  # the finished teacher is the resume point now
+                    shutil.rmtree(done, ignore_errors=True)
+            dist.barrier()
             teacher = copy.deepcopy(ranker)
-            for done in (out / "checkpoints").glob("teacher-*"):  # the finished teacher is the resume point now
-                shutil.rmtree(done, ignore_errors=True)
     summary.update(seconds=round(time.time() - t0, 1), points=[p.name for p in ranker.default_points()],
                    teacher=cfg.teacher or str(out / "teacher"), fingerprint=ranker.fingerprint())
-    with atomic_dir(out / "model") as tmp:
-        ranker.save_pretrained(tmp)
-        write_text(tmp / "ranker_summary.json", json.dumps(summary, indent=1))
+    if dist.main:
+        with atomic_dir(out / "model") as tmp:
+            ranker.save_pretrained(tmp)
+            write_text(tmp / "ranker_summary.json", json.dumps(summary, indent=1))
+    dist.barrier()
     return out / "model"
