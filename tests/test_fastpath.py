@@ -182,3 +182,16 @@ def test_cpu_features_decide_native_bf16_from_the_flags(monkeypatch):
         assert cpu.native_bf16() is native
         assert cpu.cpu_features()["flags"]["avx2"] and cpu.cpu_features()["model"] in cpu.cpu_features()["summary"]
     cpu.cpu_features.cache_clear()
+
+
+def test_the_backend_tokenizer_gives_the_transformers_ids_masks_and_types(tiny):
+    texts = ["who wrote hamlet", "Ünïcödé  text\twith TABS and CAPS", "word " * 400, "", "a"] + TEXTS
+    for max_length in (16, tiny.max_length):
+        tok = fastpath.batch_tokenizer(tiny, max_length)
+        assert tok is fastpath.batch_tokenizer(tiny, max_length)  # configured once
+        ref = tiny.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        encs = tok.encode_batch(texts)
+        for key, attr in fastpath._ENCODING_FIELDS:
+            np.testing.assert_array_equal(np.array([getattr(e, attr) for e in encs]), ref[key])
+    # the shared tokenizer itself is left as it was (its own padding/truncation settings untouched)
+    assert tiny.tokenizer(["a b"], return_tensors="np")["input_ids"].shape[1] == 4

@@ -57,6 +57,7 @@ __all__ = [
     "get_runner",
     "FastRunner",
     "encode_fast",
+    "batch_tokenizer",
 ]
 
 BACKENDS = ("auto", "eager", "jit", "onnx", "int8")
@@ -273,9 +274,40 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"encode {p.name} [{runner.backend}]", unit="batch")
+    backend_tok = batch_tokenizer(encoder, ml)
     for start in batches:
         idx = order[start : start + bs]
-        b = encoder.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=ml,
-                              return_tensors=tensors)
+        batch = [texts[i] for i in idx]
+        if backend_tok is not None:
+            encs = backend_tok.encode_batch(batch)
+            b = {k: np.array([getattr(e, a) for e in encs], dtype=np.int64) for k, a in _ENCODING_FIELDS}
+        else:
+            b = encoder.tokenizer(batch, padding=True, truncation=True, max_length=ml, return_tensors=tensors)
         out[idx] = runner(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), threads=threads)
     return out
+
+
+_ENCODING_FIELDS = (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))
+
+
+def batch_tokenizer(encoder, max_length: int):
+    """The encoder's fast tokenizer's Rust backend (``tokenizers.Tokenizer``), copied once per
+    ``max_length`` and set to truncate there and pad to the longest text: the same ids, mask and
+    token types as the ``transformers`` call, without its per-call Python layers (a visible share
+    of a batch-1 query; ``benchmarks/bench_query_path.py``). None for a tokenizer without one."""
+    tok = encoder.tokenizer
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or tok.pad_token_id is None or getattr(tok, "padding_side", "right") != "right":
+        return None
+    cache = encoder.serving_cache("tokenizer")
+    key = (id(tok), int(max_length))
+    hit = cache.get(key)
+    if hit is None:
+        import tokenizers
+
+        copy = tokenizers.Tokenizer.from_str(backend.to_str())
+        copy.enable_truncation(int(max_length))
+        copy.enable_padding(pad_id=int(tok.pad_token_id), pad_token=str(tok.pad_token),
+                            pad_type_id=int(getattr(tok, "pad_token_type_id", 0) or 0))
+        hit = cache[key] = copy
+    return hit
