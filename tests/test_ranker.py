@@ -201,7 +201,7 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
     build.build_experiment(tiny_encoder, coll.corpus, exp, collection=coll.name, chunk_size=64, progress=False)
     cfg = RankerConfig(model=str(cross_encoder_dir), collection=str(squad_small), experiment=str(exp),
                        output_dir=str(tmp_path / "ranker"), teacher_steps=6, steps=4, batch_size=2, list_size=4,
-                       candidates=8, max_length=96, checkpoint_every=2, teacher_lr=1e-3, lr=1e-3)
+                       candidates=8, max_length=96, checkpoint_every=2, teacher_lr=1e-3, lr=1e-3, reorder_layers=True)
     model = train_ranker(cfg, Searcher.open(exp), progress=False)
     summary = json.loads((model / "ranker_summary.json").read_text())
     assert summary["questions"] == len(coll.train_queries) and summary["phases"]["elastic"]["steps"] == 4
