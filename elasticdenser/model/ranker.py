@@ -46,7 +46,7 @@ from elasticdenser.model.loading import (
     save_checkpoint_dir,
     sentence_transformers_layout,
 )
-from elasticdenser.model.reorder import greedy_layer_order
+from elasticdenser.model.reorder import set_greedy_layer_order
 from elasticdenser.operating_point import OperatingPoint, PointLike
 
 __all__ = ["RANKER_ROLE", "ElasticRanker", "load_ranker_parts"]
@@ -263,8 +263,6 @@ class ElasticRanker(nn.Module):
         enc = self.encoder
         if not lists:
             raise InvalidInputError("layer ordering needs at least one candidate list")
-        was_training, original = self.training, list(enc.layer_order)
-        self.train(False)
         step = max(1, int(lists_per_batch))
         batches = []
         for i in range(0, len(lists), step):
@@ -282,14 +280,7 @@ class ElasticRanker(nn.Module):
                 out.extend(F.log_softmax(s, -1) for s in logits.split(sizes))
             return out
 
-        try:
-            enc.layer_order = greedy_layer_order(enc.space.num_layers, log_probs)
-        except BaseException:
-            enc.layer_order = original
-            raise
-        finally:
-            self.train(was_training)
-        return list(enc.layer_order)
+        return set_greedy_layer_order(self, enc, log_probs)
 
     # ------------------------------------------------------------------ persistence
     def elastic_config(self) -> dict:

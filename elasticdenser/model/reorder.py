@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import OperatingPoint
 
-__all__ = ["ImportanceReordering", "greedy_layer_order"]
+__all__ = ["ImportanceReordering", "greedy_layer_order", "set_greedy_layer_order"]
 
 
 def greedy_layer_order(num_layers: int, log_probs: Callable[[List[int]], List[torch.Tensor]]) -> List[int]:
@@ -40,6 +40,21 @@ def greedy_layer_order(num_layers: int, log_probs: Callable[[List[int]], List[to
         kept.remove(worst)
         dropped.append(worst)
     return kept + dropped[::-1]
+
+
+def set_greedy_layer_order(module: torch.nn.Module, holder, log_probs: Callable[[List[int]], List[torch.Tensor]]) -> List[int]:
+    """Set ``holder.layer_order`` (an encoder's) to :func:`greedy_layer_order`, with ``module`` in
+    eval mode meanwhile; on any error the order and the mode are what they were."""
+    was_training, original = module.training, list(holder.layer_order)
+    module.train(False)
+    try:
+        holder.layer_order = greedy_layer_order(holder.space.num_layers, log_probs)
+    except BaseException:
+        holder.layer_order = original
+        raise
+    finally:
+        module.train(was_training)
+    return list(holder.layer_order)
 
 
 class ImportanceReordering:
@@ -202,29 +217,20 @@ class ImportanceReordering:
         The result is nested by construction. Depth only: every head, neuron and dimension is kept.
         """
         docs = self._reference_documents(queries, documents, batch_size, max_doc_length, "layer ordering")
-        was_training, original = self.training, list(self.layer_order)
-        self.train(False)
-        try:
-            batches = [
-                self.batch_to_device(self.tokenize(list(queries[i : i + batch_size]), max_query_length))
-                for i in range(0, len(queries), batch_size)
-            ]
+        batches = [
+            self.batch_to_device(self.tokenize(list(queries[i : i + batch_size]), max_query_length))
+            for i in range(0, len(queries), batch_size)
+        ]
 
-            def log_probs(layers: List[int]) -> List[torch.Tensor]:
-                self.layer_order = layers + [i for i in range(self.space.num_layers) if i not in layers]
-                full = self.space.full
-                point = OperatingPoint(len(layers), full.heads, full.ffn, full.width)
-                out = []
-                for b in batches:
-                    pooled = self.pooled(b["input_ids"], b["attention_mask"], point, b.get("token_type_ids"))
-                    qv = self.truncate(pooled.float(), self.space.hidden_size)
-                    out.append(F.log_softmax(qv @ docs.T / temperature, dim=-1))
-                return out
+        def log_probs(layers: List[int]) -> List[torch.Tensor]:
+            self.layer_order = layers + [i for i in range(self.space.num_layers) if i not in layers]
+            full = self.space.full
+            point = OperatingPoint(len(layers), full.heads, full.ffn, full.width)
+            out = []
+            for b in batches:
+                pooled = self.pooled(b["input_ids"], b["attention_mask"], point, b.get("token_type_ids"))
+                qv = self.truncate(pooled.float(), self.space.hidden_size)
+                out.append(F.log_softmax(qv @ docs.T / temperature, dim=-1))
+            return out
 
-            self.layer_order = greedy_layer_order(self.space.num_layers, log_probs)
-        except BaseException:
-            self.layer_order = original
-            raise
-        finally:
-            self.train(was_training)
-        return list(self.layer_order)
+        return set_greedy_layer_order(self, self, log_probs)
