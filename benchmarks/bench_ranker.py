@@ -77,6 +77,8 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
     }
     if args.teacher:  # its row belongs to the run that trained it
         del evals["teacher"]
+    if args.evals:
+        evals = {k: v for k, v in evals.items() if k in args.evals.split(",")}
     for key, extra in evals.items():
         out = work / (f"eval-{key}" if key == "bm25" else f"eval-{key}{tag}")  # BM25 is the same in every variant
         if not (out / "metrics.json").is_file():
@@ -147,6 +149,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", help="a trained cross-encoder to distil from (skips the teacher phase)")
     ap.add_argument("--tag", default="", help="a variant: its rankers and rows live under ranker<TAG>, eval-*<TAG> "
                     "and results key <collection><TAG>")
+    ap.add_argument("--evals", default="", help="only these evaluation rows (comma-separated: dense, bm25, fusion, "
+                    "static, teacher; default all)")
     ap.add_argument("--set", nargs="*", default=[], help="more train-ranker settings (KEY=VALUE), e.g. "
                     "reorder_layers=false")
     ap.add_argument("--router-slo-ms", type=float, default=0, help="also profile both stages and run the DES ramp "

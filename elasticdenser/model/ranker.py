@@ -259,7 +259,9 @@ class ElasticRanker(nn.Module):
         elastic phase. Bottom-up truncation feeds the head a layer it was never trained on; greedy
         elimination (:func:`~elasticdenser.model.reorder.greedy_layer_order`) instead keeps the
         layers whose removal moves the full point's score distribution over each candidate list
-        least. ``lists`` as for :meth:`reorder_by_importance` (the labels are not used)."""
+        least. That predicts the untrained sub-network, not the trained one: on squad the small
+        depths trained worse with it (BENCHMARKS.md), so training uses it only when asked
+        (``RankerConfig.reorder_layers``). ``lists`` as for :meth:`reorder_by_importance` (labels unused)."""
         enc = self.encoder
         if not lists:
             raise InvalidInputError("layer ordering needs at least one candidate list")
