@@ -52,13 +52,8 @@ def stage_functions(searcher, point):
     _, rows = fi.search(index, vec, 10)
     result = searcher.search("warm up", k=10, point=point)
 
-    fast_tok = fastpath.batch_tokenizer(enc, enc.max_length)
-
-    def tokenise(q):  # what encode runs: the backend tokenizer where there is one
-        if fast_tok is None:
-            return enc.tokenizer([q], padding=True, truncation=True, max_length=enc.max_length, return_tensors=tensors)
-        encs = fast_tok.encode_batch([q])
-        return {k: np.array([getattr(e, a) for e in encs], dtype=np.int64) for k, a in fastpath._ENCODING_FIELDS}
+    def tokenise(q):  # what encode runs
+        return fastpath.tokenize_batch(enc, [q], enc.max_length, tensors)
 
     batches = {}
 

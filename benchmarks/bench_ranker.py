@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     ap.add_argument("--evals", default="", help="only these evaluation rows (comma-separated: dense, bm25, fusion, "
                     "static, teacher; default all)")
     ap.add_argument("--set", nargs="*", default=[], help="more train-ranker settings (KEY=VALUE), e.g. "
-                    "reorder_layers=false")
+                    "lr=1e-4 reorder_layers=true")
     ap.add_argument("--router-slo-ms", type=float, default=0, help="also profile both stages and run the DES ramp "
                     "at this SLO (0: skip)")
     args = ap.parse_args(argv)

@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace, dist) -> int:
             stats = build.encode_stage(encoder, coll.corpus, args.out, collection=coll.name, shard=args.shard,
                                        num_shards=args.num_shards, chunk_size=args.chunk_size,
                                        batch_size=args.batch_size, dtype=args.dtype, bf16=args.bf16,
-                                       progress=not args.no_progress and args.shard == 0, backend="auto",
+                                       progress=not args.no_progress and (dist is None or dist.main), backend="auto",
                                        force=args.force, save_model_dir=False)
             print(f"shard {args.shard}/{args.num_shards}: encoded {stats['encoded_chunks']} chunk(s), "
                   f"{stats['skipped_chunks']} already done, {stats['passages']} passages in {stats['seconds']:.1f}s")

@@ -58,6 +58,7 @@ __all__ = [
     "FastRunner",
     "encode_fast",
     "batch_tokenizer",
+    "tokenize_batch",
 ]
 
 BACKENDS = ("auto", "eager", "jit", "onnx", "int8")
@@ -274,17 +275,23 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"encode {p.name} [{runner.backend}]", unit="batch")
-    backend_tok = batch_tokenizer(encoder, ml)
     for start in batches:
         idx = order[start : start + bs]
-        batch = [texts[i] for i in idx]
-        if backend_tok is not None:
-            encs = backend_tok.encode_batch(batch)
-            b = {k: np.array([getattr(e, a) for e in encs], dtype=np.int64) for k, a in _ENCODING_FIELDS}
-        else:
-            b = encoder.tokenizer(batch, padding=True, truncation=True, max_length=ml, return_tensors=tensors)
+        b = tokenize_batch(encoder, [texts[i] for i in idx], ml, tensors)
         out[idx] = runner(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), threads=threads)
     return out
+
+
+def tokenize_batch(encoder, texts: Sequence[str], max_length: int, tensors: str = "np") -> dict:
+    """``input_ids`` / ``attention_mask`` / ``token_type_ids`` of ``texts``, padded to the longest:
+    int64 numpy arrays from :func:`batch_tokenizer`, or the ``transformers`` call (``tensors``)
+    for a tokenizer without a Rust backend."""
+    tok = batch_tokenizer(encoder, max_length)
+    if tok is None:
+        return encoder.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                                 return_tensors=tensors)
+    encs = tok.encode_batch(list(texts))
+    return {k: np.array([getattr(e, a) for e in encs], dtype=np.int64) for k, a in _ENCODING_FIELDS}
 
 
 _ENCODING_FIELDS = (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))
