@@ -25,7 +25,7 @@ class InvalidOperatingPoint(InvalidInputError):
 
 
 __all__ = ["WIDTH_MULTIPLE", "InvalidOperatingPoint", "OperatingPoint", "PointLike", "ServingConfig", "ElasticSpace",
-           "truncate", "parse_points"]
+           "truncate", "principal_basis", "parse_points"]
 
 
 @dataclass(frozen=True, order=True)
@@ -219,9 +219,14 @@ class ElasticSpace:
         return int(embedding_params) + per_layer * point.layers
 
 
-def truncate(vectors, width: int, normalize: bool = True):
+def truncate(vectors, width: int, normalize: bool = True, basis=None):
     """The width rule: the first ``width`` dimensions of each row, re-normalised to unit length when
     the model normalises (Matryoshka style), else left as they are (dot-product models).
+
+    ``basis``: the model's output basis (an orthogonal ``(hidden, hidden)`` matrix, or its first
+    ``width`` columns; None = the identity): rows are expressed in it before they are cut, so the
+    leading dimensions are the ones that carry the most of the corpus (:func:`principal_basis`).
+    Full-width inner products do not change; only what a truncation keeps does.
 
     The one owner of this rule: the encoder's query vectors, training's targets and every FAISS
     index are cut by it. Works on a torch tensor (differentiable) or a NumPy array (a float32 copy;
@@ -230,19 +235,56 @@ def truncate(vectors, width: int, normalize: bool = True):
     width, stored = int(width), vectors.shape[-1]
     if isinstance(stored, int) and not 1 <= width <= stored:  # (a traced graph's shape is not an int)
         raise InvalidOperatingPoint(f"width {width} is out of range 1..{vectors.shape[-1]} (the stored embedding width)")
-    cut = vectors[..., :width]
-    if isinstance(cut, np.ndarray):
-        cut = np.asarray(cut, dtype=np.float32)
+    if isinstance(vectors, np.ndarray):
+        if basis is not None:
+            cut = np.asarray(vectors, dtype=np.float32) @ np.asarray(basis[:, :width], dtype=np.float32)
+        else:
+            cut = np.asarray(vectors[..., :width], dtype=np.float32)
         if not normalize:
-            return cut.copy()
+            return cut.copy() if basis is None else cut
         norms = np.linalg.norm(cut, axis=-1, keepdims=True)
         norms[norms == 0] = 1.0
         return cut / norms
+    if basis is not None:
+        import torch
+
+        if not isinstance(basis, torch.Tensor):
+            basis = torch.from_numpy(np.ascontiguousarray(basis, dtype=np.float32))
+        cut = vectors @ basis[:, :width].to(device=vectors.device, dtype=vectors.dtype)
+    else:
+        cut = vectors[..., :width]
     if not normalize:
         return cut
     import torch.nn.functional as F
 
     return F.normalize(cut, p=2, dim=-1)
+
+
+def principal_basis(vectors, sample: int = 200_000, seed: int = 0) -> np.ndarray:
+    """An orthogonal ``(hidden, hidden)`` basis whose leading columns are the directions that carry
+    the most of ``vectors`` (eigenvectors of their second-moment matrix, largest first).
+
+    Why: a general-purpose model was not trained so that its first ``d`` dimensions summarise a
+    document, so plain truncation throws away signal the corpus has; expressed in this basis, the
+    first ``d`` dimensions keep the most of every row's squared norm a ``d``-dimensional linear cut
+    can (PCA without centring: inner products, not distances, are what retrieval compares). Label
+    free: it needs only the document vectors. Deterministic: rows are sampled with ``seed`` when
+    there are more than ``sample``, and each column's sign is fixed (largest entry positive).
+    """
+    array = np.asarray(vectors) if not hasattr(vectors, "detach") else vectors.detach().cpu().numpy()
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise InvalidInputError(f"principal_basis needs a non-empty (N, hidden) array, got shape {array.shape}")
+    n = array.shape[0]
+    if n > sample:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+        array = array[rows]
+    x = np.asarray(array, dtype=np.float64)
+    moment = x.T @ x
+    values, vecs = np.linalg.eigh(moment)
+    vecs = vecs[:, np.argsort(-values, kind="stable")]
+    signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
+    signs[signs == 0] = 1.0
+    return np.ascontiguousarray(vecs * signs, dtype=np.float32)
 
 
 def parse_points(texts: "str | Sequence[str]") -> List[OperatingPoint]:

@@ -19,7 +19,8 @@ from elasticdenser.index import faiss_index as fi
 from elasticdenser.index import manifest as mf
 from elasticdenser.index.store import EmbeddingStore
 
-__all__ = ["MODEL_DIR", "save_model", "record_models", "encode_stage", "merge_stage", "index_stage", "build_experiment"]
+__all__ = ["MODEL_DIR", "save_model", "record_models", "query_basis", "encode_stage", "merge_stage", "index_stage",
+           "build_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,24 @@ def record_models(exp_dir: "str | os.PathLike", query_encoder, document_encoder,
     if document_encoder is not query_encoder:
         sections["document_model"] = mf.model_section(document_encoder)
     mf.update(exp_dir, **sections)
+
+
+def query_basis(exp_dir: "str | os.PathLike", manifest: dict):
+    """``(basis, digest)`` of the experiment's query model (``(None, None)``: plain truncation).
+
+    The indexes of an experiment are cut in the output basis of its query model (``EXP/model``),
+    so a query and the documents it is compared with are truncated alike."""
+    digest = manifest.get("model", {}).get("output_basis")
+    if not digest:
+        return None, None
+    from elasticdenser.model.loading import ELASTIC_CONFIG_NAME, read_json, read_output_basis
+
+    model_dir = Path(exp_dir) / MODEL_DIR
+    config = read_json(model_dir / ELASTIC_CONFIG_NAME) or {}
+    if (config.get("output_basis") or {}).get("sha256") != digest:
+        raise mf.ManifestMismatchError(f"{model_dir} is not the query model {Path(exp_dir) / mf.MANIFEST} names "
+                                       "(its output basis differs); run `elasticdenser index --merge --model MODEL` again")
+    return read_output_basis(model_dir, config), digest
 
 
 def encode_stage(encoder, corpus, exp_dir, *, collection: str, shard: int = 0, num_shards: int = 1,
@@ -131,23 +150,25 @@ def index_stage(exp_dir, widths: Iterable[int], index_types: Optional[Dict[int, 
     types = index_types or {w: fi.DEFAULT_FACTORY for w in widths}
     indexes = dict(m.get("indexes", {}))
     normalize = mf.normalizes(m)
+    basis, basis_sha = query_basis(exp_dir, m)
     for w in widths:
         factory = types.get(w, fi.DEFAULT_FACTORY)
         path = exp_dir / fi.index_file(w)
         old = indexes.get(str(w))
-        # an index built under the other width rule (cosine vs dot product) is rebuilt, not reused
+        # an index built under another width rule (cosine vs dot product, another output basis) is rebuilt
         if path.is_file() and old and old.get("factory") == factory and old.get("normalize", True) == normalize \
-                and not force:
+                and old.get("basis") == basis_sha and not force:
             continue
         if path.is_file():
             path.unlink()  # a stale file never passes for the new index if the build is interrupted
         t0 = time.perf_counter()
-        index = fi.build_index(store, w, factory, train_size=train_size, use_gpu=use_gpu, normalize=normalize)
+        index = fi.build_index(store, w, factory, train_size=train_size, use_gpu=use_gpu, normalize=normalize,
+                               basis=basis)
         size = fi.save_index(index, path)
         indexes[str(w)] = {
             "file": path.name, "factory": factory, "ntotal": int(index.ntotal), "bytes": size,
             "build_seconds": round(time.perf_counter() - t0, 3), "search_params": fi.default_search_params(factory),
-            "normalize": normalize,
+            "normalize": normalize, "basis": basis_sha,
         }
         log.info("built %s (%s, %d vectors, %.1f MB)", path.name, factory, index.ntotal, size / 1e6)
     all_widths = sorted({int(k) for k in indexes}, reverse=True)

@@ -146,9 +146,11 @@ def new_index(width: int, factory: str):
 
 
 def build_index(store: EmbeddingStore, width: int, factory: str = DEFAULT_FACTORY, *, train_size: int = DEFAULT_TRAIN_SIZE,
-                block_rows: int = 65536, use_gpu: Optional[bool] = None, seed: int = 0, normalize: bool = True):
+                block_rows: int = 65536, use_gpu: Optional[bool] = None, seed: int = 0, normalize: bool = True,
+                basis: Optional[np.ndarray] = None):
     """A CPU FAISS index over ``store``'s rows cut to ``width`` by the width rule (re-normalised
-    when the model normalises, ``normalize``), trained if the factory needs it."""
+    when the model normalises, ``normalize``; in the query model's output ``basis``), trained if
+    the factory needs it."""
     tune_faiss()
     index = new_index(width, factory)
     use_gpu = gpu_available() if use_gpu is None else use_gpu
@@ -158,9 +160,9 @@ def build_index(store: EmbeddingStore, width: int, factory: str = DEFAULT_FACTOR
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(len(store), size=n, replace=False)) if n < len(store) else np.arange(len(store))
         t0 = time.perf_counter()
-        work.train(store.rows(sample, width, normalize))
+        work.train(store.rows(sample, width, normalize, basis))
         log.info("trained %s at d=%d on %d vectors in %.1fs", factory, width, n, time.perf_counter() - t0)
-    for _, block in store.blocks(block_rows, width=width, normalize=normalize):
+    for _, block in store.blocks(block_rows, width=width, normalize=normalize, basis=basis):
         work.add(block)
     return to_cpu(work)
 

@@ -52,6 +52,8 @@ def model_section(encoder) -> Dict[str, Any]:
         "pooling": getattr(encoder, "pooling", None),
         "normalize": getattr(encoder, "normalize", None),
         "max_length": getattr(encoder, "max_length", None),
+        # the query model's output basis (None: plain truncation); its indexes are cut in it
+        "output_basis": getattr(encoder, "output_basis_sha", None),
     }
 
 

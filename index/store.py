@@ -73,19 +73,21 @@ class EmbeddingStore:
             self.array.flush()
 
     def blocks(self, block_rows: int = 65536, width: Optional[int] = None, start: int = 0,
-               end: Optional[int] = None, normalize: bool = True) -> Iterator[Tuple[int, np.ndarray]]:
+               end: Optional[int] = None, normalize: bool = True,
+               basis: Optional[np.ndarray] = None) -> Iterator[Tuple[int, np.ndarray]]:
         """Yield ``(first_row, float32 block)``; with ``width``, cut by the width rule
-        (:func:`~elasticdenser.operating_point.truncate`; ``normalize`` = the model's)."""
+        (:func:`~elasticdenser.operating_point.truncate`; ``normalize`` and ``basis`` = the query model's)."""
         end = len(self) if end is None else end
         for lo in range(start, end, block_rows):
             hi = min(lo + block_rows, end)
             block = np.asarray(self.array[lo:hi], dtype=np.float32)
-            yield lo, (truncate(block, width, normalize) if width else block)
+            yield lo, (truncate(block, width, normalize, basis) if width else block)
 
-    def rows(self, positions: np.ndarray, width: Optional[int] = None, normalize: bool = True) -> np.ndarray:
+    def rows(self, positions: np.ndarray, width: Optional[int] = None, normalize: bool = True,
+             basis: Optional[np.ndarray] = None) -> np.ndarray:
         """Selected rows (sorted internally for mmap locality), as float32."""
         positions = np.asarray(positions, dtype=np.int64)
         order = np.argsort(positions)
         out = np.empty((len(positions), self.dim), dtype=np.float32)
         out[order] = self.array[positions[order]]
-        return truncate(out, width, normalize) if width else out
+        return truncate(out, width, normalize, basis) if width else out

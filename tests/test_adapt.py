@@ -234,6 +234,26 @@ def test_trained_model_indexes_with_its_document_tower_and_reuses_the_experiment
     np.testing.assert_allclose(stored, want, atol=1e-5)
     m = mf.load(exp)
     assert m["model"]["fingerprint"] == result.encoder.fingerprint() != m["document_model"]["fingerprint"]
+    # the trained model cuts widths in the principal basis of the corpus's documents, and so do its indexes
+    import faiss
+
+    from elasticdenser.errors import StateError
+    from elasticdenser.operating_point import principal_basis, truncate
+    from elasticdenser.searcher import Searcher
+
+    basis = result.encoder.output_basis.numpy()
+    np.testing.assert_allclose(basis, principal_basis(np.load(base / enc.EMBEDDINGS)), atol=1e-6)
+    small = faiss.read_index(str(exp / "index-d32.faiss"))
+    np.testing.assert_allclose(small.reconstruct_n(0, small.ntotal), truncate(stored, 32, True, basis), atol=1e-5)
+    assert m["indexes"]["32"]["basis"] == m["model"]["output_basis"] == result.encoder.output_basis_sha
+    # a query model that cuts in another basis is refused at a small width (full-width scores do not depend on it)
+    other = ElasticEncoder.from_pretrained(str(model))
+    other.set_output_basis(None)
+    with pytest.warns(UserWarning, match="allow_mismatch"):
+        searcher = Searcher.open(exp, allow_mismatch=True, encoder=other)
+    searcher.index(64)
+    with pytest.raises(StateError, match="output basis"):
+        searcher.index(32)
     from elasticdenser.model.towers import load_towers
 
     assert load_towers(str(exp / "model"))[1].fingerprint() == start.fingerprint()  # EXP/model stays portable
@@ -246,6 +266,7 @@ def test_trained_model_indexes_with_its_document_tower_and_reuses_the_experiment
             "--no-progress", cwd=tmp_path)
     assert (base / enc.EMBEDDINGS).stat().st_mtime_ns == before
     assert mf.load(base)["model"]["fingerprint"] == result.encoder.fingerprint()
+    assert mf.load(base)["indexes"]["32"]["basis"] == result.encoder.output_basis_sha  # rebuilt in the model's basis
     assert ElasticEncoder.from_pretrained(str(base / "model")).fingerprint() == result.encoder.fingerprint()
 
     # continuing from the trained model: its document tower is the start model, so the experiment matches

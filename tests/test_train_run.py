@@ -109,6 +109,11 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_bert_dir, data_dir, nq, pool
     resumed = train(cfg_b, collection=nq, pool=pool)
     assert resumed.resumed_from == 3 and resumed.steps == 6
     assert resumed.encoder.layer_order == full.encoder.layer_order  # restored from the checkpoint
+    from elasticdenser.training.checkpoint import load_checkpoint_encoder
+
+    basis = full.encoder.output_basis_sha
+    assert basis is not None and resumed.encoder.output_basis_sha == basis
+    assert load_checkpoint_encoder(Path(cfg_b.output_dir) / "checkpoints" / "step-6").output_basis_sha == basis
     a = full.encoder.model.state_dict()
     b = resumed.encoder.model.state_dict()
     for name in a:

@@ -97,6 +97,7 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         self.layer_norm_eps = float(cfg.layer_norm_eps)
         self._point_cache: Dict[Any, OperatingPoint] = {}
         self.load_elastic_state(elastic_config or {}, source)
+        self.register_buffer("output_basis", None, persistent=False)
         self.model.eval()
         self.train(False)
 
@@ -121,7 +122,7 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         elastic, layout = parts["elastic"], parts["layout"]
         if normalize is None:
             normalize = elastic.get("normalize", layout.get("normalize", True))
-        return cls(
+        encoder = cls(
             parts["model"],
             parts["tokenizer"],
             pooling=pooling or elastic.get("pooling") or layout.get("pooling") or "mean",
@@ -130,6 +131,9 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
             elastic_config=elastic,
             source=parts["source"],
         )
+        if parts["output_basis"] is not None:
+            encoder.set_output_basis(parts["output_basis"])
+        return encoder
 
     def default_points(self) -> List[OperatingPoint]:
         """The operating points this encoder supports / was trained for (largest first)."""
@@ -252,8 +256,8 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         return pool(x, attention_mask, self.pooling)
 
     def truncate(self, pooled: torch.Tensor, width: int) -> torch.Tensor:
-        """First ``width`` dims of a pooled batch, re-normalised when the model normalises."""
-        return truncate(pooled, width, self.normalize)
+        """A pooled batch cut to ``width`` by the width rule, in this model's output basis."""
+        return truncate(pooled, width, self.normalize, self.output_basis)
 
     def forward(
         self,

@@ -19,16 +19,18 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+import numpy as np
 import torch
 
-from elasticdenser.atomic import write_text
-from elasticdenser.errors import InvalidInputError, MissingFileError
+from elasticdenser.atomic import atomic_path, write_text
+from elasticdenser.errors import InvalidInputError, MissingFileError, StateError
 from elasticdenser.operating_point import parse_points
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "ELASTIC_CONFIG_NAME",
     "ELASTIC_CONFIG_VERSION",
+    "OUTPUT_BASIS_NAME",
     "DEFAULT_MAX_LENGTH",
     "UnsupportedModelError",
     "default_model_path",
@@ -46,6 +48,8 @@ SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 #: file written next to the HF model files by :meth:`ElasticEncoder.save_pretrained`.
 ELASTIC_CONFIG_NAME = "elastic_config.json"
 ELASTIC_CONFIG_VERSION = 1
+#: the output basis (:func:`elasticdenser.operating_point.principal_basis`), when a model has one
+OUTPUT_BASIS_NAME = "output_basis.npy"
 DEFAULT_MAX_LENGTH = 256
 
 
@@ -173,7 +177,30 @@ def load_checkpoint(path: Union[str, os.PathLike, None]) -> Dict[str, Any]:
     finally:
         hf_logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return {"model": model, "tokenizer": tokenizer, "elastic": elastic, "layout": layout, "source": str(path)}
+    return {"model": model, "tokenizer": tokenizer, "elastic": elastic, "layout": layout, "source": str(path),
+            "output_basis": read_output_basis(path, elastic)}
+
+
+def basis_digest(basis: np.ndarray) -> str:
+    """sha256 of a basis's shape and float32 bytes: what the elastic config and the indexes record."""
+    b = np.ascontiguousarray(basis, dtype=np.float32)
+    return hashlib.sha256(f"{b.shape}".encode() + b.tobytes()).hexdigest()
+
+
+def read_output_basis(path: Path, elastic: dict) -> Optional[np.ndarray]:
+    """The output basis the elastic config of checkpoint ``path`` names (None when it names none),
+    checked against the digest recorded there: a swapped or damaged file is an error, not a model
+    that silently searches the wrong index."""
+    entry = (elastic or {}).get("output_basis")
+    if not entry:
+        return None
+    file = Path(path) / entry.get("file", OUTPUT_BASIS_NAME)
+    if not file.is_file():
+        raise MissingFileError(f"{file} is missing: {Path(path) / ELASTIC_CONFIG_NAME} names it as the model's output basis")
+    basis = np.load(file)
+    if basis_digest(basis) != entry.get("sha256"):
+        raise StateError(f"{file} does not match the digest in {Path(path) / ELASTIC_CONFIG_NAME} (damaged or replaced)")
+    return basis
 
 
 class CheckpointIO:
@@ -215,11 +242,40 @@ class CheckpointIO:
             "ffn_permutation": self.ffn_permutation,
             # written only when it is not bottom-up, so fingerprints of earlier models are unchanged
             **({"layer_order": self.layer_order} if self.layer_order != list(range(self.space.num_layers)) else {}),
+            **({"output_basis": {"file": OUTPUT_BASIS_NAME, "sha256": self.output_basis_sha}}
+               if self.output_basis_sha else {}),
         }
 
+    def set_output_basis(self, basis: "np.ndarray | torch.Tensor | None") -> None:
+        """Express every output vector in ``basis`` (orthogonal, ``(hidden, hidden)``; None = the
+        identity) before it is cut to a width: see :func:`~elasticdenser.operating_point.truncate`.
+        Documents are cut in the same basis wherever this model's indexes are built."""
+        if basis is None:
+            self.output_basis = None
+            self.__dict__["_basis_sha"] = None
+        else:
+            b = np.ascontiguousarray(basis.detach().cpu().numpy() if hasattr(basis, "detach") else basis, dtype=np.float32)
+            h = self.space.hidden_size
+            if b.shape != (h, h):
+                raise InvalidInputError(f"output basis must be ({h}, {h}), got {b.shape}")
+            if not np.allclose(b.T @ b, np.eye(h), atol=1e-3):
+                raise InvalidInputError("output basis is not orthogonal (B^T B != I): full-width scores would change")
+            self.output_basis = torch.from_numpy(b).to(self.model.embeddings.word_embeddings.weight.device)
+            self.__dict__["_basis_sha"] = basis_digest(b)
+        self.__dict__["_basis_version"] = self.__dict__.get("_basis_version", 0) + 1
+
+    @property
+    def output_basis_sha(self) -> Optional[str]:
+        """Digest of the output basis (None: the identity, plain truncation)."""
+        return self.__dict__.get("_basis_sha")
+
     def save_pretrained(self, path: Union[str, os.PathLike]) -> Path:
-        """Write the HF model + tokenizer files and ``elastic_config.json`` into ``path``."""
-        return save_checkpoint_dir(path, self.model, self.tokenizer, self.elastic_config())
+        """Write the HF model + tokenizer files, ``elastic_config.json`` and the output basis (if any) into ``path``."""
+        path = save_checkpoint_dir(path, self.model, self.tokenizer, self.elastic_config())
+        if self.output_basis is not None:
+            with atomic_path(path / OUTPUT_BASIS_NAME) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, self.output_basis.detach().cpu().numpy())
+        return path
 
     def fingerprint(self) -> str:
         """sha256 of every weight (names, shapes, dtypes, bytes) plus the elastic config."""

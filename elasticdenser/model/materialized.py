@@ -43,7 +43,7 @@ class ServingCache:
         params = self.__dict__.get("_param_list")
         if params is None or params[0] is not self.model:
             params = self.__dict__["_param_list"] = (self.model, list(self.model.parameters()))
-        epoch = self.__dict__.get("_apply_epoch", 0)
+        epoch = self.__dict__.get("_apply_epoch", 0), self.__dict__.get("_basis_version", 0)
         return (tuple(self.layer_order), epoch) + tuple((id(q), q._version) for q in params[1])
 
     def _apply(self, fn, *args, **kwargs):
@@ -151,6 +151,8 @@ class MaterializedEncoder(nn.Module):
         self.width = point.width
         self.pooling = enc.pooling
         self.normalize = enc.normalize
+        basis = enc.output_basis
+        self.register_buffer("basis", None if basis is None else basis[:, :point.width].clone())
         self.to(enc.device)
         self.eval()
         return self
@@ -164,4 +166,4 @@ class MaterializedEncoder(nn.Module):
         bias = attention_bias(attention_mask, x.dtype)
         for layer in self.layers:
             x = layer(x, bias)
-        return truncate(pool(x, attention_mask, self.pooling), self.width, self.normalize)
+        return truncate(pool(x, attention_mask, self.pooling), self.width, self.normalize, self.basis)

@@ -42,7 +42,12 @@ class StoreDocuments:
         self.device = device or torch.device("cpu")
         self.seed = int(seed)
         self.index = index if index is not None else self._flat_index()
+        self.basis: Optional[torch.Tensor] = None
 
+    def set_basis(self, basis: Optional[torch.Tensor]) -> None:
+        """Cut the candidates' rows in ``basis`` (the query model's output basis). The full-width
+        index needs no change: a basis keeps full-width inner products."""
+        self.basis = basis
     def __len__(self) -> int:
         return int(self.array.shape[0])
 
@@ -98,4 +103,4 @@ class StoreDocuments:
     def subset(self, rows: torch.Tensor) -> FixedDocuments:
         """The candidate rows as an in-memory :class:`FixedDocuments` (rows in ``rows`` order)."""
         block = np.asarray(self.array[rows.numpy()], dtype=np.float32)
-        return FixedDocuments(torch.from_numpy(block).to(self.device), normalize=self.normalize)
+        return FixedDocuments(torch.from_numpy(block).to(self.device), normalize=self.normalize, basis=self.basis)

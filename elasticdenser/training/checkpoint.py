@@ -61,6 +61,7 @@ def save_checkpoint(output_dir: Path, step: int, encoder, optimizer, scheduler, 
         "step": step,
         "model": {k: v.detach().cpu() for k, v in encoder.model.state_dict().items()},
         "elastic_config": encoder.elastic_config(),
+        "output_basis": None if encoder.output_basis is None else encoder.output_basis.detach().cpu(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
@@ -91,6 +92,7 @@ def load_checkpoint_encoder(checkpoint: "str | Path", device: "str | torch.devic
         start = str(Path(config.output_dir) / "document_model")
     encoder = load_encoder(start, torch.device(device))
     encoder.load_elastic_state(state["elastic_config"], checkpoint / STATE_FILE)
+    encoder.set_output_basis(state.get("output_basis"))
     encoder.model.load_state_dict(state["model"])
     points = state["elastic_config"].get("points")
     if config.points:

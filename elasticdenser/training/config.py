@@ -24,6 +24,7 @@ _CHOICES = {
     "distill_target_width": ("full", "same"),
     "pseudo_kind": PSEUDO_KINDS,
     "candidate_search": ("exact", "faiss"),
+    "output_basis": ("pca", "keep", "none"),
 }
 
 
@@ -77,6 +78,11 @@ class TrainConfig(ConfigFile):
     query_max_length: int = 64
     doc_max_length: int = 256
     doc_batch_size: int = 64
+
+    #: the basis output vectors are cut to a width in (:func:`~elasticdenser.operating_point.principal_basis`):
+    #: "pca" = the principal directions of this corpus's document vectors (label-free; the first d
+    #: dimensions keep the most of every document), "keep" = the start model's, "none" = plain truncation
+    output_basis: str = "pca"
 
     # --- operating points ---------------------------------------------------------------
     #: "sandwich": largest + smallest + `num_random` random points per step; "fixed": all `points` every step

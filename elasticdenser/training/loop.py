@@ -38,7 +38,7 @@ import torch
 from elasticdenser.atomic import atomic_dir, write_text
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.model.towers import COPY_DIR, document_tower, load_document_tower, record_document_tower
-from elasticdenser.operating_point import OperatingPoint, parse_points
+from elasticdenser.operating_point import OperatingPoint, parse_points, principal_basis
 from elasticdenser.training.candidates import StoreDocuments
 from elasticdenser.training.checkpoint import (
     STATE_FILE,
@@ -178,11 +178,18 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
     docs, doc_file = fixed_documents(doc_encoder, data, config, cache_dir, dist)
     if doc_encoder is not encoder:
         del doc_encoder
+    if state is not None:
+        encoder.set_output_basis(state.get("output_basis"))
+    elif config.output_basis != "keep":
+        raw = docs.array if isinstance(docs, StoreDocuments) else docs.full
+        encoder.set_output_basis(principal_basis(raw, seed=config.seed) if config.output_basis == "pca" else None)
+    docs.set_basis(encoder.output_basis)
 
     # --- importance reordering + teacher ----------------------------------------------------
     if state is not None:
         encoder.load_elastic_state(state["elastic_config"], ckpt / STATE_FILE)
         teacher = load_encoder(start_model, dist.device)
+        teacher.set_output_basis(encoder.output_basis)
         if encoder.reordered:
             teacher.apply_permutation(encoder.head_permutation, encoder.ffn_permutation)
             teacher.reordered = True

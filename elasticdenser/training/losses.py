@@ -27,16 +27,22 @@ __all__ = ["FixedDocuments", "ContrastiveLoss", "ScoreDistillationLoss", "Embedd
 class FixedDocuments:
     """Full-width document embeddings computed once by the document tower; never trained.
 
-    ``at(width)`` returns the rows cut to ``width`` by the width rule (cached), i.e. exactly the
-    vectors the FAISS index for that width holds.
+    ``at(width)`` returns the rows cut to ``width`` by the width rule (cached) in the query model's
+    output ``basis``, i.e. exactly the vectors the FAISS index for that width holds.
     """
 
-    def __init__(self, embeddings: Tensor, normalize: bool = True):
+    def __init__(self, embeddings: Tensor, normalize: bool = True, basis: Optional[Tensor] = None):
         if embeddings.dim() != 2:
             raise InvalidInputError(f"document embeddings must be 2-D (N, hidden), got shape {tuple(embeddings.shape)}")
         self.full = embeddings.detach().float()
         self.normalize = normalize
+        self.basis = basis
         self._cache: Dict[int, Tensor] = {}
+
+    def set_basis(self, basis: Optional[Tensor]) -> None:
+        """Cut in ``basis`` from now on (the query model's output basis)."""
+        self.basis = basis
+        self._cache.clear()
 
     def __len__(self) -> int:
         return self.full.shape[0]
@@ -47,7 +53,7 @@ class FixedDocuments:
 
     def at(self, width: int) -> Tensor:
         if width not in self._cache:
-            self._cache[width] = truncate(self.full, width, self.normalize).contiguous()
+            self._cache[width] = truncate(self.full, width, self.normalize, self.basis).contiguous()
         return self._cache[width]
 
     def scores(self, queries: Tensor, width: Optional[int] = None, candidates: Optional[Tensor] = None) -> Tensor:
