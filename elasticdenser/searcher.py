@@ -188,17 +188,7 @@ class Searcher:
                 from elasticdenser.index import manifest as mf
 
                 index = fi.load_index(self.exp_dir / fi.index_file(width), use_gpu=self.use_gpu)
-                info = self.manifest.get("indexes", {}).get(str(width), {})
-                if info.get("normalize", True) != mf.normalizes(self.manifest):
-                    rule = "cosine" if info.get("normalize", True) else "dot-product"
-                    raise StateError(f"{fi.index_file(width)} was built for {rule} search, which this model does not use; "
-                                     "rebuild it: `elasticdenser index ... --merge --force`")
-                basis = getattr(self.encoder, "output_basis_sha", None)
-                if width < self.encoder.space.hidden_size and info.get("basis") != basis:
-                    # full-width scores do not depend on the basis; a truncation does
-                    raise StateError(f"{fi.index_file(width)} was cut in output basis {(info.get('basis') or 'none')[:12]}, "
-                                     f"this query model's is {(basis or 'none')[:12]}: index with this model "
-                                     "(`elasticdenser index ... --merge --model MODEL`)")
+                info = mf.check_index(self.manifest, width, self.encoder, fi.index_file(width))
                 fi.set_search_params(index, info.get("search_params"))
                 if index.ntotal != len(self.doc_ids):
                     raise StateError(f"{fi.index_file(width)} holds {index.ntotal} vectors, doc_ids.txt {len(self.doc_ids)}")

@@ -29,6 +29,7 @@ __all__ = [
     "update",
     "document_fingerprint",
     "check_model",
+    "check_index",
 ]
 
 MANIFEST = "manifest.json"
@@ -134,3 +135,19 @@ def check_model(manifest: Dict[str, Any], encoder, allow_mismatch: bool = False,
         raise ManifestMismatchError(msg + "; re-index with this model, or pass allow_mismatch=True "
                                     "(CLI: --allow-model-mismatch) to search anyway")
     return msg
+
+
+def check_index(manifest: Dict[str, Any], width: int, encoder, name: str) -> Dict[str, Any]:
+    """The manifest entry of the index for ``width`` (file ``name``), if ``encoder``'s queries can
+    search it: built under the model's width rule (cosine or dot product) and, below full width,
+    cut in the query model's output basis (full-width scores do not depend on the basis)."""
+    info = manifest.get("indexes", {}).get(str(width), {})
+    if info.get("normalize", True) != normalizes(manifest):
+        rule = "cosine" if info.get("normalize", True) else "dot-product"
+        raise StateError(f"{name} was built for {rule} search, which this model does not use; "
+                         "rebuild it: `elasticdenser index ... --merge --force`")
+    basis = getattr(encoder, "output_basis_sha", None)
+    if width < encoder.space.hidden_size and info.get("basis") != basis:
+        raise StateError(f"{name} was cut in output basis {(info.get('basis') or 'none')[:12]}, this query model's "
+                         f"is {(basis or 'none')[:12]}: index with this model (`elasticdenser index ... --merge --model MODEL`)")
+    return info
