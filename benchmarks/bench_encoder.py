@@ -115,7 +115,7 @@ def quality(enc, questions, passages, n_eval, n_imp_q, n_imp_d, points, seed):
     def run(e, tag):
         for p in points:
             qv = e.encode(qs, p, batch_size=64)
-            dv = truncate(docs, p.width, e.normalize)
+            dv = truncate(docs, p.width, e.normalize, e.output_basis)
             res["recall@20"].setdefault(p.name, {})[tag] = recall_at_k(qv, dv, gold)
 
     run(enc, "original order")

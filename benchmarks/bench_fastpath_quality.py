@@ -77,7 +77,7 @@ def main(argv=None):
                                   "seconds": time.time() - t}
         print("docs", b, result["docs_bulk"][b], flush=True)
     for p in enc.default_points():
-        dw = truncate(docs, p.width, enc.normalize)
+        dw = truncate(docs, p.width, enc.normalize, enc.output_basis)
         entry = {}
         ref = enc.encode(qtexts, p, batch_size=32, backend="eager")
         entry["eager"] = metrics(qids, ref, dw, doc_ids, col.qrels)

@@ -72,8 +72,8 @@ def search(queries: np.ndarray, docs: np.ndarray, k: int = 100):
     return top.values.numpy(), top.indices.numpy()
 
 
-def truncate_docs(doc_emb: np.ndarray, width: int, normalize: bool = True) -> np.ndarray:
-    return np.ascontiguousarray(truncate(doc_emb, width, normalize))
+def truncate_docs(doc_emb: np.ndarray, width: int, normalize: bool = True, basis=None) -> np.ndarray:
+    return np.ascontiguousarray(truncate(doc_emb, width, normalize, basis))
 
 
 def evaluate_points(encoder, points, collection, doc_emb: np.ndarray, batch_size: int = 128) -> Dict[str, Dict[str, float]]:
@@ -88,7 +88,7 @@ def evaluate_points(encoder, points, collection, doc_emb: np.ndarray, batch_size
     out = {}
     for p in points:
         qv = encoder.encode(texts, p, batch_size=batch_size, max_length=64)
-        vals, idx = search(qv, truncate_docs(doc_emb, p.width, encoder.normalize), k=100)
+        vals, idx = search(qv, truncate_docs(doc_emb, p.width, encoder.normalize, encoder.output_basis), k=100)
         run = Run.from_dict(
             {q.query_id: {doc_ids[j]: float(s) for j, s in zip(ix, vs)} for q, ix, vs in zip(queries, idx, vals)}
         )
