@@ -39,15 +39,23 @@ TRAIN_SET = ["batch_size=16", "sampling=sandwich", "num_random=1", "lr=3e-4", "w
 SMALLEST = "L3-H6-F768-D192"
 
 
+#: peak resident memory (GB) of the last command :func:`cli` ran (that process alone, from wait4)
+LAST_PEAK_RSS_GB = [0.0]
+
+
 def cli(*args: str, log: Path) -> float:
-    """Run ``elasticdenser ARGS`` (output appended to ``log``); returns wall seconds; raises on failure."""
+    """Run ``elasticdenser ARGS`` (output appended to ``log``); returns wall seconds (its peak RSS
+    goes to ``LAST_PEAK_RSS_GB``); raises on failure."""
     t0 = time.time()
     with open(log, "a") as fh:
         fh.write(f"\n$ elasticdenser {' '.join(args)}\n")
         fh.flush()
-        done = subprocess.run([sys.executable, "-m", "elasticdenser", *args], stdout=fh, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"elasticdenser {' '.join(args)} failed (exit {done.returncode}); see {log}")
+        proc = subprocess.Popen([sys.executable, "-m", "elasticdenser", *args], stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    LAST_PEAK_RSS_GB[0] = round(usage.ru_maxrss / 1024 ** 2, 2)  # Linux: kilobytes
+    if proc.returncode != 0:
+        raise SystemExit(f"elasticdenser {' '.join(args)} failed (exit {proc.returncode}); see {log}")
     return time.time() - t0
 
 
@@ -120,6 +128,7 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
             t = cli("train", "--collection", name, "--experiment", str(base), "--out", str(run_dir), *sources,
                     *common, "--set", *(cfg + extra), log=log)
             res["seconds"][f"train-{row}"] = round(t, 1)
+            res.setdefault("peak_rss_gb", {})[f"train-{row}"] = LAST_PEAK_RSS_GB[0]
             res.setdefault("sources", {})[row] = json.loads((model / "training_summary.json").read_text())["sources"]
         exp = work / f"exp-{row}"
         index_with(model, base, exp, name, common, log)

@@ -169,3 +169,22 @@ def test_static_trains_only_its_point(tmp_path, tiny_bert_dir, data_dir, nq, poo
     assert point in [p.name for p in ElasticEncoder.from_pretrained(Path(cfg.output_dir) / "model").default_points()]
     with pytest.raises(ValueError, match="static"):
         TrainConfig(static=True).validate()
+
+
+def test_output_basis_choices(tmp_path, tiny_bert_dir, data_dir, nq, pool):
+    """``pca`` (default) sets the corpus's principal basis; ``keep`` continues in the start model's;
+    ``none`` trains plain truncation (no basis saved)."""
+    from elasticdenser.model.encoder import ElasticEncoder
+    from elasticdenser.training.loop import train
+
+    kw = dict(steps=2, checkpoint_every=0, eval_every=0, max_train_queries=11)
+    pca = train(tiny_config(tmp_path / "pca", tiny_bert_dir, data_dir, **kw), collection=nq, pool=pool)
+    assert pca.encoder.output_basis_sha is not None
+    assert (pca.model_dir / "output_basis.npy").is_file()
+    kept = train(tiny_config(tmp_path / "keep", tiny_bert_dir, data_dir, model=str(pca.model_dir), output_basis="keep",
+                             **kw), collection=nq, pool=pool)
+    assert kept.encoder.output_basis_sha == pca.encoder.output_basis_sha
+    plain = train(tiny_config(tmp_path / "none", tiny_bert_dir, data_dir, model=str(pca.model_dir), output_basis="none",
+                              **kw), collection=nq, pool=pool)
+    assert plain.encoder.output_basis_sha is None and not (plain.model_dir / "output_basis.npy").exists()
+    assert ElasticEncoder.from_pretrained(plain.model_dir).output_basis is None

@@ -18,9 +18,9 @@ __all__ = ["PIPELINE_TRAIN_DEFAULTS", "pipeline_train_stage"]
 
 
 #: the short elastic-training stage of the main job (a few hundred steps; see BENCHMARKS.md). Its
-#: questions are the built-in pool alone: on nq-sample, whose questions are pool-like, that beats the
-#: adaptation default (pool + pseudo-queries; L3 nDCG@10 0.884 vs 0.876, BENCHMARKS.md "Label-free
-#: corpus adaptation"). For another corpus, pass a train config with ``sources: null`` or use ``train``.
+#: questions are the built-in pool alone: on nq-sample, whose questions are pool-like, that is at
+#: least as good as the adaptation default (pool + pseudo-queries; BENCHMARKS.md "Label-free corpus
+#: adaptation"). For another corpus, pass a train config with ``sources: null`` or use ``train``.
 PIPELINE_TRAIN_DEFAULTS = dict(
     sources=["pool"], steps=200, batch_size=16, sampling="sandwich", num_random=1, lr=3e-4, warmup_steps=10,
     reorder_samples=64, reorder_documents=256, val_size=64, eval_every=100, checkpoint_every=100,
