@@ -1,9 +1,10 @@
 """``manifest.json``: what an experiment directory holds and which model made it.
 
 Fields: ``format``, ``package_version``, ``created``, ``model`` (``fingerprint`` = sha256 of weights
-+ elastic config, ``space``, ``pooling``, ``normalize``, ``max_length``), ``collection``
-(``name``, ``num_docs``), ``embeddings`` (``file``, ``width``, ``dtype``), ``widths``,
-``indexes`` (``{width: {"file", "factory", "ntotal", "bytes", "build_seconds"}}``), ``points``
++ elastic config, ``space``, ``pooling``, ``normalize``, ``max_length``, ``output_basis`` digest or
+null), ``collection`` (``name``, ``num_docs``), ``embeddings`` (``file``, ``width``, ``dtype``),
+``widths``, ``indexes`` (``{width: {"file", "factory", "ntotal", "bytes", "build_seconds",
+"normalize", "basis"}}``: ``basis`` = the output basis the rows were cut in), ``points``
 (default operating points), and free-form sections other stages add (``profile``, ...).
 """
 from __future__ import annotations

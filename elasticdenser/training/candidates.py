@@ -48,6 +48,7 @@ class StoreDocuments:
         """Cut the candidates' rows in ``basis`` (the query model's output basis). The full-width
         index needs no change: a basis keeps full-width inner products."""
         self.basis = basis
+
     def __len__(self) -> int:
         return int(self.array.shape[0])
 
