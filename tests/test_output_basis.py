@@ -68,13 +68,19 @@ def test_every_query_path_and_the_checkpoint_keep_the_basis(tiny_bert_dir, tmp_p
     questions = texts[0][:6]
     small = enc.default_points()[-1]
     raw = plain.encode(questions, plain.space.full)  # unit-length pooled vectors, no basis
-    want = truncate(raw, small.width, True, enc.output_basis.numpy())
+    b = enc.output_basis.numpy()
     # sliced (training's path), materialised (serving's) and the default encode all cut in the basis
     batch = enc.tokenize(questions)
     with torch.no_grad():
         sliced = enc(batch["input_ids"], batch["attention_mask"], small, batch["token_type_ids"]).numpy()
         mat = enc.materialize(small)(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).numpy()
-    assert not np.allclose(truncate(raw, small.width), want, atol=1e-3)  # the basis changes what a cut keeps
+    assert not np.allclose(truncate(raw, small.width), truncate(raw, small.width, True, b), atol=1e-3)
+    # the reference, written out: the small point's pooled vector times the first columns of the basis, re-normalised
+    with torch.no_grad():
+        pooled = plain.pooled(batch["input_ids"], batch["attention_mask"], small, batch["token_type_ids"]).numpy()
+    ref = pooled @ b[:, :small.width]
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(sliced, ref, atol=1e-5)
     full = enc.encode(questions, enc.space.full)
     np.testing.assert_allclose(full @ full.T, raw @ raw.T, atol=1e-5)
     small_plain = plain.encode(questions, small)
