@@ -102,6 +102,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--reorder-queries", type=int, default=256)
     ap.add_argument("--slo-ms", type=float, default=50.0)
+    ap.add_argument("--serve-late", action="store_true",
+                    help="serve requests that can no longer meet the SLO late instead of shedding them (as `serve --serve-late`)")
     ap.add_argument("--des-duration", type=float, default=300.0)
     ap.add_argument("--real-duration", type=float, default=90.0)
     ap.add_argument("--real-policies", default="router,static-full,static-smallest")
@@ -133,7 +135,7 @@ def main() -> int:
             profile(exp, args.data_dir, args.max_queries, args.repeats, args.threads, args.backend)
             log(f"profiled in {time.time() - t:.0f} s")
     prof = load_profile(exp)
-    cfg = RouterConfig(slo_ms=args.slo_ms)
+    cfg = RouterConfig(slo_ms=args.slo_ms, shed_late=not args.serve_late)  # as `elasticdenser serve` runs it
     full = sim.full_point(prof)
     cap = Router.static(prof, full, cfg).capacity[full]
     router = Router(prof, cfg)

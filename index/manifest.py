@@ -56,6 +56,8 @@ def model_section(encoder) -> Dict[str, Any]:
         "max_length": getattr(encoder, "max_length", None),
         # the query model's output basis (None: plain truncation); its indexes are cut in it
         "output_basis": getattr(encoder, "output_basis_sha", None),
+        # the document tower serving the full point (None: the shared weights do)
+        "full_point_tower": getattr(encoder, "full_point_tower", None),
     }
 
 

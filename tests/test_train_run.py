@@ -76,7 +76,7 @@ def test_training_lowers_every_point_loss(tmp_path, tiny_bert_dir, data_dir, nq,
     from elasticdenser.model.encoder import ElasticEncoder
     from elasticdenser.training.loop import train
 
-    cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir)
+    cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir, full_point="shared")  # the full point trained too
     res = train(cfg, collection=nq, pool=pool)
     # each step sees the same 16 questions (batch = whole training set), so step losses compare
     first, last = res.first_losses, res.last_losses
@@ -188,3 +188,30 @@ def test_output_basis_choices(tmp_path, tiny_bert_dir, data_dir, nq, pool):
                               **kw), collection=nq, pool=pool)
     assert plain.encoder.output_basis_sha is None and not (plain.model_dir / "output_basis.npy").exists()
     assert ElasticEncoder.from_pretrained(plain.model_dir).output_basis is None
+
+
+def test_full_point_document_tower_spends_no_step_on_the_full_point(tmp_path, tiny_bert_dir, data_dir, nq, pool):
+    """``full_point: document-tower``: the full point is not trained, the saved model serves it with
+    the start model (its document tower), and the smaller points are trained."""
+    import json
+
+    import numpy as np
+
+    from elasticdenser.model.encoder import ElasticEncoder
+    from elasticdenser.operating_point import truncate
+    from elasticdenser.training.loop import train
+
+    res = train(tiny_config(tmp_path / "t", tiny_bert_dir, data_dir, steps=3, checkpoint_every=0, eval_every=0,
+                            max_train_queries=11, full_point="document-tower"), collection=nq, pool=pool)
+    summary = json.loads((Path(res.model_dir) / "training_summary.json").read_text())
+    full = res.encoder.space.full
+    assert full.name not in summary["points"]
+    model = ElasticEncoder.from_pretrained(res.model_dir)
+    assert model.full_point_tower == ElasticEncoder.from_pretrained(tiny_bert_dir).fingerprint()
+    assert full in model.default_points()
+    start = ElasticEncoder.from_pretrained(tiny_bert_dir)
+    questions = ["who wrote the origin of species", "when did the berlin wall fall"]
+    tower_in_basis = truncate(start.encode(questions, None), full.width, True, model.output_basis.numpy())
+    np.testing.assert_allclose(model.encode(questions, None), tower_in_basis, atol=1e-5)
+    small = model.default_points()[-1]
+    assert not np.allclose(model.encode(questions, small), start.encode(questions, small), atol=1e-4)

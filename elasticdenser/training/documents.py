@@ -25,7 +25,7 @@ def load_encoder(path: Optional[str], device: torch.device):
     """The checkpoint at ``path`` (default model if None) as an :class:`ElasticEncoder` on ``device``."""
     from elasticdenser.model.encoder import ElasticEncoder
 
-    enc = ElasticEncoder.from_pretrained(path)
+    enc = ElasticEncoder.from_pretrained(path, full_tower=False)  # training trains the shared weights at every point
     return enc.to(device)
 
 

@@ -147,8 +147,12 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
     encoder = load_encoder(start_model, dist.device)
     space = encoder.space
     points = [space.validate(p) for p in (parse_points(config.points) if config.points else encoder.default_points())]
-    if space.full not in points and not config.static:
+    if config.full_point == "document-tower":  # the tower serves it: no step is spent on it
+        points = [p for p in points if p != space.full]
+    elif space.full not in points and not config.static:
         points = [space.full] + points
+    if not points:
+        raise InvalidInputError("train config: no point left to train (full_point: document-tower serves the full one)")
     widths = sorted({int(w) for w in (config.widths or space.widths(points))} | {space.hidden_size}, reverse=True)
     for w in widths:
         if not 1 <= w <= space.hidden_size:
@@ -350,6 +354,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
     if not stopped_early:
         encoder.eval()
         encoder.set_points(points)
+        encoder.full_point_tower = doc_fingerprint if config.full_point == "document-tower" else None
         if dist.main:
             summary = {
                 "steps": step,
@@ -383,15 +388,6 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
         dist.barrier()
     first = {k: v for k, v in (history[0].items() if history else []) if k != "step"}
     last = {k: v for k, v in (history[-1].items() if history else []) if k != "step"}
-    return TrainResult(
-        output_dir=out,
-        model_dir=model_dir,
-        steps=step,
-        first_losses=first,
-        last_losses=last,
-        metrics_path=metrics_path,
-        wall_time_s=time.time() - t_start,
-        resumed_from=resumed_from,
-        stopped_early=stopped_early,
-        encoder=encoder,
-    )
+    return TrainResult(output_dir=out, model_dir=model_dir, steps=step, first_losses=first, last_losses=last,
+                       metrics_path=metrics_path, wall_time_s=time.time() - t_start, resumed_from=resumed_from,
+                       stopped_early=stopped_early, encoder=encoder)
