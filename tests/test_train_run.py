@@ -213,5 +213,6 @@ def test_full_point_document_tower_spends_no_step_on_the_full_point(tmp_path, ti
     questions = ["who wrote the origin of species", "when did the berlin wall fall"]
     tower_in_basis = truncate(start.encode(questions, None), full.width, True, model.output_basis.numpy())
     np.testing.assert_allclose(model.encode(questions, None), tower_in_basis, atol=1e-5)
+    np.testing.assert_allclose(res.encoder.encode(questions, None), tower_in_basis, atol=1e-5)  # as returned, too
     small = model.default_points()[-1]
     assert not np.allclose(model.encode(questions, small), start.encode(questions, small), atol=1e-4)

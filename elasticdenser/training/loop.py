@@ -37,7 +37,7 @@ import torch
 
 from elasticdenser.atomic import atomic_dir, write_text
 from elasticdenser.errors import InvalidInputError
-from elasticdenser.model.towers import COPY_DIR, document_tower, load_document_tower, record_document_tower
+from elasticdenser.model.towers import COPY_DIR, document_tower, load_document_tower, load_full_point_tower, record_document_tower
 from elasticdenser.operating_point import OperatingPoint, parse_points, principal_basis
 from elasticdenser.training.candidates import StoreDocuments
 from elasticdenser.training.checkpoint import (
@@ -386,6 +386,8 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
                 write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=1))
             write_text(summary_path, json.dumps(summary, indent=1))
         dist.barrier()
+        if encoder.full_point_tower:  # the returned model serves its full point as the saved one does
+            encoder.full_tower = load_full_point_tower(model_dir, encoder).to(dist.device)
     first = {k: v for k, v in (history[0].items() if history else []) if k != "step"}
     last = {k: v for k, v in (history[-1].items() if history else []) if k != "step"}
     return TrainResult(output_dir=out, model_dir=model_dir, steps=step, first_losses=first, last_losses=last,
