@@ -145,50 +145,6 @@ def test_points_that_cut_the_width_and_bad_pairs_are_refused(cross_encoder_dir):
     assert ranker.score_pairs([]).shape == (0,)
 
 
-def test_depth_heads_score_their_depth_only_and_travel_with_the_ranker(cross_encoder_dir, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
-    from elasticdenser.errors import MissingFileError
-
-    ranker = ElasticRanker.from_pretrained(cross_encoder_dir)
-    full, small = ranker.default_points()[0], ranker.default_points()[-1]
-    before = {p: ranker.score_pairs(PAIRS, p) for p in (full, small)}
-    plain_fp = ranker.fingerprint()
-    ranker.add_depth_heads([p.layers for p in ranker.default_points()])
-    assert str(full.layers) not in ranker.depth_heads  # the full point keeps the checkpoint's head
-    np.testing.assert_allclose(ranker.score_pairs(PAIRS, small), before[small], atol=1e-6)  # a copy, to start with
-    with torch.no_grad():
-        own = ranker.depth_heads[str(small.layers)]
-        own.out.weight.mul_(-2.0)
-        own.out.bias.add_(1.0)
-    moved = ranker.score_pairs(PAIRS, small)
-    b = ranker.hf.classifier.bias.item()  # -2 w.h + (b + 1) = -2 (logit - b) + b + 1
-    np.testing.assert_allclose(moved, -2.0 * before[small] + 3.0 * b + 1.0, atol=1e-5)
-    np.testing.assert_allclose(ranker.score_pairs(PAIRS, full), before[full], atol=1e-6)
-    batch = ranker.tokenize_pairs([q for q, _ in PAIRS], [d for _, d in PAIRS])
-    with torch.no_grad():  # the sliced path and score_pairs agree
-        sliced = ranker(batch["input_ids"], batch["attention_mask"], small, batch["token_type_ids"]).numpy()
-    order = np.argsort([-(len(q) + len(d)) for q, d in PAIRS], kind="stable")
-    np.testing.assert_allclose(sliced[order], moved[order], atol=1e-5)
-    from elasticdenser.model.fastpath import available_backends
-
-    if "onnx" in available_backends():
-        np.testing.assert_allclose(ranker.score_pairs(PAIRS, small, backend="onnx"), moved, atol=1e-4)
-    assert ranker.fingerprint() != plain_fp
-
-    saved = ranker.save_pretrained(tmp_path / "ranker")
-    again = ElasticRanker.from_pretrained(saved)
-    assert again.fingerprint() == ranker.fingerprint()
-    np.testing.assert_allclose(again.score_pairs(PAIRS, small), moved, atol=1e-6)
-    other = AutoModelForSequenceClassification.from_pretrained(saved).eval()  # still a standard cross-encoder
-    np.testing.assert_allclose(_hf_logits(other, ranker, PAIRS), before[full], atol=1e-5)
-    (saved / "depth_heads.safetensors").unlink()
-    with pytest.raises(MissingFileError, match="depth_heads.safetensors"):
-        ElasticRanker.from_pretrained(saved)
-    with pytest.raises(InvalidInputError, match="out of range"):
-        ranker.add_depth_heads([9])
-
-
 def test_fast_path_scores_match_the_sliced_path(cross_encoder_dir):
     pytest.importorskip("onnxruntime")
     ranker = ElasticRanker.from_pretrained(cross_encoder_dir)
@@ -245,14 +201,9 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
     build.build_experiment(tiny_encoder, coll.corpus, exp, collection=coll.name, chunk_size=64, progress=False)
     cfg = RankerConfig(model=str(cross_encoder_dir), collection=str(squad_small), experiment=str(exp),
                        output_dir=str(tmp_path / "ranker"), teacher_steps=6, steps=4, batch_size=2, list_size=4,
-                       candidates=8, max_length=96, checkpoint_every=2, teacher_lr=1e-3, lr=1e-3, reorder_layers=True,
-                       depth_heads=True)
+                       candidates=8, max_length=96, checkpoint_every=2, teacher_lr=1e-3, lr=1e-3, reorder_layers=True)
     model = train_ranker(cfg, Searcher.open(exp), progress=False)
     summary = json.loads((model / "ranker_summary.json").read_text())
-    trained = ElasticRanker.from_pretrained(model)  # each smaller depth trained its own copy of the head
-    assert set(trained.depth_heads) == {str(p.layers) for p in trained.default_points()[1:]}
-    for head in trained.depth_heads.values():
-        assert not torch.allclose(head.out.weight, trained.hf.classifier.weight)
     assert summary["questions"] == len(coll.train_queries) and summary["phases"]["elastic"]["steps"] == 4
     assert (tmp_path / "ranker" / "teacher" / "config.json").is_file()
     # a resumed run: kill after the teacher, start again -> the same final weights

@@ -16,18 +16,11 @@ What loads (:func:`load_ranker_parts`):
 * a ranker saved by :meth:`ElasticRanker.save_pretrained` (the HF files plus ``elastic_config.json``
   with ``"role": "ranker"``), which is still a standard cross-encoder directory for other tools.
 
-Per-depth heads (:meth:`ElasticRanker.add_depth_heads`, training's ``depth_heads``): a shallower
-point's CLS vector is not the last layer's, and one head shared by every depth is pulled between
-them; each smaller depth may instead score with its own copy of the head (early-exit classifiers),
-saved next to the HF files in ``depth_heads.safetensors``. The full point always keeps the
-checkpoint's own head, so the directory stays a standard cross-encoder.
-
 Refused with a clear error: other architectures (:func:`~elasticdenser.model.loading.check_supported`),
 classification heads with more than one label, and an elastic query encoder passed as a ranker.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -39,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticdenser.atomic import atomic_path
 from elasticdenser.errors import InvalidInputError, MissingFileError
 from elasticdenser.model.encoder import ElasticEncoder
 from elasticdenser.model.loading import (
@@ -57,12 +49,10 @@ from elasticdenser.model.loading import (
 from elasticdenser.model.reorder import set_greedy_layer_order
 from elasticdenser.operating_point import OperatingPoint, PointLike
 
-__all__ = ["RANKER_ROLE", "DEPTH_HEADS_NAME", "ElasticRanker", "load_ranker_parts"]
+__all__ = ["RANKER_ROLE", "ElasticRanker", "load_ranker_parts"]
 
 #: ``role`` in the elastic config of a saved ranker (query encoders have none).
 RANKER_ROLE = "ranker"
-#: the per-depth heads of a ranker that has them (named by depth in the elastic config)
-DEPTH_HEADS_NAME = "depth_heads.safetensors"
 
 
 def load_ranker_parts(path: Union[str, os.PathLike, None]) -> Dict[str, Any]:
@@ -99,14 +89,6 @@ def load_ranker_parts(path: Union[str, os.PathLike, None]) -> Dict[str, Any]:
     return {"model": model, "tokenizer": tokenizer, "elastic": elastic, "new_head": not cross, "source": str(path)}
 
 
-class _Head(nn.Module):
-    """A copy of the relevance head, ``out(tanh(dense(CLS)))``, for one depth."""
-
-    def __init__(self, dense: nn.Linear, out: nn.Linear):
-        super().__init__()
-        self.dense, self.out = copy.deepcopy(dense), copy.deepcopy(out)
-
-
 class ElasticRanker(nn.Module):
     """Elastic cross-encoder (see module docstring)."""
 
@@ -133,8 +115,6 @@ class ElasticRanker(nn.Module):
         self.head_dropout = float(drop if drop is not None else getattr(model.config, "hidden_dropout_prob", 0.0) or 0.0)
         self.source = source
         self.new_head = bool(new_head)
-        #: depth (as a string) -> its own head; depths not in it score with the checkpoint's head
-        self.depth_heads = nn.ModuleDict()
         self.train(False)
 
     @classmethod
@@ -143,32 +123,8 @@ class ElasticRanker(nn.Module):
         """Load a cross-encoder, a saved ranker, or an encoder checkpoint with a new head (default:
         the bundled all-MiniLM-L6-v2); see :func:`load_ranker_parts`."""
         parts = load_ranker_parts(path)
-        ranker = cls(parts["model"], parts["tokenizer"], max_length=max_length, elastic_config=parts["elastic"] or None,
-                     source=parts["source"], new_head=parts["new_head"])
-        depths = (parts["elastic"] or {}).get("depth_heads") or []
-        if depths:
-            from safetensors.torch import load_file
-
-            file = Path(parts["source"]) / DEPTH_HEADS_NAME
-            if not file.is_file():
-                raise MissingFileError(f"{file} is missing: {Path(parts['source']) / ELASTIC_CONFIG_NAME} names "
-                                       f"per-depth heads for depths {depths}")
-            ranker.add_depth_heads(depths)
-            try:
-                ranker.depth_heads.load_state_dict(load_file(str(file)))
-            except RuntimeError as exc:
-                raise InvalidInputError(f"{file} does not hold the heads of depths {depths}: {exc}") from None
-        return ranker
-
-    def add_depth_heads(self, depths: Sequence[int]) -> None:
-        """Give each depth in ``depths`` below the full one its own head, a copy of the current
-        shared head (see module docstring); depths that have one keep it."""
-        full = self.encoder.space.num_layers
-        for d in sorted({int(d) for d in depths}):
-            if not 1 <= d <= full:
-                raise InvalidInputError(f"depth {d} is out of range 1..{full}")
-            if d < full and str(d) not in self.depth_heads:
-                self.depth_heads[str(d)] = _Head(self._dense, self._out)
+        return cls(parts["model"], parts["tokenizer"], max_length=max_length, elastic_config=parts["elastic"] or None,
+                   source=parts["source"], new_head=parts["new_head"])
 
     # ------------------------------------------------------------------ points
     def full_width(self, point: PointLike) -> OperatingPoint:
@@ -195,21 +151,18 @@ class ElasticRanker(nn.Module):
         return self.encoder.max_length
 
     # ------------------------------------------------------------------ scoring
-    def head(self, cls: torch.Tensor, depth: Optional[int] = None) -> torch.Tensor:
-        """The relevance logit of pooled CLS vectors ``(B, hidden)`` -> ``(B,)``, with ``depth``'s own
-        head if it has one."""
-        own = self.depth_heads[str(depth)] if str(depth) in self.depth_heads else None
-        dense, out = (own.dense, own.out) if own is not None else (self._dense, self._out)
-        h = torch.tanh(F.linear(cls, dense.weight, dense.bias))
+    def head(self, cls: torch.Tensor) -> torch.Tensor:
+        """The relevance logit of pooled CLS vectors ``(B, hidden)`` -> ``(B,)``."""
+        h = torch.tanh(F.linear(cls, self._dense.weight, self._dense.bias))
         if self.training and self.head_dropout:
             h = F.dropout(h, self.head_dropout, True)
-        return F.linear(h, out.weight, out.bias).squeeze(-1)
+        return F.linear(h, self._out.weight, self._out.bias).squeeze(-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, point: PointLike = None,
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits ``(B,)`` of tokenised pairs at ``point`` (sliced weights; gradients flow)."""
         p = self.resolve_point(point)
-        return self.head(self.encoder.pooled(input_ids, attention_mask, p, token_type_ids), p.layers)
+        return self.head(self.encoder.pooled(input_ids, attention_mask, p, token_type_ids))
 
     def tokenize_pairs(self, queries: Sequence[str], passages: Sequence[str], max_length: Optional[int] = None,
                        return_tensors: str = "pt"):
@@ -248,7 +201,7 @@ class ElasticRanker(nn.Module):
             b = self.tokenize_pairs([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], max_length)
             if runner is not None:
                 cls = torch.from_numpy(runner(b["input_ids"], b["attention_mask"], b.get("token_type_ids")))
-                out[idx] = self.head(cls.to(self._dense.weight.dtype), p.layers).float().numpy()
+                out[idx] = self.head(cls.to(self._dense.weight.dtype)).float().numpy()
             else:
                 b = self.encoder.batch_to_device(b)
                 out[idx] = self(b["input_ids"], b["attention_mask"], p, b.get("token_type_ids")).float().cpu().numpy()
@@ -333,20 +286,13 @@ class ElasticRanker(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def elastic_config(self) -> dict:
-        depths = sorted(int(d) for d in self.depth_heads)
-        return {**self.encoder.elastic_config(), "role": RANKER_ROLE, **({"depth_heads": depths} if depths else {})}
+        return {**self.encoder.elastic_config(), "role": RANKER_ROLE}
 
     def save_pretrained(self, path: Union[str, os.PathLike]) -> Path:
-        """The HF cross-encoder files (loadable by any tool), ``elastic_config.json`` and the per-depth heads."""
-        path = save_checkpoint_dir(path, self.hf, self.tokenizer, self.elastic_config())
-        if len(self.depth_heads):
-            from safetensors.torch import save_file
-
-            with atomic_path(path / DEPTH_HEADS_NAME) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in self.depth_heads.state_dict().items()}, str(tmp))
-        return path
+        """The HF cross-encoder files (loadable by any tool) plus ``elastic_config.json``."""
+        return save_checkpoint_dir(path, self.hf, self.tokenizer, self.elastic_config())
 
     def fingerprint(self) -> str:
-        """sha256 of every weight (body, head and per-depth heads) plus the elastic config."""
-        weights = {**self.hf.state_dict(), **{f"depth_heads.{k}": v for k, v in self.depth_heads.state_dict().items()}}
-        return hash_weights(hashlib.sha256(json.dumps(self.elastic_config(), sort_keys=True).encode()), weights)
+        """sha256 of every weight (body and head) plus the elastic config."""
+        return hash_weights(hashlib.sha256(json.dumps(self.elastic_config(), sort_keys=True).encode()),
+                            self.hf.state_dict())

@@ -82,9 +82,6 @@ class RankerConfig(ConfigFile):
     #: and choose the layers each depth keeps by greedy elimination on the same lists; off = bottom-up,
     #: which trained the small depths far better on squad (BENCHMARKS.md: static L3 0.655 vs 0.257)
     reorder_layers: bool = False
-    #: every smaller depth of the elastic phase scores with its own copy of the head (module docstring of
-    #: elasticdenser.model.ranker), instead of the one head the full point uses
-    depth_heads: bool = False
     label_weight: float = 1.0
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
@@ -135,7 +132,6 @@ def _save_state(out: Path, ranker, optimizer, scheduler, phase: str, step: int, 
     root = out / "checkpoints"
     with atomic_dir(root / f"{phase}-{step}") as tmp:
         torch.save({"phase": phase, "step": step, "model": ranker.hf.state_dict(),
-                    "depth_heads": ranker.depth_heads.state_dict(),
                     "elastic_config": ranker.elastic_config(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / _STATE)
     done = sorted((p for p in root.iterdir() if (p / _STATE).is_file()), key=lambda p: p.stat().st_mtime)
@@ -220,16 +216,13 @@ def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callab
         space = ranker.encoder.space
         sampler = PointSampler(space, points, "fixed" if (phase == "teacher" or cfg.static) else cfg.sampling,
                                cfg.num_random, widths=[space.hidden_size], seed=cfg.seed)
-        if phase == "elastic" and cfg.depth_heads:  # copies of the teacher's head, before the optimiser sees them
-            ranker.add_depth_heads(p.layers for p in points)
-        params = [p for p in ranker.parameters() if p.requires_grad]
+        params = [p for p in ranker.hf.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         warmup = int(cfg.warmup_ratio * steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s, w=warmup, n=steps: lr_lambda(s, w, n))
         start = 0
         if state and state["phase"] == phase:
             ranker.hf.load_state_dict(state["model"])
-            ranker.depth_heads.load_state_dict(state.get("depth_heads", {}))
             ranker.encoder.load_elastic_state(state["elastic_config"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -251,7 +244,7 @@ def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callab
                 if cfg.reorder_layers:
                     log_fn(f"layer order (most important first): {ranker.reorder_layers(lists)}")
             ranker.encoder.layer_order = dist.from_rank0(ranker.encoder.layer_order)
-        broadcast_parameters(ranker, dist)  # every rank starts the phase from rank 0's weights
+        broadcast_parameters(ranker.hf, dist)  # every rank starts the phase from rank 0's weights
         ranker.train(True)
         losses: List[float] = []
         bar = range(start, steps)
