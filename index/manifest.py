@@ -2,7 +2,8 @@
 
 Fields: ``format``, ``package_version``, ``created``, ``model`` (``fingerprint`` = sha256 of weights
 + elastic config, ``space``, ``pooling``, ``normalize``, ``max_length``, ``output_basis`` digest or
-null), ``collection`` (``name``, ``num_docs``), ``embeddings`` (``file``, ``width``, ``dtype``),
+null, ``full_point_tower`` fingerprint or null),
+``collection`` (``name``, ``num_docs``), ``embeddings`` (``file``, ``width``, ``dtype``),
 ``widths``, ``indexes`` (``{width: {"file", "factory", "ntotal", "bytes", "build_seconds",
 "normalize", "basis"}}``: ``basis`` = the output basis the rows were cut in), ``points``
 (default operating points), and free-form sections other stages add (``profile``, ...).
