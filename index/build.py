@@ -129,7 +129,8 @@ def merge_stage(encoder, exp_dir, *, collection: str, force: bool = False, remov
     if meta["model_fingerprint"] != encoder.fingerprint():
         raise mf.ManifestMismatchError(f"the chunks in {exp_dir} were encoded by another model")
     fresh = mf.new_manifest(encoder, collection, meta["num_docs"], meta["dtype"])
-    fresh["embeddings"].update(content_sha256=meta["content_sha256"], doc_ids_sha256=meta["doc_ids_sha256"])
+    fresh["embeddings"].update(content_sha256=meta["content_sha256"], doc_ids_sha256=meta["doc_ids_sha256"],
+                               precision=meta.get("precision", "fp32"))
     if existing is None:
         m = fresh
     else:

@@ -81,26 +81,31 @@ def chunk_path(exp_dir: Path, chunk: int, suffix: str) -> Path:
     return Path(exp_dir) / CHUNKS / f"chunk-{chunk:06d}{suffix}"
 
 
-def _meta(exp_dir: Path, plan: ChunkPlan, encoder, dtype: str, collection: str) -> dict:
+def _meta(exp_dir: Path, plan: ChunkPlan, encoder, dtype: str, collection: str, precision: str) -> dict:
     return {
         "num_docs": plan.num_docs,
         "chunk_size": plan.chunk_size,
         "model_fingerprint": encoder.fingerprint(),
         "dim": int(encoder.space.hidden_size),
         "dtype": dtype,
+        "precision": precision,
         "collection": collection,
     }
 
 
-#: what must agree for existing chunks to be reused at all (the corpus itself may change)
-_RUN_KEYS = ("model_fingerprint", "dim", "dtype", "chunk_size")
+#: what must agree for existing chunks to be reused at all (the corpus itself may change); a store
+#: never mixes vectors computed in two precisions
+_RUN_KEYS = ("model_fingerprint", "dim", "dtype", "chunk_size", "precision")
+#: what a key missing from an older run's meta.json was (runs before 0.8.0 were all fp32)
+_RUN_DEFAULTS = {"precision": "fp32"}
 
 
 def _check_or_write_meta(exp_dir: Path, meta: dict) -> None:
     path = Path(exp_dir) / CHUNKS / "meta.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = {k: (old.get(k), meta[k]) for k in _RUN_KEYS if old.get(k) != meta[k]}
+        diff = {k: (old.get(k, _RUN_DEFAULTS.get(k)), meta[k]) for k in _RUN_KEYS
+                if old.get(k, _RUN_DEFAULTS.get(k)) != meta[k]}
         if diff:
             raise StateError(
                 f"{path} belongs to a different encoding run ({diff}); "
@@ -158,9 +163,14 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
                   chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 64, dtype: str = "float32",
                   bf16: bool = False, max_length: Optional[int] = None, collection: str = "",
                   progress: bool = True, stop_after_chunks: Optional[int] = None,
-                  precomputed: Optional[np.ndarray] = None, backend: Optional[str] = None, force: bool = False) -> dict:
+                  precomputed: Optional[np.ndarray] = None, backend: Optional[str] = None, force: bool = False,
+                  precision: Optional[str] = None) -> dict:
     """Encode this shard's missing chunks; returns counts ``{"encoded", "skipped", "seconds", ...}``.
 
+    ``precision`` (``"auto"``, ``"fp32"``, ``"bf16"``; the CLI's ``--precision``) chooses the
+    encoder path by :func:`elasticdenser.model.fastpath.document_path` and overrides ``backend``
+    and ``bf16``; without it they are used as given. The precision used is recorded in the chunks'
+    ``meta.json`` and must match for existing chunks to be reused.
     ``stop_after_chunks`` (tests and benchmarks) stops after that many new chunks, as if killed.
     ``force``: encode every chunk of this shard again, current or not.
     ``precomputed``: full-width embeddings of the whole corpus, in corpus order, that ``encoder``
@@ -171,11 +181,19 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
         raise InvalidInputError(f"precomputed embeddings have shape {precomputed.shape}, expected "
                          f"({len(corpus)}, {encoder.space.hidden_size}) for this corpus and model")
     check_dtype(dtype)
+    from elasticdenser.model import fastpath
+
+    if precision is not None:
+        backend, bf16, used = fastpath.document_path(precision, encoder.device)
+    else:
+        used = "bf16" if bf16 else (fastpath.openvino_precision() if backend == "openvino" else "fp32")
+    if precomputed is not None:
+        used = "fp32"  # vectors the caller computed (the training stage's eager fp32 ones)
     exp_dir = Path(exp_dir)
     (exp_dir / CHUNKS).mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(exp_dir / CHUNKS)
     plan = ChunkPlan(len(corpus), int(chunk_size))
-    _check_or_write_meta(exp_dir, _meta(exp_dir, plan, encoder, dtype, collection))
+    _check_or_write_meta(exp_dir, _meta(exp_dir, plan, encoder, dtype, collection, used))
     if chunk_size < 1:
         raise InvalidInputError(f"chunk size must be >= 1, got {chunk_size}")
     mine = plan.shard_chunks(shard, num_shards)
@@ -221,6 +239,7 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
             bar.close()
     return {"encoded_chunks": done, "skipped_chunks": len(mine) - len(todo), "shard_chunks": len(mine),
             "remaining_chunks": len(todo) - done, "seconds": time.perf_counter() - t0,
+            "precision": used, "backend": "precomputed" if precomputed is not None else (backend or "eager"),
             "passages": sum(plan.bounds(c)[1] - plan.bounds(c)[0] for c in todo[:done])}
 
 

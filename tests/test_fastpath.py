@@ -18,7 +18,9 @@ TEXTS = [
     "how many episodes are in season 5 of game of thrones",
     "Maria Sklodowska-Curie also won two Nobel Prizes, for physics in 1903 and chemistry in 1911.",
 ]
-FAST = [b for b in fastpath.available_backends() if b not in ("auto", "eager", "int8")]  # fp32, exact
+#: the exact fp32 paths ("openvino" computes in bf16 on a CPU with bf16 products: tested on its own)
+FAST = [b for b in fastpath.exact_backends() if b not in ("auto", "eager")]
+needs_openvino = pytest.mark.skipif("openvino" not in fastpath.available_backends(), reason="openvino not installed")
 
 
 @pytest.fixture(autouse=True)
@@ -168,6 +170,73 @@ def test_minilm_smallest_point_retrieval_matches_eager(minilm, data_dir):
         assert _cos(q8, qref).min() >= 0.98
         low = score(q8)
         assert all(abs(ref[m] - low[m]) <= 0.02 for m in ("mrr@10", "ndcg@10")), (ref, low)
+
+
+@needs_openvino
+def test_openvino_in_fp32_matches_eager_and_is_thread_safe(tiny_bert_dir, monkeypatch):
+    """Forced to fp32 (what it runs on a CPU without bf16 products) it is exact; several threads
+    calling one runner (the server's worker threads) each get their own, correct, results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(fastpath, "openvino_precision", lambda: "fp32")
+    enc = ElasticEncoder.from_pretrained(tiny_bert_dir)
+    for p in enc.default_points():
+        ref = enc.encode(TEXTS, p, batch_size=3, backend="eager")
+        got = enc.encode(TEXTS, p, batch_size=3, backend="openvino")
+        assert fastpath.get_runner(enc, p, "openvino").precision == "fp32"
+        assert got.shape == ref.shape and got.dtype == np.float32 and np.abs(got - ref).max() < 1e-4
+    p = enc.default_points()[-1]
+    ref = enc.encode(TEXTS, p, backend="eager")
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: enc.encode([TEXTS[i % len(TEXTS)]], p, backend="openvino"), range(40)))
+    for i, out in enumerate(outs):
+        assert np.abs(out[0] - ref[i % len(TEXTS)]).max() < 1e-4, i
+
+
+@needs_openvino
+@pytest.mark.skipif(not __import__("elasticdenser.model.cpu", fromlist=["x"]).native_bf16(),
+                    reason="this CPU has no bf16 products (openvino runs fp32 here)")
+def test_openvino_runs_bf16_on_this_cpu_and_stays_within_the_bar(minilm, data_dir):
+    """Real MiniLM on real passages: the compiled model really computes in bf16, and every default
+    point's vectors stay at cosine >= 0.999 to the eager fp32 reference."""
+    from elasticdenser.data import load_collection
+
+    passages = [d.contents for d in load_collection("nq-sample", data_dir).corpus][:48]
+    for p in (minilm.default_points()[0], minilm.default_points()[-1]):
+        runner = fastpath.get_runner(minilm, p, "openvino")
+        assert runner.precision == "bf16"
+        session = runner._session(1)
+        assert "bfloat16" in str(session._compiled.get_property("INFERENCE_PRECISION_HINT"))
+        ref = minilm.encode(passages, p, batch_size=16, backend="eager")
+        got = minilm.encode(passages, p, batch_size=16, backend="openvino")
+        cos = _cos(got, ref)
+        assert cos.min() >= 0.999 and np.abs(got - ref).max() > 1e-6, (p.name, cos.min())  # close, not fp32
+
+
+def test_document_path_follows_the_cpu_and_the_installed_packages(monkeypatch):
+    """--precision auto is bf16 only where it is fast (OpenVINO on bf16 hardware); fp32 elsewhere."""
+    cases = {  # (openvino installed, native bf16, device, precision) -> (backend, autocast, used)
+        (True, True, "cpu", "auto"): ("openvino", False, "bf16"),
+        (True, True, "cpu", "bf16"): ("openvino", False, "bf16"),
+        (True, True, "cpu", "fp32"): ("auto", False, "fp32"),
+        (True, False, "cpu", "auto"): ("auto", False, "fp32"),
+        (False, True, "cpu", "auto"): ("auto", False, "fp32"),
+        (False, True, "cpu", "bf16"): ("eager", True, "bf16"),
+        (True, False, "cpu", "bf16"): ("eager", True, "bf16"),  # asked for: autocast (and a warning from the CLI)
+        (True, True, "cuda", "auto"): ("eager", False, "fp32"),
+        (True, True, "cuda", "bf16"): ("eager", True, "bf16"),
+        (True, True, "cpu", None): ("openvino", False, "bf16"),
+    }
+    for (has_ov, native, device, precision), want in cases.items():
+        monkeypatch.setattr(fastpath, "_has_openvino", lambda v=has_ov: v)
+        monkeypatch.setattr(fastpath, "openvino_precision", lambda v=native: "bf16" if v else "fp32")
+        assert fastpath.document_path(precision, device) == want, (has_ov, native, device, precision)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        fastpath.document_path("fp8")
+    monkeypatch.setattr(fastpath, "_has_openvino", lambda: False)
+    assert "openvino" not in fastpath.available_backends()
+    with pytest.raises(RuntimeError, match="needs openvino"):
+        fastpath.resolve_backend("openvino")
 
 
 def test_cpu_features_decide_native_bf16_from_the_flags(monkeypatch):

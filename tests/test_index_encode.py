@@ -135,3 +135,48 @@ def test_precomputed_embeddings_are_stored_not_recomputed(tmp_path, tiny_encoder
     build.merge_stage(tiny_encoder, tmp_path, collection="nq-small")
     assert np.array_equal(np.load(tmp_path / enc.EMBEDDINGS), marked)
     assert (tmp_path / "docs.jsonl").read_bytes() == (reference / "docs.jsonl").read_bytes()
+
+
+def test_precision_is_recorded_and_never_mixed(tmp_path, tiny_encoder, coll, reference):
+    """The precision a store was computed in is in its chunks' meta and its manifest; a resumed run
+    in another precision is refused; runs from before precisions were recorded count as fp32."""
+    import json
+
+    meta_path = tmp_path / enc.CHUNKS / "meta.json"
+    stats = build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40,
+                               progress=False, precision="fp32", stop_after_chunks=1)
+    assert stats["precision"] == "fp32" and json.loads(meta_path.read_text())["precision"] == "fp32"
+    with pytest.raises(RuntimeError, match="different encoding run.*precision"):
+        build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40,
+                           progress=False, precision="bf16")
+    old = json.loads(meta_path.read_text())
+    del old["precision"]  # a meta.json written before 0.8.0
+    meta_path.write_text(json.dumps(old))
+    stats = build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40,
+                               progress=False, precision="fp32")
+    assert (stats["skipped_chunks"], stats["encoded_chunks"]) == (1, 3)
+    build.merge_stage(tiny_encoder, tmp_path, collection="nq-small")
+    from elasticdenser.index import manifest as mf
+
+    assert mf.load(tmp_path)["embeddings"]["precision"] == "fp32"
+    np.testing.assert_allclose(np.load(tmp_path / enc.EMBEDDINGS), np.load(reference / enc.EMBEDDINGS), atol=1e-4)
+    bf = tmp_path / "bf16"
+    stats = build.encode_stage(tiny_encoder, coll.corpus, bf, collection="nq-small", chunk_size=40,
+                               progress=False, precision="bf16")
+    build.merge_stage(tiny_encoder, bf, collection="nq-small")
+    got, ref = np.load(bf / enc.EMBEDDINGS), np.load(reference / enc.EMBEDDINGS)
+    assert stats["precision"] == mf.load(bf)["embeddings"]["precision"] == "bf16"
+    assert (got * ref).sum(1).min() >= 0.99 and not np.array_equal(got, ref)
+
+
+def test_cli_precision_flags():
+    from elasticdenser.cli import build_parser
+
+    parser = build_parser()
+    for command in ("index", "pipeline"):
+        base = [command, "nq-sample", "--out", "x"]
+        assert parser.parse_args(base).precision == "auto"
+        assert parser.parse_args(base + ["--precision", "fp32"]).precision == "fp32"
+        assert parser.parse_args(base + ["--bf16"]).precision == "bf16"  # the old flag
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + ["--precision", "fp16"])

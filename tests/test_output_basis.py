@@ -87,10 +87,15 @@ def test_every_query_path_and_the_checkpoint_keep_the_basis(tiny_bert_dir, tmp_p
     assert not np.allclose(sliced, small_plain, atol=1e-3)
     np.testing.assert_allclose(sliced, mat, atol=1e-5)
     np.testing.assert_allclose(enc.encode(questions, small), sliced, atol=1e-5)
-    from elasticdenser.model.fastpath import available_backends
+    from elasticdenser.model.fastpath import available_backends, exact_backends
 
     for backend in set(available_backends()) - {"int8"}:  # the exported graphs carry the basis too
-        np.testing.assert_allclose(enc.encode(questions, small, backend=backend), sliced, atol=1e-4)
+        got = enc.encode(questions, small, backend=backend)
+        if backend in exact_backends():
+            np.testing.assert_allclose(got, sliced, atol=1e-4)
+        else:  # openvino in bf16 (a CPU with bf16 products): close, not equal
+            cos = (got * sliced).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(sliced, axis=1)
+            assert cos.min() >= 0.999 and not np.allclose(got, sliced, atol=1e-6)
 
     enc.save_pretrained(tmp_path / "m")
     back = ElasticEncoder.from_pretrained(tmp_path / "m")

@@ -42,13 +42,20 @@ def test_two_ranks_train_the_ranker_one_process_trains_with_the_same_global_batc
     ranks = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", out=tmp_path / "ddp", batch=1)
     single = run(out=tmp_path / "one", batch=2)
     start = ElasticRanker.from_pretrained(ce)
-    moved = False
+    diffs, moves = [], []
     for (name, a), b, s in zip(ranks.hf.state_dict().items(), single.hf.state_dict().values(),
                                start.hf.state_dict().values()):
-        # Adam turns float-rounding differences of near-zero gradients into ~lr-sized steps, hence 1e-4;
         # a listwise loss does not depend on the logit's bias at all, so its "gradient" is rounding alone
         if name == "classifier.bias":
             continue
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"2 ranks and 1 process differ in {name}")
-        moved |= bool((a != s).any())
-    assert moved and not list((tmp_path / "ddp").glob("**/*.tmp*"))
+        # Adam's first steps are about lr * sign(gradient): where rounding decides a near-zero gradient's
+        # sign (summed over 2 ranks or over 1 batch), a weight moves up to 2 lr differently. Per weight,
+        # 0.3 lr (3e-4) bounds what the CPUs seen so far give (0.14 lr, a pooler bias, on AVX-512)...
+        torch.testing.assert_close(a, b, atol=3e-4, rtol=1e-4, msg=f"2 ranks and 1 process differ in {name}")
+        diffs.append((a.float() - b.float()).abs().flatten())
+        moves.append((a.float() - s.float()).abs().flatten())
+    # ...and over all weights the two runs agree a thousand times closer than training moved them
+    # (measured ~4e-5 of it): a rank that trained on other data, or alone, differs by about the move itself
+    moved = torch.cat(moves).mean()
+    assert moved > 0 and torch.cat(diffs).mean() < 1e-3 * moved
+    assert not list((tmp_path / "ddp").glob("**/*.tmp*"))

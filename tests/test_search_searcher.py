@@ -35,7 +35,7 @@ def test_layout_and_manifest(exp, tiny_encoder):
     assert m["collection"] == {"name": "nq-small", "num_docs": 200}
     emb = dict(m["embeddings"])
     assert len(emb.pop("content_sha256")) == len(emb.pop("doc_ids_sha256")) == 64  # what ties it to the content
-    assert emb == {"file": "embeddings.npy", "width": 64, "dtype": "float32"}
+    assert emb == {"file": "embeddings.npy", "width": 64, "dtype": "float32", "precision": "fp32"}
     assert m["points"] == [p.name for p in tiny_encoder.default_points()]
     for key in ("created", "package_version", "format"):
         assert key in m

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import List, Optional
 
 from elasticdenser.errors import InvalidInputError
@@ -39,10 +40,30 @@ def add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision`` of the corpus encoding (``--bf16`` = ``--precision bf16``, kept for old scripts)."""
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="what the documents are encoded in. auto (default): bf16 through OpenVINO on a CPU with "
+                   "bf16 products (AVX512-BF16 or AMX) and OpenVINO installed, fp32 elsewhere; bf16 elsewhere is "
+                   "torch's autocast (pays on GPUs, several times slower on a CPU without bf16 products)")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
+
+
+def warn_slow_bf16(precision: str, device) -> None:
+    """Say so when bf16 was asked for on a CPU that would emulate it."""
+    import torch
+
+    from elasticdenser.model.cpu import cpu_features, native_bf16
+
+    if precision == "bf16" and torch.device(device).type == "cpu" and not native_bf16():
+        print(f"warning: bf16 on a CPU without bf16 products ({cpu_features()['summary']}): torch emulates them, "
+              "which is several times slower than fp32 (BENCHMARKS.md); encoding anyway", file=sys.stderr)
+
+
 def add_backend(p: argparse.ArgumentParser, default: Optional[str], help: str) -> None:
     """``--backend``: the query encoder path (names of :data:`elasticdenser.model.fastpath.BACKENDS`; not
     imported here so that ``--help`` does not load torch)."""
-    p.add_argument("--backend", default=default, choices=("auto", "eager", "jit", "onnx", "int8"), help=help)
+    p.add_argument("--backend", default=default, choices=("auto", "eager", "jit", "onnx", "int8", "openvino"), help=help)
 
 
 def load_encoder(model: Optional[str], device: Optional[str] = None):

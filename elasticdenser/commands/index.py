@@ -13,7 +13,7 @@ import sys
 from datetime import timedelta
 from typing import List
 
-from elasticdenser.commands._common import add_data_dir, add_device, add_out, add_progress
+from elasticdenser.commands._common import add_data_dir, add_device, add_out, add_precision, add_progress
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import WIDTH_MULTIPLE
 
@@ -32,8 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="FAISS factory string, for all widths or one (repeatable): Flat (default), HNSW32, 'IVF4096,PQ96'")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="embedding store dtype")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast while encoding (pays on GPUs and on CPUs "
-                   "with AVX512-BF16 or AMX; elsewhere it is slower, and says so)")
+    add_precision(p)
     p.add_argument("--chunk-size", type=int, default=16384, help="documents per resumable chunk")
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, dist) -> int:
-    from elasticdenser.commands._common import pick_device
+    from elasticdenser.commands._common import pick_device, warn_slow_bf16
     from elasticdenser.index import build
     from elasticdenser.index import faiss_index as fi
     from elasticdenser.model.towers import load_towers
@@ -105,12 +104,7 @@ def _run(args: argparse.Namespace, dist) -> int:
         return 0  # rank 0 merges
     device = dist.device if dist is not None and not args.device else pick_device(args.device)
     query_encoder, encoder = load_towers(args.model, device)  # encoder: the document tower
-    if args.bf16 and encoder.device.type == "cpu":
-        from elasticdenser.model.cpu import cpu_features, native_bf16
-
-        if not native_bf16():
-            print(f"warning: --bf16 on a CPU without bf16 products ({cpu_features()['summary']}): torch emulates them, "
-                  "which is several times slower than fp32 (BENCHMARKS.md); encoding anyway", file=sys.stderr)
+    warn_slow_bf16(args.precision, encoder.device)
     widths = _widths(args.widths, encoder.space.hidden_size) if args.widths else None
     if not args.merge:
         from elasticdenser.data import load_collection
@@ -119,11 +113,12 @@ def _run(args: argparse.Namespace, dist) -> int:
         try:
             stats = build.encode_stage(encoder, coll.corpus, args.out, collection=coll.name, shard=args.shard,
                                        num_shards=args.num_shards, chunk_size=args.chunk_size,
-                                       batch_size=args.batch_size, dtype=args.dtype, bf16=args.bf16,
-                                       progress=not args.no_progress and (dist is None or dist.main), backend="auto",
+                                       batch_size=args.batch_size, dtype=args.dtype, precision=args.precision,
+                                       progress=not args.no_progress and (dist is None or dist.main),
                                        force=args.force, save_model_dir=False)
             print(f"shard {args.shard}/{args.num_shards}: encoded {stats['encoded_chunks']} chunk(s), "
-                  f"{stats['skipped_chunks']} already done, {stats['passages']} passages in {stats['seconds']:.1f}s")
+                  f"{stats['skipped_chunks']} already done, {stats['passages']} passages in {stats['seconds']:.1f}s "
+                  f"({stats['precision']}, {stats['backend']})")
         finally:
             if dist is not None:
                 dist.barrier()  # every shard is written (or a rank failed and torchrun stops the group)

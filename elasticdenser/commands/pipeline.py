@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from elasticdenser.commands._common import add_data_dir, add_device, add_out, add_progress
+from elasticdenser.commands._common import add_data_dir, add_device, add_out, add_precision, add_progress
 
 
 @dataclass
@@ -71,10 +71,14 @@ def build_index(ctx: Context) -> None:
     # documents are encoded once, by the full model of the (frozen) document tower
     doc_enc = ctx.extra.get("document_encoder", enc)
     cached = ctx.extra.get("document_embeddings")  # the training stage already encoded them
+    if not cached:
+        from elasticdenser.commands._common import warn_slow_bf16
+
+        warn_slow_bf16(ctx.args.precision, doc_enc.device)
     build.encode_stage(doc_enc, ctx.collection.corpus, ctx.out, collection=ctx.collection.name,
-                       batch_size=ctx.args.batch_size, dtype=ctx.args.dtype, bf16=ctx.args.bf16,
+                       batch_size=ctx.args.batch_size, dtype=ctx.args.dtype, precision=ctx.args.precision,
                        progress=not ctx.args.no_progress, save_model_dir=False,
-                       precomputed=np.load(cached, mmap_mode="r") if cached else None, backend="auto")
+                       precomputed=np.load(cached, mmap_mode="r") if cached else None)
     build.merge_stage(doc_enc, ctx.out, collection=ctx.collection.name)
     model_dir = ctx.extra.get("training", {}).get("model_dir", ctx.args.model)
     build.record_models(ctx.out, enc, doc_enc, model_dir=model_dir)
@@ -148,7 +152,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index-type", action="append", default=None, metavar="[WIDTH=]FACTORY")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--batch-size", type=int, default=64, help="corpus encoding batch size")
-    p.add_argument("--bf16", action="store_true")
+    add_precision(p)
     p.add_argument("--points", default="default", help="points to evaluate: 'default' (all default points), 'full', or names")
     p.add_argument("-k", "--k", type=int, default=100)
     p.add_argument("--max-queries", type=int, default=None)

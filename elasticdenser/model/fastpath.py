@@ -14,14 +14,19 @@ the per-operator Python / dispatcher overhead that dominates a single query:
   batch 1 on AVX2, but embeddings move to cosine ~0.99 of the reference (MRR@10 within 0.003 on
   nq-sample), so it is opt-in only: ``"auto"`` never picks it. Queries only: documents are always the
   full model's fp32 vectors.
+* ``"openvino"``: the same ONNX graph compiled by OpenVINO, in bf16 where the CPU multiplies bf16 in
+  hardware (AVX512-BF16 or AMX, read at run time by :func:`elasticdenser.model.cpu.native_bf16`) and in
+  fp32 elsewhere. On an AVX512-BF16 CPU it encodes passages about twice as fast as ``"onnx"`` at
+  cosine > 0.9999 to fp32 (``BENCHMARKS.md``), so :func:`document_path` picks it for the documents
+  there. Needs the optional ``openvino`` package (``openvino`` / ``dev`` extras).
 * ``"jit"``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the materialised module: needs only torch,
   builds in < 0.5 s, 12-33 % faster than eager at batch 1. The fallback when onnxruntime is missing.
 * ``"eager"``: the reference (``ElasticEncoder.forward`` / cached materialised module).
 * ``"auto"``: ``"onnx"`` if onnxruntime imports, else ``"jit"``.
 
 Not kept (measured, see ``BENCHMARKS.md``): ``torch.compile`` (a 1.5-minute compile per point for no
-gain over ONNX Runtime), bf16 (the measured CPU has AVX2 only -- no AVX-512-BF16/AMX -- so bf16 runs
-2-6x *slower* than fp32; ``encode(..., bf16=True)`` stays an opt-in of the eager path).
+gain over ONNX Runtime); torch's own bf16 (``encode(..., bf16=True)``, autocast) stays an opt-in of
+the eager path: without bf16 hardware it runs 2-6x *slower* than fp32, and with it OpenVINO is faster.
 
 Compiled artefacts are built lazily, per point, on first use, and cached on the encoder; the cache
 key includes every weight's version counter, so training updates (optimizer steps, reordering)
@@ -59,11 +64,19 @@ __all__ = [
     "encode_fast",
     "batch_tokenizer",
     "tokenize_batch",
+    "PRECISIONS",
+    "document_path",
+    "openvino_precision",
+    "exact_backends",
 ]
 
-BACKENDS = ("auto", "eager", "jit", "onnx", "int8")
+BACKENDS = ("auto", "eager", "jit", "onnx", "int8", "openvino")
 #: backends that run ONNX Runtime (and need onnxruntime).
 _ORT = ("onnx", "int8")
+#: backends that run the exported ONNX graph (ONNX Runtime or OpenVINO) on numpy inputs.
+_GRAPH = _ORT + ("openvino",)
+#: the precisions a corpus can be encoded in (:func:`document_path`).
+PRECISIONS = ("auto", "fp32", "bf16")
 #: batches up to this size run with ``small_batch_threads`` threads (see module docstring).
 SMALL_BATCH = 4
 #: threads for small batches (batch 1 latency); measured in BENCHMARKS.md.
@@ -80,9 +93,56 @@ def _has_onnxruntime() -> bool:
     return True
 
 
+def _has_openvino() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def available_backends() -> Tuple[str, ...]:
-    """Backends usable here (``"onnx"`` and ``"int8"`` only when onnxruntime is installed)."""
-    return tuple(b for b in BACKENDS if b not in _ORT or _has_onnxruntime())
+    """Backends usable here (``"onnx"`` and ``"int8"`` only when onnxruntime is installed,
+    ``"openvino"`` only when openvino is)."""
+    return tuple(b for b in BACKENDS if (b not in _ORT or _has_onnxruntime()) and (b != "openvino" or _has_openvino()))
+
+
+def exact_backends() -> Tuple[str, ...]:
+    """The usable backends that compute in fp32 here (``"openvino"`` only on a CPU without bf16 products)."""
+    return tuple(b for b in available_backends() if b != "int8" and (b != "openvino" or openvino_precision() == "fp32"))
+
+
+def openvino_precision() -> str:
+    """What the ``"openvino"`` backend computes in on this CPU: ``"bf16"`` where it multiplies bf16 in
+    hardware, else ``"fp32"`` (OpenVINO is never left to choose: its default changes with the CPU)."""
+    from elasticdenser.model.cpu import native_bf16
+
+    return "bf16" if native_bf16() else "fp32"
+
+
+def document_path(precision: Optional[str], device: "torch.device | str" = "cpu") -> Tuple[str, bool, str]:
+    """How a corpus is encoded at ``precision``: ``(backend, torch_bf16_autocast, precision used)``.
+
+    Documents are encoded once and every query point is measured against them, so a lower
+    precision is used only where it is faster *and* within the correctness bar (cosine >= 0.999 to
+    fp32, retrieval metrics within 0.002 at every point; ``benchmarks/bench_bf16.py``):
+
+    * ``"auto"`` (the default of ``index``): bf16 through OpenVINO on a CPU with bf16 products and
+      OpenVINO installed; fp32 everywhere else (on a GPU: the eager path, as before);
+    * ``"fp32"``: the fastest exact fp32 path (``"auto"`` backend on CPU, eager on a GPU);
+    * ``"bf16"``: OpenVINO bf16 where that exists, else torch's bf16 autocast on the eager path
+      (a GPU, or a CPU without OpenVINO; without bf16 products that is several times slower).
+    """
+    name = (precision or "auto").lower()
+    if name not in PRECISIONS:
+        raise InvalidInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    cpu = torch.device(device).type == "cpu"
+    native = cpu and _has_openvino() and openvino_precision() == "bf16"
+    if name == "auto":
+        name = "bf16" if native else "fp32"
+    if name == "fp32":
+        return ("auto" if cpu else "eager"), False, "fp32"
+    return ("openvino", False, "bf16") if native else ("eager", True, "bf16")
 
 
 def resolve_backend(backend: Optional[str]) -> str:
@@ -94,6 +154,8 @@ def resolve_backend(backend: Optional[str]) -> str:
         return "onnx" if _has_onnxruntime() else "jit"
     if name in _ORT and not _has_onnxruntime():
         raise StateError(f"backend {name!r} needs onnxruntime (pip install onnxruntime); use 'jit' or 'auto'")
+    if name == "openvino" and not _has_openvino():
+        raise StateError("backend 'openvino' needs openvino (pip install 'elasticdenser[openvino]'); use 'onnx' or 'auto'")
     return name
 
 
@@ -168,6 +230,8 @@ class FastRunner:
     def __init__(self, encoder, point, backend: str):
         self.point = point
         self.backend = backend
+        #: what the products are computed in (``"int8"`` runs int8 weight products)
+        self.precision = openvino_precision() if backend == "openvino" else "fp32"
         self.width = point.width
         self._sessions: Dict[int, object] = {}
         self._onnx: Optional[bytes | str] = None
@@ -177,7 +241,7 @@ class FastRunner:
         if backend == "jit":
             with torch.no_grad():
                 self._module = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
-        elif backend in _ORT:
+        elif backend in _GRAPH:
             self._onnx = self._onnx_model(encoder, point, module, example, int8=backend == "int8")
         elif backend == "eager":
             self._module = module
@@ -213,6 +277,11 @@ class FastRunner:
             return self._sessions.get(threads) or self._new_session(threads)
 
     def _new_session(self, threads: int):
+        if self.backend == "openvino":
+            from elasticdenser.model.openvino_session import OpenVinoSession
+
+            sess = self._sessions[threads] = OpenVinoSession(self._onnx, threads, self.precision)
+            return sess
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -229,7 +298,7 @@ class FastRunner:
             token_type_ids = (np.zeros_like(input_ids) if isinstance(input_ids, np.ndarray)
                               else torch.zeros_like(input_ids))
         n = _threads_for(int(input_ids.shape[0]), threads)
-        if self.backend in _ORT:
+        if self.backend in _GRAPH:
             feeds = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.int64, copy=False)
                      for k, v in zip(_INPUTS, (input_ids, attention_mask, token_type_ids))}
             return self._session(n).run(None, feeds)[0]
@@ -268,7 +337,7 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
     runner = get_runner(encoder, p, backend)
     bs = max(1, int(batch_size))
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i])) if len(texts) > 1 else [0]
-    tensors = "np" if runner.backend in _ORT else "pt"
+    tensors = "np" if runner.backend in _GRAPH else "pt"
     ml = int(max_length or encoder.max_length)
     batches = range(0, len(texts), bs)
     if progress:
