@@ -16,9 +16,10 @@ the per-operator Python / dispatcher overhead that dominates a single query:
   full model's fp32 vectors.
 * ``"openvino"``: the same ONNX graph compiled by OpenVINO, in bf16 where the CPU multiplies bf16 in
   hardware (AVX512-BF16 or AMX, read at run time by :func:`elasticdenser.model.cpu.native_bf16`) and in
-  fp32 elsewhere. On an AVX512-BF16 CPU it encodes passages about twice as fast as ``"onnx"`` at
-  cosine > 0.9999 to fp32 (``BENCHMARKS.md``), so :func:`document_path` picks it for the documents
-  there. Needs the optional ``openvino`` package (``openvino`` / ``dev`` extras).
+  fp32 elsewhere. There it encodes passages much faster than ``"onnx"`` within the correctness bar
+  (``BENCHMARKS.md``), so :func:`document_path` picks it for the documents; at batch 1 it does not
+  pay, so queries never default to it. Needs the optional ``openvino`` package (``openvino`` /
+  ``dev`` extras).
 * ``"jit"``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the materialised module: needs only torch,
   builds in < 0.5 s, 12-33 % faster than eager at batch 1. The fallback when onnxruntime is missing.
 * ``"eager"``: the reference (``ElasticEncoder.forward`` / cached materialised module).

@@ -2,6 +2,7 @@
 :mod:`elasticdenser.model.fastpath`)."""
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -10,24 +11,55 @@ __all__ = ["OpenVinoSession"]
 
 
 class OpenVinoSession:
-    """One OpenVINO compiled model with ``threads`` threads, called like an ONNX Runtime session.
+    """One OpenVINO compiled model on ``threads`` threads, called like an ONNX Runtime session.
+
+    With one thread it is one latency-mode stream (a query). With several it is one single-threaded
+    stream per thread, and a batch is cut into sub-batches of at most :attr:`SUB_BATCH` rows, each
+    trimmed to its own longest sequence, that the streams run side by side: two threads that never
+    wait for each other inside an operator, and less padding (batches arrive sorted by length).
+    Bulk passage encoding runs measurably closer to the bf16 floor this way (``BENCHMARKS.md``).
 
     An infer request is not safe to share between threads (the server calls from several), so
-    each calling thread gets its own; outputs are copied out of the request's buffer, which the
-    next call overwrites.
+    each calling thread gets its own requests; outputs are copied out of the requests' buffers,
+    which the next call overwrites.
     """
+
+    #: most rows one stream runs at a time when a batch is split over streams
+    SUB_BATCH = 16
 
     def __init__(self, model, threads: int, precision: str):
         import openvino as ov
 
-        source = model if isinstance(model, str) else ov.Core().read_model(model=model, weights=b"")
-        self._compiled = ov.Core().compile_model(source, "CPU", {
-            "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+        core = ov.Core()
+        source = model if isinstance(model, str) else core.read_model(model=model, weights=b"")
+        self.streams = max(1, int(threads))
+        self._compiled = core.compile_model(source, "CPU", {
+            "INFERENCE_NUM_THREADS": self.streams, "NUM_STREAMS": self.streams,
+            "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
         self._local = threading.local()
 
     def run(self, _outputs, feeds: dict) -> list:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self._compiled.create_infer_request()
-        return [np.array(request.infer(feeds)[0], dtype=np.float32, copy=True)]
+        rows = len(feeds["input_ids"])
+        if self.streams == 1 or rows == 1:
+            request = getattr(self._local, "request", None)
+            if request is None:
+                request = self._local.request = self._compiled.create_infer_request()
+            return [np.array(request.infer(feeds)[0], dtype=np.float32, copy=True)]
+        return [self._run_split(feeds, rows)]
+
+    def _run_split(self, feeds: dict, rows: int) -> np.ndarray:
+        import openvino as ov
+
+        queue = getattr(self._local, "queue", None)
+        if queue is None:
+            queue = self._local.queue = ov.AsyncInferQueue(self._compiled, self.streams)
+        step = min(self.SUB_BATCH, math.ceil(rows / self.streams))
+        parts = {}
+        queue.set_callback(lambda request, i: parts.__setitem__(i, request.get_output_tensor(0).data.copy()))
+        for i, start in enumerate(range(0, rows, step)):
+            used = np.flatnonzero(feeds["attention_mask"][start : start + step].any(0))
+            length = int(used[-1]) + 1 if len(used) else 1  # only columns no row attends to are cut
+            queue.start_async({k: np.ascontiguousarray(v[start : start + step, :length]) for k, v in feeds.items()}, i)
+        queue.wait_all()
+        return np.concatenate([parts[i] for i in range(len(parts))]).astype(np.float32, copy=False)
