@@ -186,6 +186,8 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
     if precision is not None:
         backend, bf16, used = fastpath.document_path(precision, encoder.device)
     else:
+        if (backend or "").lower() == "auto":
+            backend = fastpath.resolve_backend("auto")  # the exact one: documents never follow the query rule
         used = "bf16" if bf16 else (fastpath.openvino_precision() if backend == "openvino" else "fp32")
     if precomputed is not None:
         used = "fp32"  # vectors the caller computed (the training stage's eager fp32 ones)

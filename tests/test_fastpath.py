@@ -218,14 +218,40 @@ def test_openvino_runs_bf16_on_this_cpu_and_stays_within_the_bar(minilm, data_di
         assert cos.min() >= 0.999 and np.abs(got - ref).max() > 1e-6, (p.name, cos.min())  # close, not fp32
 
 
+@needs_openvino
+def test_auto_runs_large_query_batches_in_bf16_only_where_the_cpu_has_it(tiny_bert_dir, monkeypatch):
+    """On a CPU with bf16 products, "auto" sends batches of AUTO_BF16_MIN_BATCH rows and more to
+    OpenVINO bf16 and smaller ones to the exact backend; elsewhere, and for a named backend, never."""
+    enc = ElasticEncoder.from_pretrained(tiny_bert_dir)
+    exact = fastpath.resolve_backend("auto")
+    calls = []
+    real = fastpath.FastRunner.__call__
+    monkeypatch.setattr(fastpath.FastRunner, "__call__",
+                        lambda self, ids, *a, **k: calls.append((self.backend, len(ids))) or real(self, ids, *a, **k))
+    texts = TEXTS * 3  # 21 rows: batches of 8, 8 and 5
+    n = fastpath.AUTO_BF16_MIN_BATCH
+    for native, want in ((True, [("openvino", n), ("openvino", n), (exact, 21 - 2 * n)]),
+                         (False, [(exact, n), (exact, n), (exact, 21 - 2 * n)])):
+        monkeypatch.setattr(fastpath, "openvino_precision", lambda v=native: "bf16" if v else "fp32")
+        calls.clear()
+        got = enc.encode(texts, None, batch_size=n, backend="auto")
+        assert calls == want, native
+        assert _cos(got, enc.encode(texts, None, backend="eager")).min() >= 0.999
+        calls.clear()
+        enc.encode(texts, None, batch_size=n, backend=exact)  # a named backend is that backend
+        enc.encode(texts[:n - 1], None, batch_size=32, backend="auto")  # a small call: exact
+        assert {b for b, _ in calls} == {exact}
+
+
 def test_document_path_follows_the_cpu_and_the_installed_packages(monkeypatch):
     """--precision auto is bf16 only where it is fast (OpenVINO on bf16 hardware); fp32 elsewhere."""
+    exact = fastpath.resolve_backend("auto")  # onnx, else jit: never "auto", which may run batches in bf16
     cases = {  # (openvino installed, native bf16, device, precision) -> (backend, autocast, used)
         (True, True, "cpu", "auto"): ("openvino", False, "bf16"),
         (True, True, "cpu", "bf16"): ("openvino", False, "bf16"),
-        (True, True, "cpu", "fp32"): ("auto", False, "fp32"),
-        (True, False, "cpu", "auto"): ("auto", False, "fp32"),
-        (False, True, "cpu", "auto"): ("auto", False, "fp32"),
+        (True, True, "cpu", "fp32"): (exact, False, "fp32"),
+        (True, False, "cpu", "auto"): (exact, False, "fp32"),
+        (False, True, "cpu", "auto"): (exact, False, "fp32"),
         (False, True, "cpu", "bf16"): ("eager", True, "bf16"),
         (True, False, "cpu", "bf16"): ("eager", True, "bf16"),  # asked for: autocast (and a warning from the CLI)
         (True, True, "cuda", "auto"): ("eager", False, "fp32"),

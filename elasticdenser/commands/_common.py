@@ -60,7 +60,11 @@ def warn_slow_bf16(precision: str, device) -> None:
               "which is several times slower than fp32 (BENCHMARKS.md); encoding anyway", file=sys.stderr)
 
 
-def add_backend(p: argparse.ArgumentParser, default: Optional[str], help: str) -> None:
+QUERY_BACKEND_HELP = ("query encoder path (default auto: ONNX Runtime, else TorchScript; on a CPU with bf16 products "
+                      "and OpenVINO installed, large batches in bf16 through OpenVINO; onnx: exact fp32 always)")
+
+
+def add_backend(p: argparse.ArgumentParser, default: Optional[str], help: str = QUERY_BACKEND_HELP) -> None:
     """``--backend``: the query encoder path (names of :data:`elasticdenser.model.fastpath.BACKENDS`; not
     imported here so that ``--help`` does not load torch)."""
     p.add_argument("--backend", default=default, choices=("auto", "eager", "jit", "onnx", "int8", "openvino"), help=help)

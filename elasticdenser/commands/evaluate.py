@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from elasticdenser.commands._common import add_data_dir, add_device, add_out
+from elasticdenser.commands._common import add_backend, add_data_dir, add_device, add_out
 from elasticdenser.errors import InvalidInputError
 
 
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="candidates from the dense points (default), BM25 (`index --bm25`), or their fusion")
     p.add_argument("--fusion", choices=["rrf", "score"], default="rrf", help="with --first-stage fusion")
     add_device(p)
+    add_backend(p, "auto")
     p.set_defaults(func=run)
 
 
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from elasticdenser.eval.report import markdown_table, save_report
     from elasticdenser.searcher import Searcher
 
-    searcher = Searcher.open(args.exp_dir, allow_mismatch=args.allow_model_mismatch, device=pick_device(args.device))
+    searcher = Searcher.open(args.exp_dir, allow_mismatch=args.allow_model_mismatch, device=pick_device(args.device),
+                             backend=args.backend)
     coll = load_collection(args.collection, args.data_dir)
     if coll.name != searcher.manifest.get("collection", {}).get("name"):
         print(f"note: evaluating {coll.name} queries against the {searcher.manifest['collection']['name']} index")

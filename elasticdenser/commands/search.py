@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from elasticdenser.commands._common import add_data_dir, add_device, add_out
+from elasticdenser.commands._common import add_backend, add_data_dir, add_device, add_out
 from elasticdenser.errors import InvalidInputError
 
 
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-empty", action="store_true", help="drop empty queries instead of failing")
     p.add_argument("--allow-model-mismatch", action="store_true")
     add_device(p)
+    add_backend(p, "auto")
     p.add_argument("--model", default=None, help="search with this encoder instead of EXP/model")
     p.add_argument("--first-stage", choices=["dense", "bm25", "fusion"], default="dense",
                    help="dense (the point), BM25 (`index --bm25`), or their fusion (--fusion rrf|score)")
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     encoder = load_encoder(args.model, args.device) if args.model else None
     searcher = Searcher.open(args.exp_dir, allow_mismatch=args.allow_model_mismatch, device=pick_device(args.device),
-                             encoder=encoder, ranker=args.ranker)
+                             encoder=encoder, ranker=args.ranker, backend=args.backend)
     queries = load_queries(args.queries, args.data_dir)
     point = searcher.resolve_point(args.point)
     t0 = time.perf_counter()

@@ -80,6 +80,10 @@ _GRAPH = _ORT + ("openvino",)
 PRECISIONS = ("auto", "fp32", "bf16")
 #: batches up to this size run with ``small_batch_threads`` threads (see module docstring).
 SMALL_BATCH = 4
+#: on a CPU with bf16 products, ``"auto"`` runs query batches of at least this many rows on
+#: OpenVINO bf16 (faster there, within the correctness bar) and smaller ones on ONNX Runtime fp32
+#: (lower call overhead); measured in BENCHMARKS.md (``benchmarks/bench_bf16.py``).
+AUTO_BF16_MIN_BATCH = 8
 #: threads for small batches (batch 1 latency); measured in BENCHMARKS.md.
 small_batch_threads: int = 1
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -130,7 +134,7 @@ def document_path(precision: Optional[str], device: "torch.device | str" = "cpu"
 
     * ``"auto"`` (the default of ``index``): bf16 through OpenVINO on a CPU with bf16 products and
       OpenVINO installed; fp32 everywhere else (on a GPU: the eager path, as before);
-    * ``"fp32"``: the fastest exact fp32 path (``"auto"`` backend on CPU, eager on a GPU);
+    * ``"fp32"``: the fastest exact fp32 path (ONNX Runtime, else TorchScript, on CPU; eager on a GPU);
     * ``"bf16"``: OpenVINO bf16 where that exists, else torch's bf16 autocast on the eager path
       (a GPU, or a CPU without OpenVINO; without bf16 products that is several times slower).
     """
@@ -141,8 +145,8 @@ def document_path(precision: Optional[str], device: "torch.device | str" = "cpu"
     native = cpu and _has_openvino() and openvino_precision() == "bf16"
     if name == "auto":
         name = "bf16" if native else "fp32"
-    if name == "fp32":
-        return ("auto" if cpu else "eager"), False, "fp32"
+    if name == "fp32":  # an exact backend by name: "auto" may run large batches in bf16 (AUTO_BF16_MIN_BATCH)
+        return (resolve_backend("auto") if cpu else "eager"), False, "fp32"
     return ("openvino", False, "bf16") if native else ("eager", True, "bf16")
 
 
@@ -336,6 +340,7 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
     if not texts:
         return out
     runner = get_runner(encoder, p, backend)
+    bulk = get_runner(encoder, p, "openvino") if _auto_bf16(backend, len(texts), batch_size) else None
     bs = max(1, int(batch_size))
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i])) if len(texts) > 1 else [0]
     tensors = "np" if runner.backend in _GRAPH else "pt"
@@ -347,9 +352,17 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
         batches = tqdm(batches, desc=f"encode {p.name} [{runner.backend}]", unit="batch")
     for start in batches:
         idx = order[start : start + bs]
-        b = tokenize_batch(encoder, [texts[i] for i in idx], ml, tensors)
-        out[idx] = runner(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), threads=threads)
+        run = bulk if bulk is not None and len(idx) >= AUTO_BF16_MIN_BATCH else runner
+        b = tokenize_batch(encoder, [texts[i] for i in idx], ml, "np" if run.backend in _GRAPH else tensors)
+        out[idx] = run(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), threads=threads)
     return out
+
+
+def _auto_bf16(backend: Optional[str], rows: int, batch_size: int) -> bool:
+    """Whether ``"auto"`` runs this call's large batches on OpenVINO bf16: only on a CPU with bf16
+    products, with OpenVINO installed, and for batches of at least :data:`AUTO_BF16_MIN_BATCH`."""
+    return ((backend or "").lower() == "auto" and min(rows, int(batch_size)) >= AUTO_BF16_MIN_BATCH
+            and _has_openvino() and openvino_precision() == "bf16")
 
 
 def tokenize_batch(encoder, texts: Sequence[str], max_length: int, tensors: str = "np") -> dict:
