@@ -17,13 +17,15 @@ the per-operator Python / dispatcher overhead that dominates a single query:
 * ``"openvino"``: the same ONNX graph compiled by OpenVINO, in bf16 where the CPU multiplies bf16 in
   hardware (AVX512-BF16 or AMX, read at run time by :func:`elasticdenser.model.cpu.native_bf16`) and in
   fp32 elsewhere. There it encodes passages much faster than ``"onnx"`` within the correctness bar
-  (``BENCHMARKS.md``), so :func:`document_path` picks it for the documents; at batch 1 it does not
-  pay, so queries never default to it. Needs the optional ``openvino`` package (``openvino`` /
-  ``dev`` extras).
+  (``BENCHMARKS.md``), so :func:`document_path` picks it for the documents and ``"auto"`` for large
+  query batches; at batch 1 it does not pay. Needs the optional ``openvino`` package
+  (``openvino`` / ``dev`` extras).
 * ``"jit"``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the materialised module: needs only torch,
   builds in < 0.5 s, 12-33 % faster than eager at batch 1. The fallback when onnxruntime is missing.
 * ``"eager"``: the reference (``ElasticEncoder.forward`` / cached materialised module).
-* ``"auto"``: ``"onnx"`` if onnxruntime imports, else ``"jit"``.
+* ``"auto"``: ``"onnx"`` if onnxruntime imports, else ``"jit"``; on a CPU with bf16 products and
+  OpenVINO installed, batches of :data:`AUTO_BF16_MIN_BATCH` rows or more run on ``"openvino"``
+  (bf16), which is faster there from that size on and within the correctness bar.
 
 Not kept (measured, see ``BENCHMARKS.md``): ``torch.compile`` (a 1.5-minute compile per point for no
 gain over ONNX Runtime); torch's own bf16 (``encode(..., bf16=True)``, autocast) stays an opt-in of
@@ -54,6 +56,7 @@ import torch
 
 from elasticdenser.atomic import write_bytes
 from elasticdenser.errors import InvalidInputError, StateError
+from elasticdenser.model.batch_tokenizer import batch_tokenizer, tokenize_batch
 
 __all__ = [
     "BACKENDS",
@@ -363,41 +366,3 @@ def _auto_bf16(backend: Optional[str], rows: int, batch_size: int) -> bool:
     products, with OpenVINO installed, and for batches of at least :data:`AUTO_BF16_MIN_BATCH`."""
     return ((backend or "").lower() == "auto" and min(rows, int(batch_size)) >= AUTO_BF16_MIN_BATCH
             and _has_openvino() and openvino_precision() == "bf16")
-
-
-def tokenize_batch(encoder, texts: Sequence[str], max_length: int, tensors: str = "np") -> dict:
-    """``input_ids`` / ``attention_mask`` / ``token_type_ids`` of ``texts``, padded to the longest:
-    int64 numpy arrays from :func:`batch_tokenizer`, or the ``transformers`` call (``tensors``)
-    for a tokenizer without a Rust backend."""
-    tok = batch_tokenizer(encoder, max_length)
-    if tok is None:
-        return encoder.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                                 return_tensors=tensors)
-    encs = tok.encode_batch(list(texts))
-    return {k: np.array([getattr(e, a) for e in encs], dtype=np.int64) for k, a in _ENCODING_FIELDS}
-
-
-_ENCODING_FIELDS = (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))
-
-
-def batch_tokenizer(encoder, max_length: int):
-    """The encoder's fast tokenizer's Rust backend (``tokenizers.Tokenizer``), copied once per
-    ``max_length`` and set to truncate there and pad to the longest text: the same ids, mask and
-    token types as the ``transformers`` call, without its per-call Python layers (a visible share
-    of a batch-1 query; ``benchmarks/bench_query_path.py``). None for a tokenizer without one."""
-    tok = encoder.tokenizer
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None or tok.pad_token_id is None or getattr(tok, "padding_side", "right") != "right":
-        return None
-    cache = encoder.serving_cache("tokenizer")
-    key = (id(tok), int(max_length))
-    hit = cache.get(key)
-    if hit is None:
-        import tokenizers
-
-        copy = tokenizers.Tokenizer.from_str(backend.to_str())
-        copy.enable_truncation(int(max_length))
-        copy.enable_padding(pad_id=int(tok.pad_token_id), pad_token=str(tok.pad_token),
-                            pad_type_id=int(getattr(tok, "pad_token_type_id", 0) or 0))
-        hit = cache[key] = copy
-    return hit
