@@ -187,7 +187,7 @@ def test_openvino_in_fp32_matches_eager_and_is_thread_safe(tiny_bert_dir, monkey
         assert got.shape == ref.shape and got.dtype == np.float32 and np.abs(got - ref).max() < 1e-4
     p = enc.default_points()[-1]
     ref = enc.encode(TEXTS, p, backend="eager")
-    many = TEXTS * 5  # 35 rows on 2 threads: cut into 3 trimmed sub-batches that 2 streams run
+    many = TEXTS * 5  # 35 rows on 2 threads: cut into 5 trimmed sub-batches that 2 streams run
     runner = fastpath.get_runner(enc, p, "openvino")
     b = enc.tokenizer(many, padding=True, return_tensors="np")
     split = runner(b["input_ids"], b["attention_mask"], b["token_type_ids"], threads=2)

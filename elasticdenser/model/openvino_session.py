@@ -25,7 +25,7 @@ class OpenVinoSession:
     """
 
     #: most rows one stream runs at a time when a batch is split over streams
-    SUB_BATCH = 16
+    SUB_BATCH = 8
 
     def __init__(self, model, threads: int, precision: str):
         import openvino as ov
