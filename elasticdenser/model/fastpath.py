@@ -12,8 +12,8 @@ the per-operator Python / dispatcher overhead that dominates a single query:
 * ``"int8"``: the same graph with its weight products quantised to int8 (dynamic, per output channel);
   attention products, LayerNorm, softmax and pooling stay fp32. 1.4-1.9x faster than ``"onnx"`` at
   batch 1 on AVX2, but embeddings move to cosine ~0.99 of the reference (MRR@10 within 0.003 on
-  nq-sample), so it is opt-in only: ``"auto"`` never picks it. Queries only: documents are always the
-  full model's fp32 vectors.
+  nq-sample), so it is opt-in only: ``"auto"`` never picks it. Queries only: documents are never
+  encoded in int8 (:func:`document_path`).
 * ``"openvino"``: the same ONNX graph compiled by OpenVINO, in bf16 where the CPU multiplies bf16 in
   hardware (AVX512-BF16 or AMX, read at run time by :func:`elasticdenser.model.cpu.native_bf16`) and in
   fp32 elsewhere. There it encodes passages much faster than ``"onnx"`` within the correctness bar
