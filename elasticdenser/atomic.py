@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 __all__ = ["tmp_name", "atomic_path", "atomic_dir", "write_bytes", "write_text", "write_json", "clean_stale_tmp"]
 
@@ -74,10 +74,14 @@ def write_json(path: "str | os.PathLike", obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def clean_stale_tmp(folder: "str | os.PathLike") -> int:
-    """Remove temporary files that a killed run left in ``folder``; returns how many."""
+def clean_stale_tmp(folder: "str | os.PathLike", names: Optional[Iterable[str]] = None) -> int:
+    """Remove temporary files that a killed run left in ``folder`` (only those of the files
+    ``names``, when given: another process may be writing the others); returns how many."""
     n = 0
+    wanted = None if names is None else set(names)
     for p in Path(folder).glob(".*.tmp-*"):
+        if wanted is not None and p.name[1:].rsplit(".tmp-", 1)[0] not in wanted:
+            continue
         with contextlib.suppress(OSError):
             p.unlink()
             n += 1

@@ -193,12 +193,14 @@ def encode_corpus(encoder, corpus, exp_dir: "str | os.PathLike", *, shard: int =
         used = "fp32"  # vectors the caller computed (the training stage's eager fp32 ones)
     exp_dir = Path(exp_dir)
     (exp_dir / CHUNKS).mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(exp_dir / CHUNKS)
-    plan = ChunkPlan(len(corpus), int(chunk_size))
-    _check_or_write_meta(exp_dir, _meta(exp_dir, plan, encoder, dtype, collection, used))
     if chunk_size < 1:
         raise InvalidInputError(f"chunk size must be >= 1, got {chunk_size}")
+    plan = ChunkPlan(len(corpus), int(chunk_size))
     mine = plan.shard_chunks(shard, num_shards)
+    # only this shard's leftovers: other shards (torchrun ranks) may be writing theirs right now
+    clean_stale_tmp(exp_dir / CHUNKS, names=[chunk_path(exp_dir, c, s).name for c in mine
+                                            for s in (".npy", ".jsonl", ".sha256")])
+    _check_or_write_meta(exp_dir, _meta(exp_dir, plan, encoder, dtype, collection, used))
     dim = int(encoder.space.hidden_size)
     digests = {}
     for c in mine:

@@ -180,3 +180,18 @@ def test_cli_precision_flags():
         assert parser.parse_args(base + ["--bf16"]).precision == "bf16"  # the old flag
         with pytest.raises(SystemExit):
             parser.parse_args(base + ["--precision", "fp16"])
+
+
+def test_a_shard_removes_only_its_own_leftovers(tmp_path, tiny_encoder, coll):
+    """A shard starting while another writes (torchrun ranks) must not delete the other's temp files."""
+    chunks = tmp_path / enc.CHUNKS
+    chunks.mkdir(parents=True)
+    plan = enc.ChunkPlan(num_docs=150, chunk_size=40)
+    mine, theirs = (chunks / f".{enc.chunk_path(tmp_path, plan.shard_chunks(s, 2)[0], '.npy').name}.tmp-99{s}"
+                    for s in (0, 1))
+    meta = chunks / ".meta.json.tmp-997"
+    for p in (mine, theirs, meta):
+        p.write_bytes(b"half-written")
+    build.encode_stage(tiny_encoder, coll.corpus, tmp_path, collection="nq-small", chunk_size=40, shard=0,
+                       num_shards=2, progress=False)
+    assert not mine.exists() and theirs.exists() and meta.exists()
