@@ -87,6 +87,26 @@ def build_tiny_experiment(tmp_path_factory, tiny_encoder):
 
 
 @pytest.fixture(scope="session")
+def every_backend_matches():
+    """``check(encode, want)``: ``encode(backend)`` equals ``want`` on every exact query backend and
+    stays at cosine >= 0.999 (but not equal) on a bf16 one (OpenVINO on a CPU with bf16 products)."""
+    import numpy as np
+
+    from elasticdenser.model.fastpath import available_backends, exact_backends
+
+    def check(encode, want):
+        for backend in set(available_backends()) - {"int8"}:
+            got = encode(backend)
+            if backend in exact_backends():
+                np.testing.assert_allclose(got, want, atol=1e-4, err_msg=backend)
+            else:
+                cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+                assert cos.min() >= 0.999 and not np.allclose(got, want, atol=1e-6), backend
+
+    return check
+
+
+@pytest.fixture(scope="session")
 def small_nq(data_dir):
     """``small_nq(n_docs, n_queries)``: the first gold passages of nq-sample (real text) and the
     questions whose gold passage is among them, small enough for the tiny model."""
