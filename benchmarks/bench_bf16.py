@@ -11,8 +11,9 @@ medians reported:
   (``index --precision auto`` there), as passages/s and as % of the bf16 floor: the strict one,
   ``ElasticSpace.flops`` of every passage at its own length (no padding) over the bf16 2-thread
   ``torch.mm`` rate of the same run;
-* query batches per default point: ONNX Runtime fp32 vs OpenVINO bf16, batch 1 (1 thread) and
-  batch 32 (2 threads);
+* query batches per default point: ONNX Runtime fp32 vs OpenVINO bf16 at batch 1, 4, 8, 16 and 32,
+  threads as the serving path picks them (1 thread up to 4 rows, else 2): the crossover that
+  ``fastpath.AUTO_BF16_MIN_BATCH`` is set from;
 * cosine of every bf16 vector to the eager fp32 reference (passages and queries, every point).
 
 ``--cli`` adds the quality through the path a user runs: ``elasticdenser index nq-sample`` with
@@ -169,22 +170,21 @@ def main(argv=None):
                                     for k in ("openvino bf16", "eager bf16 autocast")}
     print(json.dumps(result["bulk"], indent=1), flush=True)
 
-    # ---- query batches, every default point
-    q1 = [tok([q], "np") for q in questions[: args.query_rounds]]
-    q32 = [tok(questions[32 * i : 32 * i + 32], "np") for i in range(8)]
+    # ---- query batches, every default point, threads as the serving path picks them (1 up to
+    # fastpath.SMALL_BATCH rows, else 2): where "auto" should switch to bf16 (AUTO_BF16_MIN_BATCH)
+    torch.set_num_threads(2)
+    sizes = (1, 4, 8, 16, 32)
+    qb = {n: [tok(questions[n * i : n * i + n], "np") for i in range(8)] for n in sizes}
     runners = {(b, p): fastpath.get_runner(enc, p, b) for b in ("onnx", "openvino") for p in points}
-    calls = {}
-    for p in points:
-        for b in ("onnx", "openvino"):
-            calls[(p.name, b, 1)] = lambda i, r=runners[(b, p)]: r(*q1[i % len(q1)], threads=1)
-            calls[(p.name, b, 32)] = lambda i, r=runners[(b, p)]: r(*q32[i % len(q32)], threads=2)
+    calls = {(p.name, b, n): (lambda i, r=runners[(b, p)], n=n: r(*qb[n][i % 8]))
+             for p in points for b in ("onnx", "openvino") for n in sizes}
     for f in calls.values():
         f(0)
     qt = {k: [] for k in calls}
     for i in range(args.query_rounds):
         for k in random.sample(list(calls), len(calls)):
-            if k[2] == 32 and i >= 2 * len(q32):
-                continue  # batch 32: fewer rounds (each is 30-150 ms)
+            if k[2] >= 16 and i >= 16:
+                continue  # large batches: fewer rounds (each is 10-150 ms)
             t = time.perf_counter()
             calls[k](i)
             qt[k].append(time.perf_counter() - t)
@@ -193,7 +193,7 @@ def main(argv=None):
         got = enc.encode(questions, p, batch_size=32, backend="openvino")
         want = enc.encode(questions, p, batch_size=32, backend="eager")
         row = {"cosine_min": float(cos(got, want).min())}
-        for n in (1, 32):
+        for n in sizes:
             o, v = med(qt[(p.name, "onnx", n)]) * 1e3, med(qt[(p.name, "openvino", n)]) * 1e3
             row[f"b{n}"] = {"onnx_fp32_ms": o, "openvino_bf16_ms": v, "speedup": o / v}
         result["queries"][p.name] = row

@@ -331,8 +331,7 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
 
             resolved = fastpath.resolve_backend(name)
             if resolved != "eager" and not bf16 and not self.training and self.device.type == "cpu":
-                return fastpath.encode_fast(self, texts, point, batch_size, max_length, progress,
-                                            backend="auto" if str(name).lower() == "auto" else resolved)
+                return fastpath.encode_fast(self, texts, point, batch_size, max_length, progress, backend=name)
         p, texts, out = self.encode_inputs(texts, point)
         if not texts:
             return out

@@ -117,7 +117,12 @@ def available_backends() -> Tuple[str, ...]:
 
 def exact_backends() -> Tuple[str, ...]:
     """The usable backends that compute in fp32 here (``"openvino"`` only on a CPU without bf16 products)."""
-    return tuple(b for b in available_backends() if b != "int8" and (b != "openvino" or openvino_precision() == "fp32"))
+    return tuple(b for b in available_backends() if b != "int8" and (b != "openvino" or not _openvino_bf16()))
+
+
+def _openvino_bf16() -> bool:
+    """Whether OpenVINO is installed and computes in bf16 on this CPU."""
+    return _has_openvino() and openvino_precision() == "bf16"
 
 
 def openvino_precision() -> str:
@@ -145,7 +150,7 @@ def document_path(precision: Optional[str], device: "torch.device | str" = "cpu"
     if name not in PRECISIONS:
         raise InvalidInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     cpu = torch.device(device).type == "cpu"
-    native = cpu and _has_openvino() and openvino_precision() == "bf16"
+    native = cpu and _openvino_bf16()
     if name == "auto":
         name = "bf16" if native else "fp32"
     if name == "fp32":  # an exact backend by name: "auto" may run large batches in bf16 (AUTO_BF16_MIN_BATCH)
@@ -346,7 +351,6 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
     bulk = get_runner(encoder, p, "openvino") if _auto_bf16(backend, len(texts), batch_size) else None
     bs = max(1, int(batch_size))
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i])) if len(texts) > 1 else [0]
-    tensors = "np" if runner.backend in _GRAPH else "pt"
     ml = int(max_length or encoder.max_length)
     batches = range(0, len(texts), bs)
     if progress:
@@ -356,7 +360,7 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
     for start in batches:
         idx = order[start : start + bs]
         run = bulk if bulk is not None and len(idx) >= AUTO_BF16_MIN_BATCH else runner
-        b = tokenize_batch(encoder, [texts[i] for i in idx], ml, "np" if run.backend in _GRAPH else tensors)
+        b = tokenize_batch(encoder, [texts[i] for i in idx], ml, "np" if run.backend in _GRAPH else "pt")
         out[idx] = run(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), threads=threads)
     return out
 
@@ -365,4 +369,4 @@ def _auto_bf16(backend: Optional[str], rows: int, batch_size: int) -> bool:
     """Whether ``"auto"`` runs this call's large batches on OpenVINO bf16: only on a CPU with bf16
     products, with OpenVINO installed, and for batches of at least :data:`AUTO_BF16_MIN_BATCH`."""
     return ((backend or "").lower() == "auto" and min(rows, int(batch_size)) >= AUTO_BF16_MIN_BATCH
-            and _has_openvino() and openvino_precision() == "bf16")
+            and _openvino_bf16())
