@@ -167,6 +167,38 @@ def test_gradients_flow_into_the_shared_weights_from_a_small_point(cross_encoder
     assert g is None or g.abs().sum() == 0
 
 
+def test_token_states_of_a_point_are_the_pruned_models_and_distilling_them_pulls_a_small_point_closer(cross_encoder_dir):
+    from elasticdenser.training.ranker import _state_loss
+
+    ranker = ElasticRanker.from_pretrained(cross_encoder_dir)
+    teacher = copy.deepcopy(ranker)
+    small = ranker.default_points()[-1]
+    batch = ranker.tokenize_pairs([q for q, _ in PAIRS], [d for _, d in PAIRS])
+    args = (batch["input_ids"], batch["attention_mask"], small, batch["token_type_ids"])
+    with torch.no_grad():
+        logits, states = ranker.logits_and_states(*args)
+        ref = _pruned_reference(ranker, small)(**batch, output_hidden_states=True).hidden_states[-1]
+        np.testing.assert_allclose(states.numpy(), ref.numpy(), atol=1e-5)
+        np.testing.assert_allclose(logits.numpy(), ranker(*args).numpy())
+        _, full_states = teacher.logits_and_states(batch["input_ids"], batch["attention_mask"], None,
+                                                   batch["token_type_ids"])
+    mask = batch["attention_mask"]
+    assert float(_state_loss(full_states, full_states, mask)) == 0.0
+    # padding does not count: garbage in padded positions leaves the loss unchanged
+    noisy = full_states.clone()
+    noisy[mask == 0] += 100.0
+    assert float(_state_loss(noisy, full_states, mask)) == 0.0 and (mask == 0).any()
+    before = float(_state_loss(states, full_states, mask))
+    optimizer = torch.optim.SGD(ranker.hf.parameters(), lr=0.05)
+    for _ in range(5):
+        optimizer.zero_grad()
+        _state_loss(ranker.logits_and_states(*args)[1], full_states, mask).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(_state_loss(ranker.logits_and_states(*args)[1], full_states, mask))
+    assert before > 0 and after < 0.9 * before
+
+
 # --- training and reranking end to end on a small real collection ---------------------------------
 @pytest.fixture(scope="module")
 def squad_small(data_dir, tmp_path_factory):
@@ -201,7 +233,8 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
     build.build_experiment(tiny_encoder, coll.corpus, exp, collection=coll.name, chunk_size=64, progress=False)
     cfg = RankerConfig(model=str(cross_encoder_dir), collection=str(squad_small), experiment=str(exp),
                        output_dir=str(tmp_path / "ranker"), teacher_steps=6, steps=4, batch_size=2, list_size=4,
-                       candidates=8, max_length=96, checkpoint_every=2, teacher_lr=1e-3, lr=1e-3, reorder_layers=True)
+                       candidates=8, max_length=96, checkpoint_every=2, teacher_lr=1e-3, lr=1e-3, reorder_layers=True,
+                       hidden_weight=0.5)
     model = train_ranker(cfg, Searcher.open(exp), progress=False)
     summary = json.loads((model / "ranker_summary.json").read_text())
     assert summary["questions"] == len(coll.train_queries) and summary["phases"]["elastic"]["steps"] == 4

@@ -34,6 +34,7 @@ from torch import nn
 
 from elasticdenser.errors import InvalidInputError, MissingFileError
 from elasticdenser.model.encoder import ElasticEncoder
+from elasticdenser.model.functional import pool
 from elasticdenser.model.loading import (
     DEFAULT_MAX_LENGTH,
     ELASTIC_CONFIG_NAME,
@@ -161,8 +162,14 @@ class ElasticRanker(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, point: PointLike = None,
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits ``(B,)`` of tokenised pairs at ``point`` (sliced weights; gradients flow)."""
-        p = self.resolve_point(point)
-        return self.head(self.encoder.pooled(input_ids, attention_mask, p, token_type_ids))
+        return self.logits_and_states(input_ids, attention_mask, point, token_type_ids)[0]
+
+    def logits_and_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, point: PointLike = None,
+                          token_type_ids: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B,)`` and the body's last token states ``(B, S, hidden)`` at ``point``: distillation
+        matches a small point's states to the teacher's, a far denser signal than one logit per pair."""
+        states = self.encoder.hidden_states(input_ids, attention_mask, self.resolve_point(point), token_type_ids)
+        return self.head(pool(states, attention_mask, self.encoder.pooling)), states
 
     def tokenize_pairs(self, queries: Sequence[str], passages: Sequence[str], max_length: Optional[int] = None,
                        return_tensors: str = "pt"):

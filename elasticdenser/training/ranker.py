@@ -85,6 +85,9 @@ class RankerConfig(ConfigFile):
     label_weight: float = 1.0
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
+    #: weight of the mean squared difference between a point's last token states and the teacher's (every
+    #: non-padding token): the listwise KL gives one number per pair, too thin for a shallow point to learn from
+    hidden_weight: float = 0.0
     seed: int = 42
     checkpoint_every: int = 100
     keep_checkpoints: int = 1
@@ -96,7 +99,7 @@ class RankerConfig(ConfigFile):
         if self.list_size < 2:
             raise InvalidInputError("ranker config: list_size must be >= 2 (a positive and a negative)")
         self.check_bounds(("teacher_steps", "steps", "num_random", "pseudo_queries", "reorder_lists", "teacher_lr", "lr",
-                           "weight_decay", "max_grad_norm", "label_weight", "distill_weight"), 0)
+                           "weight_decay", "max_grad_norm", "label_weight", "distill_weight", "hidden_weight"), 0)
         self.check_bounds(("distill_temperature",), 0, strict=True)
         if not self.experiment:
             raise InvalidInputError("ranker config: experiment (the first stage whose candidates the ranker learns "
@@ -124,6 +127,12 @@ def _list_losses(logits: torch.Tensor, sizes: List[int], labels: List[int], teac
             total = total + label_weight * F.cross_entropy(s.float()[None], torch.tensor([label]))
         start += size
     return total / max(1, len(sizes))
+
+
+def _state_loss(states: torch.Tensor, teacher_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over non-padding tokens of the mean squared difference of their last-layer states."""
+    m = mask.to(states.dtype).unsqueeze(-1)
+    return ((states.float() - teacher_states.float()) ** 2 * m).sum() / (m.sum() * states.shape[-1]).clamp(min=1)
 
 
 def _save_state(out: Path, ranker, optimizer, scheduler, phase: str, step: int, keep: int) -> None:
@@ -267,15 +276,19 @@ def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callab
             lists = lists[dist.rank :: dist.world]  # this rank's share; one rank = every list
             sizes, labels = [len(p) for _, p, _ in lists], [lab for _, _, lab in lists]
             batch = ranker.tokenize_pairs([q for q, ps, _ in lists for _ in ps], [p for _, ps, _ in lists for p in ps])
-            target = None
+            target = target_states = None
             if phase == "elastic":
                 with torch.no_grad():
-                    target = teacher(batch["input_ids"], batch["attention_mask"], None, batch.get("token_type_ids"))
+                    target, target_states = teacher.logits_and_states(batch["input_ids"], batch["attention_mask"], None,
+                                                                      batch.get("token_type_ids"))
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for point in sampler.sample(step):
-                logits = ranker(batch["input_ids"], batch["attention_mask"], point, batch.get("token_type_ids"))
+                logits, states = ranker.logits_and_states(batch["input_ids"], batch["attention_mask"], point,
+                                                          batch.get("token_type_ids"))
                 loss = _list_losses(logits, sizes, labels, target, cfg, cfg.label_weight if phase == "elastic" else 1.0)
+                if target_states is not None and cfg.hidden_weight:
+                    loss = loss + cfg.hidden_weight * _state_loss(states, target_states, batch["attention_mask"])
                 loss.backward()
                 step_loss += float(loss.detach())
             allreduce_gradients(params, dist)
