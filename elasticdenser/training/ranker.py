@@ -7,7 +7,9 @@
    + smallest + ``num_random``; ``fixed``: every point; ``static``: the listed point only) and
    trains each on listwise KL to the frozen teacher's scores over the same lists
    (``distill_weight``, temperature ``distill_temperature``) plus the labels' cross-entropy where
-   the list has a positive (``label_weight``). Unlabelled lists need only the teacher.
+   the list has a positive (``label_weight``), and, with ``hidden_weight``, the squared difference
+   between the point's last token states and the teacher's (DynaBERT's hidden-state distillation).
+   Unlabelled lists need only the teacher.
 
 Checkpoints (``checkpoint_every``) hold weights, optimiser, scheduler, RNG, phase and step, written
 atomically; a run started again with the same ``output_dir`` resumes from the last one. The final
