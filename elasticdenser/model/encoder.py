@@ -191,39 +191,24 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         return resolved
 
     # ------------------------------------------------------------------ elastic forward
-    def pooled(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        point: PointLike = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-        *,
-        head_gates: Optional[List[torch.Tensor]] = None,
-        ffn_gates: Optional[List[torch.Tensor]] = None,
-    ) -> torch.Tensor:
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, point: PointLike = None,
+               token_type_ids: Optional[torch.Tensor] = None, **gates: Optional[List[torch.Tensor]]) -> torch.Tensor:
         """Run sub-network ``point`` with sliced weights; pooled, NOT truncated or normalised.
+        ``gates``: ``head_gates`` / ``ffn_gates`` of :meth:`hidden_states`."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return pool(self.hidden_states(input_ids, attention_mask, point, token_type_ids, **gates), attention_mask,
+                    self.pooling)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, point: PointLike = None,
+                      token_type_ids: Optional[torch.Tensor] = None, *, head_gates: Optional[List[torch.Tensor]] = None,
+                      ffn_gates: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """The last layer's token states ``(B, S, hidden)`` of sub-network ``point``, before pooling (what a
+        shallow point is distilled on when one pooled vector is too thin a signal).
 
         ``head_gates`` / ``ffn_gates`` (lists of per-layer ``(B, heads)`` / ``(B, ffn)`` tensors) scale
         each head's context / each neuron's activation; they exist for importance scoring.
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        hidden = self.hidden_states(input_ids, attention_mask, point, token_type_ids, head_gates=head_gates,
-                                    ffn_gates=ffn_gates)
-        return pool(hidden, attention_mask, self.pooling)
-
-    def hidden_states(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        point: PointLike = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-        *,
-        head_gates: Optional[List[torch.Tensor]] = None,
-        ffn_gates: Optional[List[torch.Tensor]] = None,
-    ) -> torch.Tensor:
-        """The last layer's token states ``(B, S, hidden)`` of sub-network ``point`` (before pooling):
-        what a sub-network is distilled on when its pooled output alone is too thin a signal."""
         p = self.resolve_point(point)
         if self.full_tower is not None and p == self.space.full and head_gates is None and ffn_gates is None:
             return self.full_tower.hidden_states(input_ids, attention_mask, p, token_type_ids)
