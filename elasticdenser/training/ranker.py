@@ -88,7 +88,7 @@ class RankerConfig(ConfigFile):
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
     #: weight of the mean squared difference between a point's last token states and the teacher's (every
-    #: non-padding token): the listwise KL gives one number per pair, too thin for a shallow point to learn from
+    #: non-padding token): a denser signal than the listwise KL's one number per pair; off until it is measured to help
     hidden_weight: float = 0.0
     seed: int = 42
     checkpoint_every: int = 100
