@@ -57,7 +57,9 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
     sets = [f"list_size={args.list_size}", f"batch_size={args.batch_size}", f"candidates={args.candidates}", *args.set]
     if not (exp / "bm25" / "settings.json").is_file():
         res["seconds"]["index"] = round(cli("index", name, "--out", str(exp), "--bm25", "--no-progress", *common, log=log), 1)
-    if not (ranker / "model" / "config.json").is_file():
+    # the elastic ranker is trained when a row needs it, or to train the teacher the static row distils from
+    needs_ranker = not args.teacher or not args.evals or bool({"dense", "fusion"} & set(args.evals.split(",")))
+    if needs_ranker and not (ranker / "model" / "config.json").is_file():
         first = ["--teacher", args.teacher] if args.teacher else ["--teacher-steps", str(args.teacher_steps)]
         res["seconds"]["train-ranker"] = round(cli(
             "train-ranker", str(exp), "--collection", name, "--out", str(ranker), *first, "--steps", str(args.steps),

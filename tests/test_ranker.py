@@ -246,6 +246,11 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
     shutil.copytree(tmp_path / "ranker" / "teacher", tmp_path / "ranker2" / "teacher")
     resumed = train_ranker(again, Searcher.open(exp), progress=False)
     assert ElasticRanker.from_pretrained(resumed).fingerprint() == ElasticRanker.from_pretrained(model).fingerprint()
+    # the same run without hidden-state distillation ends elsewhere: hidden_weight reaches the loss
+    plain = cfg.replace(output_dir=str(tmp_path / "ranker-plain"), hidden_weight=0.0)
+    shutil.copytree(tmp_path / "ranker" / "teacher", tmp_path / "ranker-plain" / "teacher")
+    without = train_ranker(plain, Searcher.open(exp), progress=False)
+    assert ElasticRanker.from_pretrained(without).fingerprint() != ElasticRanker.from_pretrained(model).fingerprint()
     # killed inside the elastic phase, right after its step-2 checkpoint: resumed from it, same weights
     from elasticdenser.training import ranker as trainer
 
