@@ -67,13 +67,13 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
     if not (static / "model" / "config.json").is_file():
         res["seconds"]["train-static"] = round(cli(
             "train-ranker", str(exp), "--collection", name, "--out", str(static), "--teacher", str(teacher),
-            "--steps", str(args.steps), "--points", SMALLEST_RANKER, "--no-progress", *common, "--set", *sets,
+            "--steps", str(args.steps), "--points", args.static_point, "--no-progress", *common, "--set", *sets,
             "static=true", log=log), 1)
     evals = {
         "dense": ["--points", args.query_points, "--ranker", str(ranker / "model")],
         "bm25": ["--first-stage", "bm25", "--points", "full"],
         "fusion": ["--first-stage", "fusion", "--points", "full", "--ranker", str(ranker / "model")],
-        "static": ["--points", "full", "--ranker", str(static / "model"), "--ranker-points", SMALLEST_RANKER],
+        "static": ["--points", "full", "--ranker", str(static / "model"), "--ranker-points", args.static_point],
         # the teacher before the elastic phase: what distillation started from
         "teacher": ["--points", "full", "--ranker", str(teacher), "--ranker-points", "full"],
     }
@@ -155,6 +155,7 @@ def main(argv=None) -> int:
                     "static, teacher; default all)")
     ap.add_argument("--set", nargs="*", default=[], help="more train-ranker settings (KEY=VALUE), e.g. "
                     "lr=1e-4 reorder_layers=true")
+    ap.add_argument("--static-point", default=SMALLEST_RANKER, help="the shape of the static ranker baseline")
     ap.add_argument("--router-slo-ms", type=float, default=0, help="also profile both stages and run the DES ramp "
                     "at this SLO (0: skip)")
     args = ap.parse_args(argv)
