@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-SMALLEST_RANKER = "L3-H6-F768-D384"
+SMALLEST_RANKER = "L6-H3-F384-D384"  # the ranker's smallest default point (ranker_default_points)
 SMALLEST_QUERY = "L3-H6-F768-D192"
 FULL = "L6-H12-F1536-D384"
 

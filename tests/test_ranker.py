@@ -160,11 +160,9 @@ def test_gradients_flow_into_the_shared_weights_from_a_small_point(cross_encoder
     ranker(batch["input_ids"], batch["attention_mask"], small, batch["token_type_ids"]).sum().backward()
     grads = {n: p.grad for n, p in ranker.hf.named_parameters()}
     assert grads["classifier.weight"].abs().sum() > 0 and grads["bert.pooler.dense.weight"].abs().sum() > 0
-    used = ranker.encoder.layers_of(small.layers)[0]
-    unused = sorted(set(range(4)) - set(ranker.encoder.layers_of(small.layers)))[0]
-    assert grads[f"bert.encoder.layer.{used}.intermediate.dense.weight"][: small.ffn].abs().sum() > 0
-    g = grads[f"bert.encoder.layer.{unused}.intermediate.dense.weight"]
-    assert g is None or g.abs().sum() == 0
+    g = grads[f"bert.encoder.layer.{ranker.encoder.layers_of(small.layers)[0]}.intermediate.dense.weight"]
+    assert small.ffn < g.shape[0]  # the neurons a small point drops get no gradient
+    assert g[: small.ffn].abs().sum() > 0 and g[small.ffn:].abs().sum() == 0
 
 
 def test_token_states_of_a_point_are_the_pruned_models_and_distilling_them_pulls_a_small_point_closer(cross_encoder_dir):
@@ -480,3 +478,13 @@ def test_layer_order_keeps_the_depth_whose_list_scores_stay_closest_and_survives
     np.testing.assert_allclose(loaded.score_pairs(PAIRS, small), ranker.score_pairs(PAIRS, small), atol=1e-5)
     with pytest.raises(InvalidInputError, match="at least one candidate list"):
         ranker.reorder_layers([])
+
+
+def test_default_ranker_points_keep_every_layer_and_cut_width_to_a_quarter(cross_encoder_dir):
+    ranker = ElasticRanker.from_pretrained(cross_encoder_dir)
+    space = ranker.encoder.space
+    points = ranker.default_points()
+    assert points[0] == space.full and len(points) == 4
+    assert all(p.layers == space.num_layers and p.width == space.hidden_size for p in points)
+    assert [p.heads for p in points] == sorted({p.heads for p in points}, reverse=True)
+    assert abs(space.flops(points[-1], 32) / space.flops(points[0], 32) - 0.25) < 0.05

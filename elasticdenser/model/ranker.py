@@ -48,9 +48,9 @@ from elasticdenser.model.loading import (
     sentence_transformers_layout,
 )
 from elasticdenser.model.reorder import set_greedy_layer_order
-from elasticdenser.operating_point import OperatingPoint, PointLike
+from elasticdenser.operating_point import ElasticSpace, OperatingPoint, PointLike
 
-__all__ = ["RANKER_ROLE", "ElasticRanker", "load_ranker_parts"]
+__all__ = ["RANKER_ROLE", "ElasticRanker", "load_ranker_parts", "ranker_default_points"]
 
 #: ``role`` in the elastic config of a saved ranker (query encoders have none).
 RANKER_ROLE = "ranker"
@@ -90,6 +90,16 @@ def load_ranker_parts(path: Union[str, os.PathLike, None]) -> Dict[str, Any]:
     return {"model": model, "tokenizer": tokenizer, "elastic": elastic, "new_head": not cross, "source": str(path)}
 
 
+def ranker_default_points(space: ElasticSpace) -> List[OperatingPoint]:
+    """Full depth with all, 3/4, 1/2 and 1/4 of the heads and FFN neurons, at the full width.
+
+    Unlike the query encoder's ladder, the ranker's smaller points keep every layer: a
+    cross-encoder cut to the checkpoint's bottom layers barely learns relevance, while one cut
+    in width at the same FLOPs trains close to its teacher (BENCHMARKS.md, issue 17).
+    """
+    return [space.scaled(1.0, f, f, 1.0) for f in (1.0, 0.75, 0.5, 0.25)]
+
+
 class ElasticRanker(nn.Module):
     """Elastic cross-encoder (see module docstring)."""
 
@@ -111,7 +121,7 @@ class ElasticRanker(nn.Module):
                                       elastic_config=cfg,
                                       source=source)
         if not cfg.get("points"):
-            self.encoder.set_points(self.full_width(p) for p in self.encoder.space.default_points())
+            self.encoder.set_points(ranker_default_points(self.encoder.space))
         drop = getattr(model.config, "classifier_dropout", None)
         self.head_dropout = float(drop if drop is not None else getattr(model.config, "hidden_dropout_prob", 0.0) or 0.0)
         self.source = source
