@@ -27,7 +27,11 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-SMALLEST_RANKER = "L6-H3-F384-D384"  # the ranker's smallest default point (ranker_default_points)
+from elasticdenser.model.ranker import ranker_default_points
+from elasticdenser.operating_point import ElasticSpace
+
+# the smallest default point of a ranker on all-MiniLM-L6-v2 (6 layers, 12 heads, FFN 1536, 384 wide)
+SMALLEST_RANKER = ranker_default_points(ElasticSpace(6, 12, 1536, 384))[-1].name
 SMALLEST_QUERY = "L3-H6-F768-D192"
 FULL = "L6-H12-F1536-D384"
 

@@ -11,6 +11,7 @@ import torch
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.model.loading import UnsupportedModelError
 from elasticdenser.model.ranker import ElasticRanker
+from elasticdenser.operating_point import OperatingPoint
 
 PAIRS = [("who wrote hamlet", "Hamlet is a tragedy written by William Shakespeare."),
          ("capital of france", "Paris is the capital and largest city of France."),
@@ -163,6 +164,16 @@ def test_gradients_flow_into_the_shared_weights_from_a_small_point(cross_encoder
     g = grads[f"bert.encoder.layer.{ranker.encoder.layers_of(small.layers)[0]}.intermediate.dense.weight"]
     assert small.ffn < g.shape[0]  # the neurons a small point drops get no gradient
     assert g[: small.ffn].abs().sum() > 0 and g[small.ffn:].abs().sum() == 0
+    # and a point that cuts depth leaves the layers it drops untouched
+    ranker.hf.zero_grad(set_to_none=True)
+    shallow = OperatingPoint(2, small.heads, small.ffn, small.width)
+    ranker(batch["input_ids"], batch["attention_mask"], shallow, batch["token_type_ids"]).sum().backward()
+    grads = {n: p.grad for n, p in ranker.hf.named_parameters()}
+    used = ranker.encoder.layers_of(shallow.layers)[0]
+    unused = sorted(set(range(4)) - set(ranker.encoder.layers_of(shallow.layers)))[0]
+    assert grads[f"bert.encoder.layer.{used}.intermediate.dense.weight"][: shallow.ffn].abs().sum() > 0
+    g = grads[f"bert.encoder.layer.{unused}.intermediate.dense.weight"]
+    assert g is None or g.abs().sum() == 0
 
 
 def test_token_states_of_a_point_are_the_pruned_models_and_distilling_them_pulls_a_small_point_closer(cross_encoder_dir):
