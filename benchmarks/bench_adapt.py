@@ -81,6 +81,15 @@ def evaluate(exp: Path, collection: str, out: Path, common: List[str], log: Path
     return metrics_of(out)
 
 
+def points_of(sets: List[str]) -> str:
+    """The points a row is evaluated at: those it trained when static (``static=true`` with
+    ``points=[...]``), else the model's default points."""
+    if "static=true" not in sets:
+        return "default"
+    listed = [s.split("=", 1)[1] for s in sets if s.startswith("points=")]
+    return listed[-1].strip("[]") if listed else SMALLEST
+
+
 def bm25(collection: str, data_dir: str) -> dict:
     import bm25s
 
@@ -132,8 +141,7 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
             res.setdefault("sources", {})[row] = json.loads((model / "training_summary.json").read_text())["sources"]
         exp = work / f"exp-{row}"
         index_with(model, base, exp, name, common, log)
-        res["rows"][row] = evaluate(exp, name, work / f"eval-{row}", common, log,
-                                    points=SMALLEST if row == "static" else "default")
+        res["rows"][row] = evaluate(exp, name, work / f"eval-{row}", common, log, points=points_of(extra))
     if "bm25" not in res["rows"]:
         res["rows"]["bm25"] = bm25(name, args.data_dir)
 

@@ -1,6 +1,6 @@
 """ElasticRanker (issue 17): reranking quality and cost per first stage, through the CLI a user runs.
 
-Per collection, in ``--out/<collection>/``: ``index --bm25`` (the untrained retriever + BM25),
+Per collection, in ``--out/<collection>/``: ``index --bm25`` (the retriever, ``--model``, + BM25),
 ``train-ranker`` (teacher, then every ranker point distilled), a static ranker of the smallest
 shape trained the same way (same teacher, same lists, only that shape), then ``evaluate`` rows:
 
@@ -56,19 +56,26 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
     common = ["--data-dir", args.data_dir]
     tag = args.tag
     res = results.setdefault(name + tag, {"rows": {}, "seconds": {}})
-    exp, ranker, static = work / "exp", work / f"ranker{tag}", work / f"ranker-static{tag}"
+    res["rows"] = {}  # re-read below from this run's metrics.json files, so no row of an older run lingers
+    exp = work / "exp"
+    # --rankers-from: rankers trained on another collection, evaluated here as they are (transfer)
+    trained = Path(args.rankers_from) if args.rankers_from else work
+    ranker, static = trained / f"ranker{tag}", trained / f"ranker-static{tag}"
     teacher = Path(args.teacher) if args.teacher else ranker / "teacher"
     sets = [f"list_size={args.list_size}", f"batch_size={args.batch_size}", f"candidates={args.candidates}", *args.set]
     if not (exp / "bm25" / "settings.json").is_file():
-        res["seconds"]["index"] = round(cli("index", name, "--out", str(exp), "--bm25", "--no-progress", *common, log=log), 1)
+        model = ["--model", args.model] if args.model else []
+        res["seconds"]["index"] = round(cli("index", name, "--out", str(exp), "--bm25", "--no-progress", *model, *common,
+                                            log=log), 1)
     # the elastic ranker is trained when a row needs it, or to train the teacher the static row distils from
-    needs_ranker = not args.teacher or not args.evals or bool({"dense", "fusion"} & set(args.evals.split(",")))
+    needs_ranker = not args.rankers_from and (
+        not args.teacher or not args.evals or bool({"dense", "fusion"} & set(args.evals.split(","))))
     if needs_ranker and not (ranker / "model" / "config.json").is_file():
         first = ["--teacher", args.teacher] if args.teacher else ["--teacher-steps", str(args.teacher_steps)]
         res["seconds"]["train-ranker"] = round(cli(
             "train-ranker", str(exp), "--collection", name, "--out", str(ranker), *first, "--steps", str(args.steps),
             "--no-progress", *common, "--set", *sets, log=log), 1)
-    if not (static / "model" / "config.json").is_file():
+    if not args.rankers_from and not (static / "model" / "config.json").is_file():
         res["seconds"]["train-static"] = round(cli(
             "train-ranker", str(exp), "--collection", name, "--out", str(static), "--teacher", str(teacher),
             "--steps", str(args.steps), "--points", args.static_point, "--no-progress", *common, "--set", *sets,
@@ -81,7 +88,7 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
         # the teacher before the elastic phase: what distillation started from
         "teacher": ["--points", "full", "--ranker", str(teacher), "--ranker-points", "full"],
     }
-    if args.teacher:  # its row belongs to the run that trained it
+    if args.teacher or args.rankers_from:  # its row belongs to the run that trained it
         del evals["teacher"]
     if args.evals:
         evals = {k: v for k, v in evals.items() if k in args.evals.split(",")}
@@ -159,6 +166,10 @@ def main(argv=None) -> int:
                     "static, teacher; default all)")
     ap.add_argument("--set", nargs="*", default=[], help="more train-ranker settings (KEY=VALUE), e.g. "
                     "lr=1e-4 reorder_layers=true")
+    ap.add_argument("--model", help="the retriever of a new experiment (default: the untrained all-MiniLM-L6-v2); "
+                    "a model trained by `elasticdenser train` makes the dense smallest rows meaningful")
+    ap.add_argument("--rankers-from", help="a collection's work folder (e.g. runs/rank/squad-sample-test) whose "
+                    "trained rankers (ranker<TAG>, ranker-static<TAG>) are evaluated here without training")
     ap.add_argument("--static-point", default=SMALLEST_RANKER, help="the shape of the static ranker baseline")
     ap.add_argument("--router-slo-ms", type=float, default=0, help="also profile both stages and run the DES ramp "
                     "at this SLO (0: skip)")
