@@ -90,11 +90,12 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
     }
     if args.teacher or args.rankers_from:  # its row belongs to the run that trained it
         del evals["teacher"]
-    if args.evals:
-        evals = {k: v for k, v in evals.items() if k in args.evals.split(",")}
-    for key, extra in evals.items():
+    wanted = args.evals.split(",") if args.evals else list(evals)
+    for key, extra in evals.items():  # --evals picks what runs; every row already measured is read
         out = work / (f"eval-{key}" if key == "bm25" else f"eval-{key}{tag}")  # BM25 is the same in every variant
         if not (out / "metrics.json").is_file():
+            if key not in wanted:
+                continue
             res["seconds"][f"eval-{key}"] = round(cli(
                 "evaluate", str(exp), name, "--out", str(out), "--k", "100", "--max-queries", str(args.max_queries),
                 "--rerank", str(args.rerank), *extra, *common, log=log), 1)
