@@ -4,7 +4,8 @@ On a CPU with bf16 products (AVX512-BF16 or AMX; read at run time by ``cpu.nativ
 measures, in one process, interleaved (every round visits every variant in a fresh random order),
 medians reported:
 
-* the ``torch.mm`` rates (2048^3, fp32 and bf16, 1 and 2 threads): the floors;
+* the ``torch.mm`` rates (2048^3, fp32 and bf16, 1 and 2 threads): the floors; and on one thread
+  at the shapes of the model's weight products for one OpenVINO stream's sub-batch;
 * bulk passage encoding, full point, 512 random nq-sample passages per round, 2 threads, through
   ``encode`` as ``index`` calls it (sorted by length, batch 64, tokenisation included): ONNX
   Runtime fp32 (``index --precision fp32``), torch bf16 autocast (eager), and OpenVINO bf16
@@ -48,6 +49,7 @@ from elasticdenser.data import load_collection
 from elasticdenser.model import fastpath
 from elasticdenser.model.cpu import cpu_features, native_bf16
 from elasticdenser.model.encoder import ElasticEncoder
+from elasticdenser.model.openvino_session import OpenVinoSession
 
 
 def med(xs):
@@ -70,6 +72,27 @@ def mm_rates(rounds: int) -> dict:
             a @ a
             out[key].append(2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9)
     return {k: med(v) for k, v in out.items()}
+
+
+def shape_rates(rows: int, hidden: int, ffn: int, rounds: int = 30) -> dict:
+    """bf16 / fp32 ``torch.mm`` rates on one thread at the shapes of the model's weight products for
+    one stream's sub-batch (``rows`` tokens): how close to the 2048^3 rate the model's own GEMMs
+    can run, so the floor's gap splits into GEMMs vs everything else."""
+    torch.set_num_threads(1)
+    shapes = {"qkvo": (rows, hidden, hidden), "ffn-in": (rows, hidden, ffn), "ffn-out": (rows, ffn, hidden)}
+    out = {}
+    for name, (m, k, n) in shapes.items():
+        for dtype in (torch.float32, torch.bfloat16):
+            a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+            for _ in range(3):
+                a @ b
+            times = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                a @ b
+                times.append(time.perf_counter() - t)
+            out[f"{name} {m}x{k}x{n} {'bf16' if dtype == torch.bfloat16 else 'fp32'} 1T"] = 2 * m * k * n / med(times) / 1e9
+    return out
 
 
 def run_cli(*args: str) -> float:
@@ -166,6 +189,9 @@ def main(argv=None):
         result["bulk"][k] = {"s": med(v), "passages_per_s": n / med(v), "pct_of_bf16_floor": 100 * floor_bf16 / med(v),
                              "pct_of_fp32_floor": 100 * floor_fp32 / med(v)}
     ref = np.concatenate([enc.encode(texts, full, batch_size=64, backend="eager") for texts in passages])
+    space = enc.space
+    result["bulk"]["gemm_gflops_at_model_shapes"] = shape_rates(
+        OpenVinoSession.SUB_BATCH * int(med(lengths)), space.hidden_size, space.intermediate_size)
     result["bulk"]["cosine_min"] = {k: float(cos(np.concatenate(vectors[k]), ref).min())
                                     for k in ("openvino bf16", "eager bf16 autocast")}
     print(json.dumps(result["bulk"], indent=1), flush=True)

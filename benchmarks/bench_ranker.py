@@ -115,14 +115,18 @@ def route(name: str, args, exp: Path, ranker: Path, work: Path, res: dict, log: 
     """The router over both stages: profile every (query point, ranker point, depth) on this machine,
     then the discrete-event ramp 0.2x -> 3x of the capacity of the full pipeline (full query point +
     full ranker at the deepest depth), the router against every static configuration."""
+    from elasticdenser.errors import InvalidInputError
     from elasticdenser.serve.profile import load_profile
 
-    profile = load_profile(exp)
-    if "ranker_fingerprint" not in profile.extra:
+    try:
+        measured = "ranker_fingerprint" in load_profile(exp).extra
+    except InvalidInputError:  # not profiled yet
+        measured = False
+    if not measured:
         res["seconds"]["profile"] = round(cli(
             "profile", str(exp), "--data-dir", args.data_dir, "--max-queries", "100", "--batch-sizes", "1,2,4,8,16,32",
             "--ranker", str(ranker / "model"), "--rerank-depths", "10,20", log=log), 1)
-        profile = load_profile(exp)
+    profile = load_profile(exp)
     policies = ["router"] + [f"static:{n}" for n in profile.points]
     out = work / "ramp.json"
     cli("simulate", "--profile", str(exp), "--slo-ms", str(args.router_slo_ms), "--policies", ",".join(policies),
