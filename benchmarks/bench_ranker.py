@@ -128,10 +128,12 @@ def route(name: str, args, exp: Path, ranker: Path, work: Path, res: dict, log: 
             "--ranker", str(ranker / "model"), "--rerank-depths", "10,20", log=log), 1)
     profile = load_profile(exp)
     policies = ["router"] + [f"static:{n}" for n in profile.points]
-    out = work / "ramp.json"
+    margin = ["--margin", str(args.router_margin)] if args.router_margin else []
+    key = f"ramp-margin{args.router_margin:g}" if args.router_margin else "ramp"
+    out = work / f"{key}.json"
     cli("simulate", "--profile", str(exp), "--slo-ms", str(args.router_slo_ms), "--policies", ",".join(policies),
-        "--trace", "ramp:lo=0.2x,hi=3x,duration=300,hold=0.2,base=0.15", "--json", str(out), log=log)
-    res["ramp"] = {"slo_ms": args.router_slo_ms, **json.loads(out.read_text())}
+        "--trace", "ramp:lo=0.2x,hi=3x,duration=300,hold=0.2,base=0.15", "--json", str(out), *margin, log=log)
+    res[key] = {"slo_ms": args.router_slo_ms, "margin": args.router_margin or "default", **json.loads(out.read_text())}
 
 
 def table(results: dict) -> str:
@@ -178,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--static-point", default=SMALLEST_RANKER, help="the shape of the static ranker baseline")
     ap.add_argument("--router-slo-ms", type=float, default=0, help="also profile both stages and run the DES ramp "
                     "at this SLO (0: skip)")
+    ap.add_argument("--router-margin", type=float, default=0, help="the router's utilisation margin in the DES ramp "
+                    "(0: the router's default); results key ramp-margin<M>")
     args = ap.parse_args(argv)
     if not args.data_dir:
         raise SystemExit("--data-dir or $ELASTICDENSER_DATA is needed")
