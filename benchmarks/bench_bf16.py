@@ -12,6 +12,8 @@ medians reported:
   (``index --precision auto`` there), as passages/s and as % of the bf16 floor: the strict one,
   ``ElasticSpace.flops`` of every passage at its own length (no padding) over the bf16 2-thread
   ``torch.mm`` rate of the same run;
+* with ``--sub-batches``, the OpenVINO bf16 bulk path also at other rows per stream
+  (``OpenVinoSession.SUB_BATCH``), interleaved with the rest;
 * query batches per default point: ONNX Runtime fp32 vs OpenVINO bf16 at batch 1, 4, 8, 16 and 32,
   threads as the serving path picks them (1 thread up to 4 rows, else 2): the crossover that
   ``fastpath.AUTO_BF16_MIN_BATCH`` is set from;
@@ -128,6 +130,8 @@ def main(argv=None):
     ap.add_argument("--passages", type=int, default=512, help="passages per bulk round")
     ap.add_argument("--passage-rounds", type=int, default=3)
     ap.add_argument("--query-rounds", type=int, default=30)
+    ap.add_argument("--sub-batches", default="", help="also OpenVINO bf16 with these rows per stream "
+                    "(OpenVinoSession.SUB_BATCH; comma-separated, each <= 32 at batch 64 over 2 streams)")
     ap.add_argument("--cli", action="store_true", help="also index + evaluate nq-sample in fp32 and bf16 via the CLI")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -160,8 +164,16 @@ def main(argv=None):
     bulk = {"onnx fp32": {"backend": "onnx"}, "openvino bf16": {"backend": "openvino"},
             "eager bf16 autocast": {"backend": "eager", "bf16": True}}
 
+    default_sub_batch = OpenVinoSession.SUB_BATCH
+    sub_batch = {}  # variant -> rows per stream; every other variant runs the default
+    for rows in [int(x) for x in args.sub_batches.split(",") if x.strip()]:
+        if rows != default_sub_batch:
+            sub_batch[f"openvino bf16, sub-batch {rows}"] = rows
+            bulk[f"openvino bf16, sub-batch {rows}"] = {"backend": "openvino"}
+
     def encode(name, texts):  # what `index` runs: encode_texts -> encode(batch_size=64), sorted by length
         torch.set_num_threads(2)
+        OpenVinoSession.SUB_BATCH = sub_batch.get(name, default_sub_batch)
         return enc.encode(texts, full, batch_size=64, **bulk[name])
 
     for name in bulk:
@@ -176,6 +188,7 @@ def main(argv=None):
             times[k].append(time.perf_counter() - t)
         for k, v in mm_rates(1).items():
             rates[k].append(v)
+    OpenVinoSession.SUB_BATCH = default_sub_batch  # the query section runs the default
     rate = {k: med(v) for k, v in rates.items()}
     # the strict floor: every passage's own tokens (no padding), at the bf16 matmul rate of this run
     lengths = [len(ids) for texts in passages for ids in enc.tokenizer(texts, truncation=True,
@@ -191,7 +204,7 @@ def main(argv=None):
     ref = np.concatenate([enc.encode(texts, full, batch_size=64, backend="eager") for texts in passages])
     space = enc.space
     result["bulk"]["gemm_gflops_at_model_shapes"] = shape_rates(
-        OpenVinoSession.SUB_BATCH * int(med(lengths)), space.hidden_size, space.intermediate_size)
+        default_sub_batch * int(med(lengths)), space.hidden_size, space.intermediate_size)
     result["bulk"]["cosine_min"] = {k: float(cos(np.concatenate(vectors[k]), ref).min())
                                     for k in ("openvino bf16", "eager bf16 autocast")}
     print(json.dumps(result["bulk"], indent=1), flush=True)
