@@ -12,6 +12,8 @@ every source), ``index --model TRAINED`` (the document tower re-uses the encoded
 - ``pool``: the NQ/TriviaQA pool alone against this corpus's documents (the old CLI default);
 - ``adapted``: the sources under test (default: the CLI default, pseudo-queries 1:1 with the pool);
 - ``static``: a static model of the smallest shape, adapted the same way (``--static-on``);
+- ``query-log``: the collection's training questions as an unlabeled query log (their text only,
+  through ``train --queries FILE``, the path of a user who has a log; ``--query-log-on``);
 - ``bm25``: bm25s, the lexical anchor.
 
 Resumable: a step whose output exists is skipped, so collections can be run one at a time::
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Dict, List
 
 COLLECTIONS = ["nq-sample", "squad-sample", "scifact", "trec-dl", "cacm", "cranfield"]
-ROWS = ["untrained", "nq-trained", "pool", "adapted", "static", "bm25"]
+ROWS = ["untrained", "nq-trained", "pool", "adapted", "query-log", "static", "bm25"]
 #: the main job's training stage (elasticdenser.training.stage.PIPELINE_TRAIN_DEFAULTS), label-free
 TRAIN_SET = ["batch_size=16", "sampling=sandwich", "num_random=1", "lr=3e-4", "warmup_steps=10",
              "reorder_samples=64", "reorder_documents=256", "val_size=64", "eval_every=0", "checkpoint_every=100",
@@ -90,6 +92,19 @@ def points_of(sets: List[str]) -> str:
     return listed[-1].strip("[]") if listed else SMALLEST
 
 
+def write_query_log(collection: str, data_dir: str, path: Path) -> Path:
+    """The collection's training questions, text only (one per line): an unlabeled query log."""
+    from elasticdenser.data import load_collection
+
+    texts = [" ".join(q.text.split()) for q in load_collection(collection, data_dir).train_queries]
+    if not texts:
+        raise SystemExit(f"{collection} has no training questions to serve as a query log")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def bm25(collection: str, data_dir: str) -> dict:
     import bm25s
 
@@ -127,6 +142,8 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
         row, sources, sets = (spec.split("|") + ["", ""])[:3]
         variants.append((row, [a for src in sources.split() for a in ("--source", src)] or variants[1][1],
                          [x for x in sets.split(";") if x]))
+    if name in args.query_log_on:
+        variants.append(("query-log", ["--queries", str(write_query_log(name, args.data_dir, work / "query-log.txt"))], []))
     if name in args.static_on:
         variants.append(("static", [a for s in args.adapted for a in ("--source", s)], ["static=true", f"points=[{SMALLEST}]"]))
     variants = [v for v in variants if v[0] not in args.skip_rows]
@@ -186,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nq-model", default=None,
                     help="model for the nq-trained row (default: nq-sample's pool row, trained first)")
     ap.add_argument("--static-on", default="scifact,trec-dl")
+    ap.add_argument("--query-log-on", default="scifact",
+                    help="collections whose training questions (text only) also train a query-log row")
     ap.add_argument("--skip-rows", default="", help="comma-separated trained rows not to run (e.g. pool)")
     ap.add_argument("--extra-row", action="append", default=[], metavar="NAME|SOURCES|SETS",
                     help="an ablation row: sources (space-separated; default the adapted row's) and --set "
@@ -196,6 +215,7 @@ def main(argv=None) -> int:
         ap.error("--data-dir or $ELASTICDENSER_DATA is needed")
     args.adapted = args.adapted or ["pool@1", "pseudo@1"]
     args.static_on = [c for c in args.static_on.split(",") if c]
+    args.query_log_on = [c for c in args.query_log_on.split(",") if c]
     args.skip_rows = [r for r in args.skip_rows.split(",") if r]
     out = Path(args.out)
     results_path = Path(args.results)

@@ -5,6 +5,7 @@ embeddings, and the memory-bounded candidate path.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,15 +108,17 @@ def test_pseudo_queries_are_seeded_distinct_and_query_sized(data_dir):
     from elasticdenser.data.pseudo import pseudo_queries
 
     docs = list(data.load_collection("scifact", data_dir).corpus)[:300]
-    a = pseudo_queries(docs, 500, seed=3)
-    assert [q.text for q in a] == [q.text for q in pseudo_queries(docs, 500, seed=3)]
-    assert [q.text for q in a] != [q.text for q in pseudo_queries(docs, 500, seed=4)]
+    a = pseudo_queries(docs, 500, seed=3, kind="span")
+    assert [q.text for q in a] == [q.text for q in pseudo_queries(docs, 500, seed=3, kind="span")]
+    assert [q.text for q in a] != [q.text for q in pseudo_queries(docs, 500, seed=4, kind="span")]
     assert len(a) == 500 and len({normalize_question(q.text) for q in a}) == 500
     assert all(4 <= len(q.text.split()) <= 16 for q in a)
     bodies = [" ".join(d.text.split()) for d in docs]
     assert all(any(q.text in b for b in bodies) for q in a[:50])  # spans of the corpus's own text
-    sentences = pseudo_queries(docs, 100, seed=3, kind="sentence")
-    assert all(len(q.text.split()) <= 16 for q in sentences) and len(sentences) == 100
+    sentences = pseudo_queries(docs, 100, seed=3)  # the default recipe
+    assert all(4 <= len(q.text.split()) <= 16 for q in sentences) and len(sentences) == 100
+    opening = [part for b in bodies for part in re.split(r"(?<=[.!?])\s+", b)]
+    assert all(any(part.startswith(q.text) for part in opening) for q in sentences)  # each opens a sentence
 
 
 # ------------------------------------------------------------------------------- mixing + guard

@@ -50,9 +50,11 @@ class TrainConfig(ConfigFile):
     #: pool, pseudo, file:PATH, hf:PATH. None = pseudo-queries of the corpus, mixed 1:1 with the
     #: built-in pool when its files are in the data directory
     sources: Optional[List[str]] = None
-    #: pseudo-queries cut from the corpus (source ``pseudo``): how many, recipe, length in words
+    #: pseudo-queries cut from the corpus (source ``pseudo``): how many, recipe, length in words.
+    #: "sentence" (since 0.9.0; "span" before): whole sentences read more like real queries than
+    #: runs of words cut mid-sentence, and the smallest point keeps more on every corpus measured
     pseudo_queries: int = 20000
-    pseudo_kind: str = "span"
+    pseudo_kind: str = "sentence"
     pseudo_min_words: int = 4
     pseudo_max_words: int = 16
     #: an experiment directory whose stored document embeddings training reads (memory-mapped)

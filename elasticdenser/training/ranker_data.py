@@ -54,7 +54,7 @@ def training_questions(coll, *, labels: bool = True, pseudo: int = 0, seed: int 
                 dropped["no positive"] = dropped.get("no positive", 0) + 1
     if pseudo:
         docs = list(coll.corpus)
-        made = pseudo_queries(docs, pseudo, seed=seed)
+        made = pseudo_queries(docs, pseudo, seed=seed, kind="span")  # the recipe the ranker rows were measured with
         kept, gone = check_leakage(list(made), protected, drop_overlap=True, pool_name="pseudo-queries")
         dropped["pseudo leakage"] = len(gone)
         for q in kept:
