@@ -228,7 +228,7 @@ def main(argv=None) -> int:
         work = out / name
         work.mkdir(parents=True, exist_ok=True)
         run_collection(name, args, work, results)
-        if name == "nq-sample" and args.nq_model is None:
+        if name == "nq-sample" and args.nq_model is None and "pool" in results[name]["rows"]:
             results[name]["rows"]["nq-trained"] = results[name]["rows"]["pool"]
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1))
