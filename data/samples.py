@@ -39,7 +39,7 @@ from elasticdenser.data.dpr import dpr_examples_to_collection, load_dpr_biencode
 from elasticdenser.data.formats import data_file, iter_jsonl, load_nq_open, load_qa_pairs, load_tsv_queries, open_text
 from elasticdenser.data.leakage import check_leakage
 from elasticdenser.data.local import load_squad
-from elasticdenser.data.splits import load_squad_sample_test
+from elasticdenser.data.splits import load_nq_sample_test, load_squad_sample_test
 from elasticdenser.data.trec import check_qrels, load_trec_qrels
 from elasticdenser.data.types import Collection, Corpus, Document, Qrels, Query
 from elasticdenser.errors import InvalidInputError, StateError
@@ -388,6 +388,8 @@ SAMPLES: Dict[str, SampleSpec] = {
                    "NQ test questions (2,655) over their gold passages + DPR distractors (4,351 passages)"),
         SampleSpec("squad-sample", load_squad_sample, "SQuAD v1.1 dev: 10,570 questions over 2,067 paragraphs"),
         SampleSpec("squad-sample-test", load_squad_sample_test, "squad-sample's odd articles to test, even articles to train"),
+        SampleSpec("nq-sample-test", load_nq_sample_test,
+                   "nq-sample split by Wikipedia article: half the questions to test, half to train"),
         SampleSpec("scifact", load_scifact, "BEIR SciFact test (300 claims, 5,183 abstracts) + 809 train claims"),
         SampleSpec("trec-dl", load_trec_dl, "TREC DL 2019+2020 passage: 97 judged topics, graded qrels, 24,884-passage pool"),
         SampleSpec("cacm", load_cacm, "CACM: 52 judged topics, binary qrels, 3,204 abstracts"),

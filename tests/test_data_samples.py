@@ -240,3 +240,25 @@ def test_cacm_cranfield_and_climate_fever(data_dir):
     assert cf.skipped == {"claims without SUPPORTS/REFUTES evidence (not evaluable)": 474}
     assert cf.qrels["0"] == {"Global warming:14": 1, "Habitat destruction:61": 1}  # SUPPORTS/REFUTES only
     assert cf.corpus.get("Global warming:14").title == "Global warming"
+
+
+@pytest.mark.parametrize("name,base", [("squad-sample-test", "squad-sample"), ("nq-sample-test", "nq-sample")])
+def test_article_splits_keep_every_question_once_and_no_article_on_both_sides(data_dir, name, base):
+    split, full = load_collection(name, data_dir), load_collection(base, data_dir)
+    test_ids = {q.query_id for q in split.queries}
+    train = [q for q in split.train_queries if q.query_id not in {t.query_id for t in full.train_queries}]
+    assert test_ids.isdisjoint(q.query_id for q in train)
+    assert test_ids | {q.query_id for q in train} == {q.query_id for q in full.queries}
+    assert 0.35 < len(test_ids) / len(full.queries) < 0.65
+    assert set(split.qrels) == test_ids
+    title = {d.doc_id: d.title for d in full.corpus}
+    side = {}
+    for q in full.queries:
+        for doc in full.qrels[q.query_id]:
+            side.setdefault(title[doc], set()).add(q.query_id in test_ids)
+    assert all(len(s) == 1 for s in side.values())  # an article's questions all on one side
+    assert all(split.train_positives[q.query_id] == list(full.qrels[q.query_id]) for q in train)
+    kept, dropped = check_leakage(split.train_queries, [split], drop_overlap=True)
+    assert len(kept) == len(split.train_queries) and not dropped
+    with pytest.raises(LeakageError):
+        check_leakage(split.queries[:3], [split])
