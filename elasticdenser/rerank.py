@@ -1,8 +1,14 @@
 """Reranking a first stage's candidates with an :class:`~elasticdenser.model.ranker.ElasticRanker`.
 
 The one rule for what a reranked list is: the first ``depth`` candidates re-ordered by the
-ranker's logit (which becomes their score); candidates beyond ``depth`` follow in first-stage
+ranker's score (which becomes their score); candidates beyond ``depth`` follow in first-stage
 order, scored below every reranked one, so a run scored by ranx ranks exactly as the list reads.
+
+The ranker's score is its logit, or, for a ranker trained with a first-stage weight ``w`` for
+that point (:attr:`ElasticRanker.first_stage_weights`, chosen on held-out training lists), the
+interpolation ``(1 - w) z(logit) + w z(first-stage score)`` with both standardised over the
+list: a ranker that is weak on a corpus keeps what its first stage already got right, and the
+first stage's scale (cosine, BM25, reciprocal rank) does not matter.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import numpy as np
 
 from elasticdenser.errors import InvalidInputError
 
-__all__ = ["check_depth", "rerank_lists"]
+__all__ = ["check_depth", "interpolate", "rerank_lists"]
 
 
 def check_depth(depth) -> int:
@@ -22,20 +28,38 @@ def check_depth(depth) -> int:
     return int(depth)
 
 
+def interpolate(logits: Sequence[float], first_scores: Sequence[float], weight: float) -> np.ndarray:
+    """``(1 - weight) z(logits) + weight z(first_scores)``, z standardising over the list (the logits
+    unchanged when ``weight`` is 0)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if not weight:
+        return logits
+
+    def z(x: np.ndarray) -> np.ndarray:
+        return (x - x.mean()) / (x.std() or 1.0)
+
+    return (1.0 - weight) * z(logits) + weight * z(np.asarray(first_scores, dtype=np.float64))
+
+
 def rerank_lists(ranker, queries: Sequence[str], passages: Sequence[Sequence[str]], depth: int, point=None,
-                 backend: Optional[str] = "auto", batch_size: int = 32) -> List[Tuple[List[int], List[float]]]:
+                 backend: Optional[str] = "auto", batch_size: int = 32,
+                 first_scores: Optional[Sequence[Sequence[float]]] = None) -> List[Tuple[List[int], List[float]]]:
     """Per query: the new order (positions into its candidate list) and the scores in that order.
 
     All (query, passage) pairs of the batch are scored in one call, so a batch of queries costs
-    one pass over ``len(queries) x depth`` pairs.
+    one pass over ``len(queries) x depth`` pairs. ``first_scores`` (the first stage's scores, list
+    by list) are interpolated in with the ranker's weight for ``point`` (see the module docstring).
     """
     depth = check_depth(depth)
     pairs = [(q, p) for q, ps in zip(queries, passages) for p in list(ps)[:depth]]
     logits = ranker.score_pairs(pairs, point, batch_size=batch_size, backend=backend) if pairs else np.zeros(0)
+    weight = ranker.first_stage_weight(point) if first_scores is not None else 0.0
     out, start = [], 0
-    for ps in passages:
+    for j, ps in enumerate(passages):
         n = min(depth, len(ps))
         top = logits[start : start + n]
+        if weight and n:
+            top = interpolate(top, list(first_scores[j])[:n], weight)
         start += n
         order = sorted(range(n), key=lambda i: -float(top[i]))
         scores = [float(top[i]) for i in order]

@@ -148,7 +148,8 @@ class Searcher:
         if self.ranker is None:
             raise StateError("rerank needs a ranker: Searcher.open(..., ranker=DIR) or attach_ranker()")
         rp = self.ranker.resolve_point(ranker_point)
-        return rerank_lists(self.ranker, texts, [[h.contents for h in hs] for hs in hits], depth, rp, self.backend), rp
+        return rerank_lists(self.ranker, texts, [[h.contents for h in hs] for hs in hits], depth, rp, self.backend,
+                            first_scores=[[h.score for h in hs] for hs in hits]), rp
 
     @staticmethod
     def _reordered(hits: List[Hit], order: List[int], scores: List[float]) -> List[Hit]:
@@ -353,12 +354,13 @@ class Searcher:
                                          first_stage, fusion)
         name = {"dense": p.name, "bm25": "bm25"}.get(first_stage, f"{p.name}+bm25-{fusion}")
         if depth and keep:
-            valid = [rows[j][rows[j] >= 0] for j in range(len(keep))]
-            lists, rp = self._rerank([texts[i] for i in keep], [[self._hit(int(r), 0.0) for r in v] for v in valid],
-                                     depth, ranker_point)
+            valid = [rows[j] >= 0 for j in range(len(keep))]
+            lists, rp = self._rerank([texts[i] for i in keep],
+                                     [[self._hit(int(r), float(sc)) for r, sc in zip(rows[j][v], scores[j][v])]
+                                      for j, v in enumerate(valid)], depth, ranker_point)
             for j, (order, new_scores) in enumerate(lists):
                 n = len(order)
-                rows[j, :n], scores[j, :n] = valid[j][order], new_scores
+                rows[j, :n], scores[j, :n] = rows[j][valid[j]][order], new_scores
             name = f"{name}+{rp.name}@{depth}"
         results, ranked = {}, {}
         for j, i in enumerate(keep):

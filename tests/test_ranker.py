@@ -248,6 +248,11 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
     summary = json.loads((model / "ranker_summary.json").read_text())
     assert summary["questions"] == len(coll.train_queries) and summary["phases"]["elastic"]["steps"] == 4
     assert (tmp_path / "ranker" / "teacher" / "config.json").is_file()
+    # the first stage's weight per point, chosen on held-out labelled lists, is saved with the ranker
+    chosen = summary["first_stage_weights"]
+    names = [p.name for p in ElasticRanker.from_pretrained(model).default_points()]
+    assert chosen["dev_lists"] > 0 and all(str(chosen[n]["weight"]) in chosen[n]["by_weight"] for n in names)
+    assert ElasticRanker.from_pretrained(model).first_stage_weights == {n: chosen[n]["weight"] for n in names}
     # a resumed run: kill after the teacher, start again -> the same final weights
     again = cfg.replace(output_dir=str(tmp_path / "ranker2"))
     import shutil
@@ -282,6 +287,7 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
     assert ElasticRanker.from_pretrained(final).fingerprint() == ElasticRanker.from_pretrained(model).fingerprint()
 
     searcher = Searcher.open(exp, ranker=model)
+    searcher.ranker.first_stage_weights = {}  # the logit alone first
     plain = searcher.search(coll.queries[0].text, k=5, point="full")
     reranked = searcher.search(coll.queries[0].text, k=5, point="full", rerank=8)
     small = searcher.ranker.default_points()[-1]
@@ -299,6 +305,22 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
     single = searcher.search(coll.queries[0].text, k=10, point="full", rerank=8, ranker_point=small)
     assert [h.doc_id for h in single.hits] == sorted(first, key=lambda d: -first[d])  # search == batch_search
     assert 0.0 <= evaluate(coll.qrels, run, ["ndcg@10"])["ndcg@10"] <= 1.0
+    # with a first-stage weight: 1 keeps the first stage's order, 0.5 scores the interpolation, in both paths
+    from elasticdenser.rerank import interpolate
+
+    q = coll.queries[0]
+    dense = searcher.search(q.text, k=8, point="full").hits
+    searcher.ranker.first_stage_weights = {small.name: 1.0}
+    assert [h.doc_id for h in searcher.search(q.text, k=8, point="full", rerank=8, ranker_point=small).hits] == \
+        [h.doc_id for h in dense]
+    first = searcher.batch_search([q], k=8, point="full", rerank=8, ranker_point=small).to_dict()[q.query_id]
+    assert sorted(first, key=lambda d: -first[d]) == [h.doc_id for h in dense]
+    searcher.ranker.first_stage_weights = {small.name: 0.5}
+    mixed = searcher.search(q.text, k=8, point="full", rerank=8, ranker_point=small).hits
+    want = interpolate(searcher.ranker.score(q.text, [h.contents for h in dense], small), [h.score for h in dense], 0.5)
+    np.testing.assert_allclose([h.score for h in mixed], sorted(want, reverse=True), atol=1e-4)
+    first = searcher.batch_search([q], k=8, point="full", rerank=8, ranker_point=small).to_dict()[q.query_id]
+    assert sorted(first, key=lambda d: -first[d]) == [h.doc_id for h in mixed]
     with pytest.raises(InvalidInputError, match="rerank depth"):
         searcher.search("x", rerank=-1)
     from elasticdenser.errors import StateError
@@ -499,3 +521,34 @@ def test_default_ranker_points_keep_every_layer_and_cut_width_to_a_quarter(cross
     assert all(p.layers == space.num_layers and p.width == space.hidden_size for p in points)
     assert [p.heads for p in points] == sorted({p.heads for p in points}, reverse=True)
     assert abs(space.flops(points[-1], 32) / space.flops(points[0], 32) - 0.25) < 0.05
+
+
+def test_first_stage_weight_follows_whichever_score_ranks_the_held_out_positives_first():
+    from types import SimpleNamespace
+
+    from elasticdenser.rerank import interpolate
+    from elasticdenser.training.ranker_data import RankerExample
+    from elasticdenser.training.ranker_weights import choose_first_stage_weights, split_dev_lists
+
+    def lists(first_stage_right: bool):
+        out = []
+        for i in range(20):
+            cands = [(f"q{i}-d{j}", f"q{i} passage {j}") for j in range(6)]
+            scores = [6.0 - j for j in range(6)]  # the first stage ranks d0 first
+            positive = cands[0] if first_stage_right else cands[5]
+            out.append(RankerExample(f"q{i}", cands, [positive], scores))
+        return out
+
+    point = SimpleNamespace(name="P")
+    ranker = SimpleNamespace(  # ranks every list's d5 first (a perfect ranker when d5 is the positive)
+        score_pairs=lambda pairs, p: np.array([float(t.endswith(" 5")) for _, t in pairs]),
+        resolve_point=lambda p: point)
+    assert choose_first_stage_weights(ranker, lists(False), [point])["P"]["weight"] == 0.0
+    right = choose_first_stage_weights(ranker, lists(True), [point])["P"]
+    # the smallest weight at which the first stage's d0 overtakes the ranker's d5 (ties go to the ranker)
+    assert right["weight"] == 0.5 and right["mrr@10"] == 1.0 and right["by_weight"][0.4] < 1.0
+    np.testing.assert_array_equal(interpolate([3.0, 1.0], [0.0, 9.0], 0.0), [3.0, 1.0])
+    np.testing.assert_allclose(interpolate([3.0, 1.0, 2.0], [10.0, 30.0, 20.0], 0.5),
+                               interpolate([3.0, 1.0, 2.0], [1.0, 3.0, 2.0], 0.5))  # the first stage's scale is moot
+    train, dev = split_dev_lists(lists(True), 100, seed=0)
+    assert len(dev) == 4 and len(train) == 16 and not {id(x) for x in dev} & {id(x) for x in train}

@@ -126,6 +126,10 @@ class ElasticRanker(nn.Module):
         self.head_dropout = float(drop if drop is not None else getattr(model.config, "hidden_dropout_prob", 0.0) or 0.0)
         self.source = source
         self.new_head = bool(new_head)
+        #: per ranker point name: the weight of the first stage's score in the reranked score
+        #: (:func:`elasticdenser.rerank.interpolate`), chosen by training on held-out lists; absent = 0
+        self.first_stage_weights: Dict[str, float] = {
+            str(k): float(v) for k, v in (cfg.get("first_stage_weights") or {}).items()}
         self.train(False)
 
     @classmethod
@@ -152,6 +156,10 @@ class ElasticRanker(nn.Module):
 
     def default_points(self) -> List[OperatingPoint]:
         return self.encoder.default_points()
+
+    def first_stage_weight(self, point: PointLike = None) -> float:
+        """The first stage's weight when ``point`` reranks (0: the logit alone)."""
+        return self.first_stage_weights.get(self.resolve_point(point).name, 0.0)
 
     @property
     def tokenizer(self):
@@ -303,7 +311,8 @@ class ElasticRanker(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def elastic_config(self) -> dict:
-        return {**self.encoder.elastic_config(), "role": RANKER_ROLE}
+        weights = {"first_stage_weights": dict(self.first_stage_weights)} if self.first_stage_weights else {}
+        return {**self.encoder.elastic_config(), "role": RANKER_ROLE, **weights}
 
     def save_pretrained(self, path: Union[str, os.PathLike]) -> Path:
         """The HF cross-encoder files (loadable by any tool) plus ``elastic_config.json``."""

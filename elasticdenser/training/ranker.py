@@ -10,6 +10,9 @@
    the list has a positive (``label_weight``), and, with ``hidden_weight``, the squared difference
    between the point's last token states and the teacher's (DynaBERT's hidden-state distillation).
    Unlabelled lists need only the teacher.
+3. **First-stage weights** (``first_stage_weight``): per point, how much of the first stage's score
+   the reranked score keeps, chosen on ``dev_questions`` labelled lists held out of both phases
+   (:mod:`elasticdenser.training.ranker_weights`) and saved with the ranker.
 
 Checkpoints (``checkpoint_every``) hold weights, optimiser, scheduler, RNG, phase and step, written
 atomically; a run started again with the same ``output_dir`` resumes from the last one. The final
@@ -90,6 +93,10 @@ class RankerConfig(ConfigFile):
     #: weight of the mean squared difference between a point's last token states and the teacher's (every
     #: non-padding token): a denser signal than the listwise KL's one number per pair; off until it is measured to help
     hidden_weight: float = 0.0
+    #: the first stage's weight in every point's reranked score (``elasticdenser.rerank.interpolate``):
+    #: None = chosen per point on ``dev_questions`` labelled lists held out of training; 0 = the logit alone
+    first_stage_weight: Optional[float] = None
+    dev_questions: int = 100
     seed: int = 42
     checkpoint_every: int = 100
     keep_checkpoints: int = 1
@@ -103,6 +110,9 @@ class RankerConfig(ConfigFile):
         self.check_bounds(("teacher_steps", "steps", "num_random", "pseudo_queries", "reorder_lists", "teacher_lr", "lr",
                            "weight_decay", "max_grad_norm", "label_weight", "distill_weight", "hidden_weight"), 0)
         self.check_bounds(("distill_temperature",), 0, strict=True)
+        self.check_bounds(("dev_questions",), 0)
+        if self.first_stage_weight is not None and not 0 <= float(self.first_stage_weight) <= 1:
+            raise InvalidInputError(f"ranker config: first_stage_weight must be in [0, 1], got {self.first_stage_weight!r}")
         if not self.experiment:
             raise InvalidInputError("ranker config: experiment (the first stage whose candidates the ranker learns "
                                     "to rerank) is required")
@@ -181,6 +191,7 @@ def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callab
     from elasticdenser.training.checkpoint import set_rng_state
     from elasticdenser.training.distributed import allreduce_gradients, broadcast_parameters
     from elasticdenser.training.ranker_data import build_list, first_stage_lists, training_questions
+    from elasticdenser.training.ranker_weights import choose_first_stage_weights, split_dev_lists
     from elasticdenser.training.sampling import PointSampler, lr_lambda
 
     out = Path(cfg.output_dir)
@@ -199,6 +210,10 @@ def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callab
     passages = {d.doc_id: d.contents for d in coll.corpus}
     log_fn(f"first stage: {len(questions)} questions x {cfg.candidates} candidates from {cfg.experiment}")
     examples = first_stage_lists(first_stage, questions, passages, cfg.candidates, cfg.first_stage_point)
+    dev: list = []
+    if cfg.first_stage_weight is None and cfg.dev_questions:
+        examples, dev = split_dev_lists(examples, cfg.dev_questions, cfg.seed + 29)
+        log_fn(f"{len(dev)} labelled lists held out to choose the first stage's weight per point")
     # a given teacher is also where the student starts (its sub-networks are what gets distilled)
     ranker = ElasticRanker.from_pretrained(cfg.model or cfg.teacher, max_length=cfg.max_length)
     if cfg.points:
@@ -318,6 +333,14 @@ def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callab
                     shutil.rmtree(done, ignore_errors=True)
             dist.barrier()
             teacher = copy.deepcopy(ranker)
+    if cfg.first_stage_weight is not None:
+        ranker.first_stage_weights = {p.name: float(cfg.first_stage_weight) for p in ranker.default_points()
+                                      if cfg.first_stage_weight}
+    elif dev and dist.main:
+        chosen = choose_first_stage_weights(ranker, dev, ranker.default_points())
+        ranker.first_stage_weights = {name: float(c["weight"]) for name, c in chosen.items()}
+        summary["first_stage_weights"] = {"dev_lists": len(dev), **chosen}
+        log_fn(f"first-stage weights (on {len(dev)} held-out lists): {ranker.first_stage_weights}")
     summary.update(seconds=round(time.time() - t0, 1), points=[p.name for p in ranker.default_points()],
                    teacher=cfg.teacher or str(out / "teacher"), fingerprint=ranker.fingerprint())
     if dist.main:

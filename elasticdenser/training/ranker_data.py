@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from elasticdenser.errors import InvalidInputError
@@ -32,6 +32,8 @@ class RankerExample:
     candidates: List[Tuple[str, str]]
     #: labelled positives present in the corpus: (doc id, passage text); empty when unlabelled
     positives: List[Tuple[str, str]]
+    #: the first stage's score of each candidate (what a first-stage weight interpolates with)
+    scores: List[float] = field(default_factory=list)
 
 
 def training_questions(coll, *, labels: bool = True, pseudo: int = 0, seed: int = 0,
@@ -73,7 +75,8 @@ def first_stage_lists(searcher, questions: Sequence[Tuple[str, List[str]]], pass
     out = []
     for (query, positive_ids), ranked in zip(questions, hits):
         positives = [(d, passages[d]) for d in positive_ids if d in passages]
-        out.append(RankerExample(query, [(h.doc_id, passages.get(h.doc_id, h.text)) for h in ranked], positives))
+        out.append(RankerExample(query, [(h.doc_id, passages.get(h.doc_id, h.text)) for h in ranked], positives,
+                                 [float(h.score) for h in ranked]))
     return out
 
 
