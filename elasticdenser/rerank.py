@@ -18,7 +18,7 @@ import numpy as np
 
 from elasticdenser.errors import InvalidInputError
 
-__all__ = ["check_depth", "interpolate", "rerank_lists"]
+__all__ = ["check_depth", "interpolate", "rerank_lists", "reranked"]
 
 
 def check_depth(depth) -> int:
@@ -57,13 +57,18 @@ def rerank_lists(ranker, queries: Sequence[str], passages: Sequence[Sequence[str
     out, start = [], 0
     for j, ps in enumerate(passages):
         n = min(depth, len(ps))
-        top = logits[start : start + n]
-        if weight and n:
-            top = interpolate(top, list(first_scores[j])[:n], weight)
+        out.append(reranked(logits[start : start + n], list(first_scores[j])[:n] if weight else None, len(ps), weight))
         start += n
-        order = sorted(range(n), key=lambda i: -float(top[i]))
-        scores = [float(top[i]) for i in order]
-        floor = (min(scores) if scores else 0.0) - 1.0
-        rest = list(range(n, len(ps)))
-        out.append((order + rest, scores + [floor - 1e-3 * j for j in range(len(rest))]))
     return out
+
+
+def reranked(logits: Sequence[float], first_scores: Optional[Sequence[float]], size: int,
+             weight: float = 0.0) -> Tuple[List[int], List[float]]:
+    """One list of ``size`` candidates whose first ``len(logits)`` were scored by the ranker: the new
+    order (positions into the list) and the scores in that order (see the module docstring)."""
+    n = len(logits)
+    top = interpolate(logits, first_scores, weight) if weight and n else np.asarray(logits, dtype=np.float64)
+    order = sorted(range(n), key=lambda i: -float(top[i]))
+    scores = [float(top[i]) for i in order]
+    floor = (min(scores) if scores else 0.0) - 1.0
+    return order + list(range(n, size)), scores + [floor - 1e-3 * r for r in range(size - n)]

@@ -418,6 +418,7 @@ def test_joint_profile_measured_and_served_by_the_routed_service(squad_small, cr
 
     coll = load_collection(str(squad_small))
     searcher = Searcher.open(build_tiny_experiment(coll), ranker=cross_encoder_dir)
+    searcher.ranker.first_stage_weights = {searcher.ranker.default_points()[-1].name: 0.5}  # one point interpolates
     queries = coll.queries[:12]
     prof = measure_profile(searcher, queries, coll.qrels, batch_sizes=[1, 2, 4], repeats=1, points=searcher.points[:2])
     prof = add_ranker_profile(prof, searcher, queries, coll.qrels, depths=[5], repeats=1,

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import ServingConfig
+from elasticdenser.rerank import reranked
 from elasticdenser.serve.measure import measure_latency, quality_of_hits
 from elasticdenser.serve.profile import PointProfile, Profile, mark_pareto
 
@@ -58,13 +59,15 @@ def add_ranker_profile(profile: Profile, searcher: Any, queries: Sequence[Any], 
             rerank = PointProfile(f"{base[0].name}+{rp.name}@{n}", measure_latency(
                 lambda batch, k, p, pairs_of=pairs_of: ranker.score_pairs(pairs_of[len(batch)], p, backend=backend), rp,
                 texts, n, RERANK_BATCH_SIZES, repeats), {})
+            weight = ranker.first_stage_weight(rp)
             for qp in base:
-                reranked = [sorted(hs[:n], key=lambda h, i=i: -logits[rp][(i, h.doc_id)]) + list(hs[n:])
-                            for i, hs in enumerate(candidates[qp.name])]
+                lists = [[hs[j] for j in reranked([logits[rp][(i, h.doc_id)] for h in hs[:n]],
+                                                  [h.score for h in hs[:n]], len(hs), weight)[0]]
+                         for i, hs in enumerate(candidates[qp.name])]
                 name = ServingConfig(qp.point, rp, n).name
                 latency = {b: {s: qp.service_ms(b, s) + rerank.service_ms(b, s) for s in ("median", "p90")}
                            for b in qp.batch_sizes}
-                profile.points[name] = PointProfile(name, latency, quality_of_hits(reranked, queries, qrels, profile.k))
+                profile.points[name] = PointProfile(name, latency, quality_of_hits(lists, queries, qrels, profile.k))
     for entry in profile.points.values():
         if profile.metric not in entry.quality:
             raise InvalidInputError(f"{entry.name}: no {profile.metric} on these queries")
