@@ -264,6 +264,12 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
     plain = cfg.replace(output_dir=str(tmp_path / "ranker-plain"), hidden_weight=0.0)
     shutil.copytree(tmp_path / "ranker" / "teacher", tmp_path / "ranker-plain" / "teacher")
     without = train_ranker(plain, Searcher.open(exp), progress=False)
+    # a fixed first_stage_weight is recorded for every point, with no lists held out to choose it
+    fixed = cfg.replace(output_dir=str(tmp_path / "ranker-fixed"), steps=1, first_stage_weight=0.3)
+    shutil.copytree(tmp_path / "ranker" / "teacher", tmp_path / "ranker-fixed" / "teacher")
+    fixed_model = train_ranker(fixed, Searcher.open(exp), progress=False)
+    assert ElasticRanker.from_pretrained(fixed_model).first_stage_weights == {n: 0.3 for n in names}
+    assert "first_stage_weights" not in json.loads((fixed_model / "ranker_summary.json").read_text())
     assert ElasticRanker.from_pretrained(without).fingerprint() != ElasticRanker.from_pretrained(model).fingerprint()
     # killed inside the elastic phase, right after its step-2 checkpoint: resumed from it, same weights
     from elasticdenser.training import ranker as trainer
@@ -338,6 +344,8 @@ def test_ranker_config_is_checked_and_needs_a_first_stage(tmp_path):
         RankerConfig(experiment="x", list_size=1).validate()
     with pytest.raises(InvalidInputError, match="steps must be an integer"):
         RankerConfig(experiment="x").override(["steps=true"])
+    with pytest.raises(InvalidInputError, match="first_stage_weight"):
+        RankerConfig(experiment="x", first_stage_weight=1.5).validate()
     path = RankerConfig(experiment="x", steps=7).save(tmp_path)
     assert path.name == "ranker_config.yaml" and RankerConfig.load(path).steps == 7
 

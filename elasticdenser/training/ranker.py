@@ -333,9 +333,9 @@ def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callab
                     shutil.rmtree(done, ignore_errors=True)
             dist.barrier()
             teacher = copy.deepcopy(ranker)
-    if cfg.first_stage_weight is not None:
-        ranker.first_stage_weights = {p.name: float(cfg.first_stage_weight) for p in ranker.default_points()
-                                      if cfg.first_stage_weight}
+    if cfg.first_stage_weight is not None:  # 0 records nothing: the logit alone, as a ranker without weights
+        w = float(cfg.first_stage_weight)
+        ranker.first_stage_weights = {p.name: w for p in ranker.default_points()} if w else {}
     elif dev and dist.main:
         chosen = choose_first_stage_weights(ranker, dev, ranker.default_points())
         ranker.first_stage_weights = {name: float(c["weight"]) for name, c in chosen.items()}
