@@ -34,10 +34,8 @@ from typing import Dict, List
 
 COLLECTIONS = ["nq-sample", "squad-sample", "scifact", "trec-dl", "cacm", "cranfield"]
 ROWS = ["untrained", "nq-trained", "pool", "adapted", "query-log", "static", "bm25"]
-#: the main job's training stage (elasticdenser.training.stage.PIPELINE_TRAIN_DEFAULTS), label-free
-TRAIN_SET = ["batch_size=16", "sampling=sandwich", "num_random=1", "lr=3e-4", "warmup_steps=10",
-             "reorder_samples=64", "reorder_documents=256", "val_size=64", "eval_every=0", "checkpoint_every=100",
-             "log_every=20", "use_collection_train=false", "drop_overlap=true"]
+#: ``train``'s defaults (TrainConfig), label-free: no labelled split, evaluation questions dropped
+TRAIN_SET = ["eval_every=0", "log_every=20", "use_collection_train=false", "drop_overlap=true"]
 SMALLEST = "L3-H6-F768-D192"
 
 
@@ -132,7 +130,7 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
     if not (base / "manifest.json").is_file():
         res["seconds"]["index"] = round(cli("index", name, "--out", str(base), *common, log=log), 1)
     res["rows"]["untrained"] = evaluate(base, name, work / "eval-untrained", common, log)
-    cfg = TRAIN_SET + [f"steps={args.steps}", f"exclude=[{name}]", f"seed={args.seed}"]
+    cfg = TRAIN_SET + [f"exclude=[{name}]", f"seed={args.seed}"] + ([f"steps={args.steps}"] if args.steps else [])
     if args.nq_model:
         exp = work / "exp-nq-trained"
         index_with(Path(args.nq_model), base, exp, name, common, log)
@@ -196,7 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=os.environ.get("ELASTICDENSER_DATA"))
     ap.add_argument("--out", default="runs/adapt", help="work folder (ignored by git): experiments, runs, logs")
     ap.add_argument("--results", default="benchmarks/results/adapt.json")
-    ap.add_argument("--steps", type=int, default=200, help="training steps, the same for every run")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training steps, the same for every run (default: train's; rows before 0.11.0 used 200)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--adapted", action="append", default=None, metavar="SOURCE",
                     help="the adapted row's sources (repeatable; default pool@1 pseudo@1, the CLI default)")
