@@ -44,7 +44,8 @@ def test_config_toml_and_overrides(tmp_path):
 @pytest.mark.parametrize(
     "bad",
     [{"sampling": "random"}, {"mode": "both"}, {"steps": 0}, {"distill_temperature": 0},
-     {"distill_weight": 0, "align_weight": 0, "contrastive_weight": 0}, {"no_such_key": 1}],
+     {"distill_weight": 0, "align_weight": 0, "contrastive_weight": 0}, {"no_such_key": 1},
+     {"smallest_weight": -1}],
 )
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
@@ -121,6 +122,18 @@ def test_fixed_sampler_returns_every_point():
     pts = MINILM.default_points()
     s = PointSampler(MINILM, pts, "fixed")
     assert sorted(s.sample(0)) == sorted(pts) and s.sample(0) == s.sample(99)
+
+
+def test_point_weights_follow_the_sandwich_bounds():
+    from elasticdenser.training.loop import _point_weight
+
+    pts = MINILM.default_points()
+    s = PointSampler(MINILM, pts, "sandwich", num_random=1, seed=1)
+    cfg = TrainConfig(largest_weight=2.0, smallest_weight=3.0)
+    hi, lo, rnd = s.sample(0)
+    assert [_point_weight(p, s, cfg) for p in (hi, lo, rnd)] == [2.0, 3.0, 1.0]
+    static = TrainConfig(static=True, points=["L3-H6-F768-D192"], smallest_weight=3.0)
+    assert _point_weight(lo, s, static) == 1.0  # one point: nothing to weigh it against
 
 
 def test_lr_schedule():

@@ -132,6 +132,9 @@ class TrainConfig(ConfigFile):
     #: weight of the largest point's loss relative to the others: a stronger pull keeping the full
     #: point on the fixed document embeddings while the shared weights serve the smaller points
     largest_weight: float = 1.0
+    #: weight of the smallest point's loss: the smallest point has the least capacity and is the
+    #: one the router serves under the heaviest load, so it may deserve more of each step
+    smallest_weight: float = 1.0
 
     # --- optimisation ---------------------------------------------------------------------
     #: the defaults are the label-free adaptation recipe BENCHMARKS.md measures on six corpora
@@ -181,7 +184,7 @@ class TrainConfig(ConfigFile):
                 raise InvalidInputError(f"train config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         self.check_bounds(["steps", "batch_size", "grad_accum", "query_max_length", "doc_max_length", "doc_batch_size"], 1)
         self.check_bounds(["distill_weight", "align_weight", "contrastive_weight", "lr", "weight_decay", "max_grad_norm",
-                           "largest_weight"], 0)
+                           "largest_weight", "smallest_weight"], 0)
         self.check_bounds(["distill_temperature", "contrastive_temperature"], 0, strict=True)
         if self.distill_weight == self.align_weight == self.contrastive_weight == 0:
             raise InvalidInputError("train config: every loss is switched off (all weights are 0)")
