@@ -132,16 +132,16 @@ class TrainConfig(ConfigFile):
     #: weight of the largest point's loss relative to the others: a stronger pull keeping the full
     #: point on the fixed document embeddings while the shared weights serve the smaller points
     largest_weight: float = 1.0
-    #: weight of the smallest point's loss: the smallest point has the least capacity and is the
-    #: one the router serves under the heaviest load, so it may deserve more of each step
-    smallest_weight: float = 1.0
+    #: weight of the smallest point's loss relative to the others: the smallest point has the least
+    #: capacity and is what the router serves under the heaviest load, so it gets more of each step
+    smallest_weight: float = 3.0
 
     # --- optimisation ---------------------------------------------------------------------
     #: the defaults are the label-free adaptation recipe BENCHMARKS.md measures on six corpora
     #: (issue 14): the smallest point is data-bound, and steps buy more of it than any change of
-    #: loss, temperature or question source tried, while a 25k-passage corpus stays well inside
+    #: loss, temperature or question source tried, while a 25k-passage corpus stays inside
     #: 20 minutes on 2 cores
-    steps: int = 1000
+    steps: int = 1400
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 3e-4
