@@ -125,15 +125,9 @@ def test_fixed_sampler_returns_every_point():
 
 
 def test_point_weights_follow_the_sandwich_bounds():
-    from elasticdenser.training.loop import _point_weight
-
-    pts = MINILM.default_points()
-    s = PointSampler(MINILM, pts, "sandwich", num_random=1, seed=1)
-    cfg = TrainConfig(largest_weight=2.0, smallest_weight=3.0)
+    s = PointSampler(MINILM, MINILM.default_points(), "sandwich", num_random=1, seed=1)
     hi, lo, rnd = s.sample(0)
-    assert [_point_weight(p, s, cfg) for p in (hi, lo, rnd)] == [2.0, 3.0, 1.0]
-    static = TrainConfig(static=True, points=["L3-H6-F768-D192"], smallest_weight=3.0)
-    assert _point_weight(lo, s, static) == 1.0  # one point: nothing to weigh it against
+    assert [s.weight(p, largest=2.0, smallest=3.0) for p in (hi, lo, rnd)] == [2.0, 3.0, 1.0]
 
 
 def test_lr_schedule():

@@ -94,15 +94,6 @@ def _point_key(p: OperatingPoint, sampler: PointSampler) -> str:
     return "random"
 
 
-def _point_weight(p: OperatingPoint, sampler: PointSampler, config: TrainConfig) -> float:
-    """The loss weight of point ``p`` this step (a static model has one point: weight 1)."""
-    if config.static:
-        return 1.0
-    if p == sampler.largest:
-        return config.largest_weight
-    return config.smallest_weight if p == sampler.smallest else 1.0
-
-
 def _short(name: str) -> str:
     return {"largest": "max", "smallest": "min", "random": "rnd"}.get(name, name)
 
@@ -318,7 +309,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
                 with autocast():
                     s_pooled = encoder.pooled(batch["input_ids"], batch["attention_mask"], p, batch.get("token_type_ids"))
                 loss, _parts = objective.point_loss(encoder, s_pooled, p, prep, largest=p == sampler.largest)
-                weight = _point_weight(p, sampler, config)
+                weight = 1.0 if config.static else sampler.weight(p, config.largest_weight, config.smallest_weight)
                 (loss * weight / (config.grad_accum * len(points_now))).backward()
                 key = _point_key(p, sampler)
                 step_losses[key] = step_losses.get(key, 0.0) + float(loss.detach()) / config.grad_accum

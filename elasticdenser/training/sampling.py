@@ -74,6 +74,12 @@ class PointSampler:
             out.append(self.space.validate(point))
         return out
 
+    def weight(self, point: OperatingPoint, largest: float, smallest: float) -> float:
+        """The loss weight of ``point``: the sandwich's bounds may get more of a step than the rest."""
+        if point == self.largest:
+            return float(largest)
+        return float(smallest) if point == self.smallest else 1.0
+
 
 def lr_lambda(step: int, warmup: int, total: int, schedule: str = "linear") -> float:
     """Learning-rate multiplier: linear warm-up to 1, then linear/cosine decay to 0 (or constant)."""
