@@ -130,7 +130,7 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
     if not (base / "manifest.json").is_file():
         res["seconds"]["index"] = round(cli("index", name, "--out", str(base), *common, log=log), 1)
     res["rows"]["untrained"] = evaluate(base, name, work / "eval-untrained", common, log)
-    cfg = TRAIN_SET + [f"exclude=[{name}]", f"seed={args.seed}"] + ([f"steps={args.steps}"] if args.steps else [])
+    cfg = TRAIN_SET + [f"exclude=[{name}]", f"seed={args.seed}"] + ([f"steps={args.steps}"] if args.steps else []) + args.settings
     if args.nq_model:
         exp = work / "exp-nq-trained"
         index_with(Path(args.nq_model), base, exp, name, common, log)
@@ -195,7 +195,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/adapt", help="work folder (ignored by git): experiments, runs, logs")
     ap.add_argument("--results", default="benchmarks/results/adapt.json")
     ap.add_argument("--steps", type=int, default=None,
-                    help="training steps, the same for every run (default: train's; rows before 0.11.0 used 200)")
+                    help="training steps, the same for every run (default: train's; rows before 0.11.0 used 200, "
+                    "0.11.0's 1,000)")
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="a train setting for every trained row (rows before 0.12.0 had equal point "
+                    "weights: --set smallest_weight=1)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--adapted", action="append", default=None, metavar="SOURCE",
                     help="the adapted row's sources (repeatable; default pool@1 pseudo@1, the CLI default)")
