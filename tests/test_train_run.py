@@ -3,6 +3,7 @@
 - training lowers the loss of every trained point;
 - a run killed after a checkpoint and resumed equals an uninterrupted run;
 - the leakage guard fires on a pool holding evaluation questions;
+- each point's loss weight scales what that point trains;
 - config is saved next to every checkpoint and the model.
 """
 from __future__ import annotations
@@ -70,6 +71,15 @@ def tiny_config(tmp_path: Path, tiny_bert_dir, data_dir, **kw) -> TrainConfig:
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+def moved_weights(encoder, start_dir) -> set:
+    """Names of the weights training changed from the start model's."""
+    from elasticdenser.model.encoder import ElasticEncoder
+
+    start = ElasticEncoder.from_pretrained(start_dir).model.state_dict()
+    trained = encoder.model.state_dict()
+    return {n for n in trained if not torch.equal(trained[n], start[n])}
 
 
 def test_training_lowers_every_point_loss(tmp_path, tiny_bert_dir, data_dir, nq, pool):
@@ -160,15 +170,28 @@ def test_static_trains_only_its_point(tmp_path, tiny_bert_dir, data_dir, nq, poo
     res = train(cfg, collection=nq, pool=pool)
     assert set(res.first_losses) == {"largest"}  # one point: it is both ends of the list
     assert res.last_losses["largest"] < 0.8 * res.first_losses["largest"]
-    start = ElasticEncoder.from_pretrained(tiny_bert_dir).model.state_dict()
-    trained = res.encoder.model.state_dict()
-    moved = {n for n in trained if not torch.equal(trained[n], start[n])}
+    moved = moved_weights(res.encoder, tiny_bert_dir)
     kept = res.encoder.layers_of(2)  # the two layers the greedy layer ordering chose
     assert moved and all(f".layer.{i}." not in n for i in range(4) if i not in kept for n in moved), (kept, sorted(moved))
     assert all(any(f".layer.{i}." in n for n in moved) for i in kept)
     assert point in [p.name for p in ElasticEncoder.from_pretrained(Path(cfg.output_dir) / "model").default_points()]
     with pytest.raises(ValueError, match="static"):
         TrainConfig(static=True).validate()
+
+
+def test_point_weights_scale_each_point_loss(tmp_path, tiny_bert_dir, data_dir, nq, pool):
+    """``largest_weight=0``: only the smallest point's loss trains, so the layer the largest point
+    alone runs keeps its start weights while the smallest point's layers move."""
+    from elasticdenser.training.loop import train
+
+    cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir, steps=3, reorder=False, eval_every=0, checkpoint_every=0,
+                      largest_weight=0.0, smallest_weight=1.0, weight_decay=0.0)
+    res = train(cfg, collection=nq, pool=pool)  # the document tower serves L4: L3 is the largest trained point
+    moved = moved_weights(res.encoder, tiny_bert_dir)
+    only_largest = set(res.encoder.layers_of(3)) - set(res.encoder.layers_of(2))
+    assert only_largest
+    assert not {n for n in moved for i in only_largest if f".layer.{i}." in n}, sorted(moved)
+    assert all(any(f".layer.{i}." in n for n in moved) for i in res.encoder.layers_of(2))
 
 
 def test_output_basis_choices(tmp_path, tiny_bert_dir, data_dir, nq, pool):
