@@ -271,6 +271,18 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
     assert ElasticRanker.from_pretrained(fixed_model).first_stage_weights == {n: 0.3 for n in names}
     assert "first_stage_weights" not in json.loads((fixed_model / "ranker_summary.json").read_text())
     assert ElasticRanker.from_pretrained(without).fingerprint() != ElasticRanker.from_pretrained(model).fingerprint()
+    # the point weights reach the elastic loss: with one of the two sandwich points weighted 0, the FFN
+    # neurons only the largest point runs stay at the teacher's values exactly when the largest is the one at 0
+    teacher_ffn = ElasticRanker.from_pretrained(tmp_path / "ranker" / "teacher").hf.bert.encoder.layer[0].intermediate
+    cut = ElasticRanker.from_pretrained(model).default_points()[-1].ffn
+    for largest, smallest in ((0.0, 1.0), (1.0, 0.0)):
+        run = cfg.replace(output_dir=str(tmp_path / f"ranker-w{largest:g}"), steps=1, num_random=0, reorder_lists=0,
+                          weight_decay=0.0, first_stage_weight=0.0, largest_weight=largest, smallest_weight=smallest)
+        shutil.copytree(tmp_path / "ranker" / "teacher", tmp_path / f"ranker-w{largest:g}" / "teacher")
+        ffn = ElasticRanker.from_pretrained(train_ranker(run, Searcher.open(exp), progress=False)).hf.bert.encoder.layer[0].intermediate
+        beyond = torch.equal(ffn.dense.weight[cut:], teacher_ffn.dense.weight[cut:])
+        within = torch.equal(ffn.dense.weight[:cut], teacher_ffn.dense.weight[:cut])
+        assert (beyond, within) == ((True, False) if largest == 0 else (False, False)), (largest, beyond, within)
     # killed inside the elastic phase, right after its step-2 checkpoint: resumed from it, same weights
     from elasticdenser.training import ranker as trainer
 

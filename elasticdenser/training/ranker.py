@@ -81,6 +81,10 @@ class RankerConfig(ConfigFile):
     points: Optional[List[str]] = None  #: ranker points to train (None = the ranker's defaults)
     sampling: str = "sandwich"
     num_random: int = 1
+    #: loss weights of the largest and smallest points in each elastic step (the query encoder's
+    #: ``largest_weight`` / ``smallest_weight``; here both 1 until a run shows another value pays)
+    largest_weight: float = 1.0
+    smallest_weight: float = 1.0
     static: bool = False  #: train only the listed point(s) (a static baseline of that shape)
     #: before the elastic phase, order heads and FFN neurons by importance on this many labelled lists (0: keep)
     reorder_lists: int = 64
@@ -108,7 +112,8 @@ class RankerConfig(ConfigFile):
         if self.list_size < 2:
             raise InvalidInputError("ranker config: list_size must be >= 2 (a positive and a negative)")
         self.check_bounds(("teacher_steps", "steps", "num_random", "pseudo_queries", "reorder_lists", "teacher_lr", "lr",
-                           "weight_decay", "max_grad_norm", "label_weight", "distill_weight", "hidden_weight"), 0)
+                           "weight_decay", "max_grad_norm", "label_weight", "distill_weight", "hidden_weight",
+                           "largest_weight", "smallest_weight"), 0)
         self.check_bounds(("distill_temperature",), 0, strict=True)
         self.check_bounds(("dev_questions",), 0)
         if self.first_stage_weight is not None and not 0 <= float(self.first_stage_weight) <= 1:
@@ -306,6 +311,8 @@ def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callab
                 loss = _list_losses(logits, sizes, labels, target, cfg, cfg.label_weight if phase == "elastic" else 1.0)
                 if target_states is not None and cfg.hidden_weight:
                     loss = loss + cfg.hidden_weight * _state_loss(states, target_states, batch["attention_mask"])
+                if phase == "elastic" and not cfg.static:
+                    loss = loss * sampler.weight(point, cfg.largest_weight, cfg.smallest_weight)
                 loss.backward()
                 step_loss += float(loss.detach())
             allreduce_gradients(params, dist)
