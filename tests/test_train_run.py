@@ -194,19 +194,6 @@ def test_point_weights_scale_each_point_loss(tmp_path, tiny_bert_dir, data_dir, 
     assert all(any(f".layer.{i}." in n for n in moved) for i in res.encoder.layers_of(2))
 
 
-def test_word_embeddings_can_stay_fixed(tmp_path, tiny_bert_dir, data_dir, nq, pool):
-    """``train_word_embeddings=false`` keeps the word-embedding table at the start model's (no
-    gradient, no weight decay) while the rest of the tower, its position embeddings included, trains."""
-    from elasticdenser.training.loop import train
-
-    cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir, steps=2, reorder=False, eval_every=0, checkpoint_every=0,
-                      train_word_embeddings=False)
-    moved = moved_weights(train(cfg, collection=nq, pool=pool).encoder, tiny_bert_dir)
-    assert "embeddings.word_embeddings.weight" not in moved and "embeddings.position_embeddings.weight" in moved, moved
-    default = train(cfg.replace(output_dir=str(tmp_path / "run-default"), train_word_embeddings=True), collection=nq, pool=pool)
-    assert "embeddings.word_embeddings.weight" in moved_weights(default.encoder, tiny_bert_dir)
-
-
 def test_output_basis_choices(tmp_path, tiny_bert_dir, data_dir, nq, pool):
     """``pca`` (default) sets the corpus's principal basis; ``keep`` continues in the start model's;
     ``none`` trains plain truncation (no basis saved)."""

@@ -149,9 +149,6 @@ class TrainConfig(ConfigFile):
     warmup_steps: int = 10
     schedule: str = "linear"
     max_grad_norm: float = 1.0
-    #: train the query tower's word-embedding table (half its parameters). Each step's dense gradient
-    #: and optimiser update of all 30k rows cost far more than the few rows a batch uses need
-    train_word_embeddings: bool = True
     bf16: bool = False
     #: keep dropout on while training the query tower (off: deterministic student)
     dropout: bool = False

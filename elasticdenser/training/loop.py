@@ -235,7 +235,6 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
     sampler = PointSampler(space, points, config.sampling, config.num_random, widths, config.ffn_step, config.seed)
     if val_points is None:
         val_points = [sampler.largest, sampler.smallest] if sampler.largest != sampler.smallest else [sampler.largest]
-    encoder.model.get_input_embeddings().weight.requires_grad_(config.train_word_embeddings)
     params = [p for p in encoder.parameters() if p.requires_grad]
     decay = [p for n, p in encoder.named_parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for n, p in encoder.named_parameters() if p.requires_grad and p.dim() < 2]
