@@ -279,7 +279,8 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
         run = cfg.replace(output_dir=str(tmp_path / f"ranker-w{largest:g}"), steps=1, num_random=0, reorder_lists=0,
                           weight_decay=0.0, first_stage_weight=0.0, largest_weight=largest, smallest_weight=smallest)
         shutil.copytree(tmp_path / "ranker" / "teacher", tmp_path / f"ranker-w{largest:g}" / "teacher")
-        ffn = ElasticRanker.from_pretrained(train_ranker(run, Searcher.open(exp), progress=False)).hf.bert.encoder.layer[0].intermediate
+        trained = ElasticRanker.from_pretrained(train_ranker(run, Searcher.open(exp), progress=False))
+        ffn = trained.hf.bert.encoder.layer[0].intermediate
         beyond = torch.equal(ffn.dense.weight[cut:], teacher_ffn.dense.weight[cut:])
         within = torch.equal(ffn.dense.weight[:cut], teacher_ffn.dense.weight[:cut])
         assert (beyond, within) == ((True, False) if largest == 0 else (False, False)), (largest, beyond, within)
