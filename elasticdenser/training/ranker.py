@@ -82,7 +82,8 @@ class RankerConfig(ConfigFile):
     sampling: str = "sandwich"
     num_random: int = 1
     #: loss weights of the largest and smallest points in each elastic step (the query encoder's
-    #: ``largest_weight`` / ``smallest_weight``; here both 1 until a run shows another value pays)
+    #: ``largest_weight`` / ``smallest_weight``); both 1: a heavier smallest point did not lift it on
+    #: scifact (BENCHMARKS.md, "the smallest ranker point's loss weighted 3x")
     largest_weight: float = 1.0
     smallest_weight: float = 1.0
     static: bool = False  #: train only the listed point(s) (a static baseline of that shape)
