@@ -141,6 +141,25 @@ def test_sources_mix_in_their_weights_and_report_counts(tmp_path, tiny_bert_dir,
         cfg.replace(sources=["pool@1", "pseudo"])
 
 
+def test_two_pseudo_recipes_mix_as_two_sources(tmp_path, tiny_bert_dir, data_dir, small_nq):
+    """``pseudo:title`` and ``pseudo:sentence`` are separate sources of one run, each cut by its own
+    recipe (a corpus whose titles read like queries gets both)."""
+    from elasticdenser.training.data import load_training_data
+
+    coll = small_nq(120, 20)
+    titles = {" ".join(d.title.split()) for d in coll.corpus}
+    cfg = config(tmp_path, tiny_bert_dir, data_dir, sources=["pseudo:title@1", "pseudo:sentence@1"],
+                 pseudo_queries=60, pseudo_min_words=1)
+    data = load_training_data(cfg, collection=coll)
+    by_title, by_sentence = data.sources["pseudo:title"]["questions"], data.sources["pseudo:sentence"]["questions"]
+    assert by_title > 0 and by_sentence == 60
+    texts = [e.text for e in data.examples]
+    assert sum(t in titles for t in texts[:by_title]) == by_title  # the first source is titles only
+    assert sum(t in titles for t in texts[by_title:]) < by_sentence / 2  # the second is cut from the text
+    with pytest.raises(ValueError, match="pseudo's recipe"):
+        cfg.replace(sources=["pseudo:headline"])
+
+
 def test_leakage_guard_covers_every_source(tmp_path, tiny_bert_dir, data_dir, nq_questions, small_nq):
     import datasets
 

@@ -284,6 +284,14 @@ def test_train_ranker_resume_and_rerank_end_to_end(squad_small, cross_encoder_di
         beyond = torch.equal(ffn.dense.weight[cut:], teacher_ffn.dense.weight[cut:])
         within = torch.equal(ffn.dense.weight[:cut], teacher_ffn.dense.weight[:cut])
         assert (beyond, within) == ((True, False) if largest == 0 else (False, False)), (largest, beyond, within)
+    # a static run is unweighted: its one point is both ends of the list, yet largest_weight=0 still trains it
+    smallest = ElasticRanker.from_pretrained(model).default_points()[-1].name
+    run = cfg.replace(output_dir=str(tmp_path / "ranker-static"), steps=1, static=True, points=[smallest], reorder_lists=0,
+                      weight_decay=0.0, first_stage_weight=0.0, largest_weight=0.0)
+    shutil.copytree(tmp_path / "ranker" / "teacher", tmp_path / "ranker-static" / "teacher")
+    static = ElasticRanker.from_pretrained(train_ranker(run, Searcher.open(exp), progress=False))
+    ffn = static.hf.bert.encoder.layer[0].intermediate
+    assert not torch.equal(ffn.dense.weight[:cut], teacher_ffn.dense.weight[:cut])
     # killed inside the elastic phase, right after its step-2 checkpoint: resumed from it, same weights
     from elasticdenser.training import ranker as trainer
 

@@ -160,13 +160,14 @@ def test_training_calls_the_data_layer_guard(monkeypatch, tmp_path, tiny_bert_di
 
 
 def test_static_trains_only_its_point(tmp_path, tiny_bert_dir, data_dir, nq, pool):
-    """A static baseline trains one shape: weights outside it stay as they started, the full point untouched."""
+    """A static baseline trains one shape: weights outside it stay as they started, the full point untouched.
+    It is unweighted: its one point is both ends of the list, yet ``largest_weight=0`` still trains it."""
     from elasticdenser.model.encoder import ElasticEncoder
     from elasticdenser.training.loop import train
 
     point = "L2-H2-F64-D32"
     cfg = tiny_config(tmp_path, tiny_bert_dir, data_dir, points=[point], static=True, reorder=False,
-                      eval_every=0, checkpoint_every=0)
+                      eval_every=0, checkpoint_every=0, largest_weight=0.0)
     res = train(cfg, collection=nq, pool=pool)
     assert set(res.first_losses) == {"largest"}  # one point: it is both ends of the list
     assert res.last_losses["largest"] < 0.8 * res.first_losses["largest"]

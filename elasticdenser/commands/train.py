@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     p.add_argument("--collection", help="corpus whose document embeddings stay fixed (default nq-sample)")
     p.add_argument("--source", action="append", default=None, metavar="KIND[:PATH][@WEIGHT]",
-                   help="a training-question source (repeatable): pool, pseudo, file:PATH, hf:PATH; @WEIGHT = its "
-                   "share of the stream (default: pseudo-queries of the corpus, 1:1 with the built-in pool if present)")
+                   help="a training-question source (repeatable): pool, pseudo[:span|sentence|title], file:PATH, hf:PATH; "
+                   "@WEIGHT = its share of the stream (default: pseudo-queries of the corpus, 1:1 with the built-in "
+                   "pool if present)")
     p.add_argument("--queries", action="append", default=None, metavar="FILE[@WEIGHT]",
                    help="an unlabeled query log (repeatable): TREC topics, jsonl, tsv, one query per line, or a "
                    "datasets file/folder; added to the --source list (alone, it is the only source)")

@@ -142,8 +142,9 @@ def _read_source(source: QuerySource, config: TrainConfig, docs, protected, keys
             pool = data.load_query_pool(data_dir=config.data_dir, exclude=protected, drop_overlap=drop)
             queries, record["skipped"] = list(pool), dict(pool.skipped)
     elif source.kind == "pseudo":
-        found = pseudo_queries(docs, int(config.pseudo_queries), seed=config.seed, kind=config.pseudo_kind,
-                               min_words=config.pseudo_min_words, max_words=config.pseudo_max_words)
+        found = pseudo_queries(docs, int(config.pseudo_queries), seed=config.seed, kind=source.path or config.pseudo_kind,
+                               min_words=config.pseudo_min_words, max_words=config.pseudo_max_words,
+                               id_prefix=f"{source.name}-")
         queries, record["skipped"] = list(found), dict(found.skipped)
         drop = True  # cut from documents, not chosen by anyone: a collision is dropped and counted
     else:

@@ -3,7 +3,8 @@
 A source is written ``KIND[:PATH][@WEIGHT]``:
 
 - ``pool``: the built-in NQ/TriviaQA ``query-pool`` (needs the data directory);
-- ``pseudo``: pseudo-queries cut from the training corpus (:mod:`elasticdenser.data.pseudo`);
+- ``pseudo[:RECIPE]``: pseudo-queries cut from the training corpus (:mod:`elasticdenser.data.pseudo`),
+  by the config's ``pseudo_kind`` or the recipe named (``pseudo:title@1 pseudo:sentence@1`` mixes two);
 - ``file:PATH``: a user's unlabeled query log (TREC topics, jsonl, tsv, one query per line;
   ``.parquet``/``.arrow``/folders through ``datasets``) -- the CLI's ``--queries PATH``;
 - ``hf:PATH``: a ``datasets`` source (``save_to_disk`` folder, parquet, jsonl), Tevatron rows
@@ -24,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from elasticdenser.data.pseudo import PSEUDO_KINDS
 from elasticdenser.errors import InvalidInputError
 
 __all__ = ["SOURCE_KINDS", "QuerySource", "parse_source", "parse_sources", "default_sources", "stream_shares"]
@@ -67,7 +69,9 @@ def parse_source(spec: str) -> QuerySource:
                                 "(written KIND[:PATH][@WEIGHT], e.g. pseudo@1, file:queries.tsv@2)")
     if kind in _NEEDS_PATH and not path.strip():
         raise InvalidInputError(f"query source {spec!r}: {kind} needs a path ({kind}:PATH)")
-    if kind not in _NEEDS_PATH and path:
+    if kind == "pseudo" and path and path.strip() not in PSEUDO_KINDS:
+        raise InvalidInputError(f"query source {spec!r}: pseudo's recipe must be one of {', '.join(PSEUDO_KINDS)}")
+    if kind not in _NEEDS_PATH + ("pseudo",) and path:
         raise InvalidInputError(f"query source {spec!r}: {kind} takes no path")
     return QuerySource(kind, path.strip() or None, weight)
 
