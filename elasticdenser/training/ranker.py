@@ -64,17 +64,18 @@ class RankerConfig(ConfigFile):
     experiment: Optional[str] = None
     first_stage_point: Optional[str] = None  #: query point of the first stage (None = full)
     candidates: int = 20  #: first-stage depth hard negatives are drawn from
-    list_size: int = 8  #: passages per list (positive + negatives)
+    list_size: int = 4  #: passages per list (positive + negatives)
     batch_size: int = 4  #: lists per step
     max_length: int = 192
     labels: bool = True  #: use the collection's labelled training half
     pseudo_queries: int = 0  #: add pseudo-queries cut from the corpus (source passage = positive)
     max_queries: Optional[int] = None
     exclude: List[str] = field(default_factory=list)  #: more collections whose questions must not be trained on
-    teacher_steps: int = 200
+    teacher_steps: int = 400
     teacher_lr: float = 1e-4
-    steps: int = 200
-    lr: float = 5e-5
+    #: 450: the smallest point keeps its share of the gain only with ~3x the 200 steps (BENCHMARKS.md, issue 17)
+    steps: int = 450
+    lr: float = 1e-4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
