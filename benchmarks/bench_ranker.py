@@ -75,7 +75,8 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
         res["seconds"]["train-ranker"] = round(cli(
             "train-ranker", str(exp), "--collection", name, "--out", str(ranker), *first, "--steps", str(args.steps),
             "--no-progress", *common, "--set", *sets, log=log), 1)
-    if not args.rankers_from and not (static / "model" / "config.json").is_file():
+    wanted = args.evals.split(",") if args.evals else ["dense", "bm25", "fusion", "static", "teacher"]
+    if not args.rankers_from and "static" in wanted and not (static / "model" / "config.json").is_file():
         res["seconds"]["train-static"] = round(cli(
             "train-ranker", str(exp), "--collection", name, "--out", str(static), "--teacher", str(teacher),
             "--steps", str(args.steps), "--points", args.static_point, "--no-progress", *common, "--set", *sets,
@@ -90,7 +91,6 @@ def run_collection(name: str, args, work: Path, results: dict) -> None:
     }
     if args.teacher or args.rankers_from:  # its row belongs to the run that trained it
         del evals["teacher"]
-    wanted = args.evals.split(",") if args.evals else list(evals)
     for key, extra in evals.items():  # --evals picks what runs; every row already measured is read
         out = work / (f"eval-{key}" if key == "bm25" else f"eval-{key}{tag}")  # BM25 is the same in every variant
         if not (out / "metrics.json").is_file():
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="", help="a variant: its rankers and rows live under ranker<TAG>, eval-*<TAG> "
                     "and results key <collection><TAG>")
     ap.add_argument("--evals", default="", help="only these evaluation rows (comma-separated: dense, bm25, fusion, "
-                    "static, teacher; default all)")
+                    "static, teacher; default all); the static ranker is trained only for its row")
     ap.add_argument("--set", nargs="*", default=[], help="more train-ranker settings (KEY=VALUE), e.g. "
                     "lr=1e-4 reorder_layers=true")
     ap.add_argument("--model", help="the retriever of a new experiment (default: the untrained all-MiniLM-L6-v2); "

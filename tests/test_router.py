@@ -240,3 +240,34 @@ def test_a_queue_burst_moves_one_batch_down_without_changing_the_routed_point():
     assert chosen.name != FULL and r.drain_ms(prof[chosen], burst) <= 50
     assert r.current.name == FULL and r.switches == [] and r.burst_batches == 1
     assert r.choose(1, 2.01).name == FULL
+
+
+def reranker_profile():
+    """Batch time linear in the batch (no batching gain) and long against a one-second SLO, as a reranking
+    stage's joint configurations are; P3 stands for "no rerank" (cheap, worse)."""
+    pts = [point(FULL, 0, 300, 0.70), point(SMALL, 0, 80, 0.66), point(P3, 2, 0.5, 0.60)]
+    mark_pareto(pts, "recall@10")
+    return Profile({p.name: p for p in pts}, "recall@10")
+
+
+def test_queueing_capacity_lets_a_long_unbatched_point_run_past_the_margin():
+    cfg = RouterConfig(slo_ms=1000, max_batch=32)
+    r = Router(reranker_profile(), cfg)
+    small = r.profile[SMALL]
+    # the M/D/1 tail: the queueing capacity's predicted 99th percentile is the SLO, and beyond it more
+    assert r.queueing_ms(small, r.queueing_capacity[SMALL]) == pytest.approx(1000, rel=1e-3)
+    assert r.queueing_ms(small, 0.0) == pytest.approx(cfg.max_wait_ms + r._s(small, 1))
+    assert r.queueing_ms(small, 1000 / r._s(small, 1)) == math.inf
+    # the utilisation margin alone would leave a third of the point unused here
+    assert cfg.margin * r.capacity[SMALL] < r.queueing_capacity[SMALL] == r.limit_qps(small)
+    rate = 0.5 * (cfg.margin * r.capacity[SMALL] + r.queueing_capacity[SMALL])
+    assert {c for t, c in drive(r, lambda t: rate, 0.0, 30.0, dt_batch=0.1) if t > 5} == {SMALL}
+    # the step-up limit stays stricter than the step-down one
+    assert r.limit_qps(small, cfg.step_up_margin) < r.limit_qps(small)
+
+
+def test_queueing_capacity_leaves_batched_points_to_the_margin():
+    """Query encoders at a 50 ms SLO gain from batching: their SLO capacity x margin stays the limit."""
+    r = Router(fake_profile(), RouterConfig(slo_ms=50))
+    for p in r.ladder:
+        assert 0 < r.queueing_capacity[p.name] < r.config.margin * r.capacity[p.name] == r.limit_qps(p)

@@ -21,17 +21,24 @@ Model (all service times come from the measured :class:`~elasticdenser.serve.pro
 * Backlog: when the worker is free and ``q`` requests wait, the last of them is answered after
   ``drain_p(q)`` (full batches of ``max_batch``, then the remainder); a request *arriving* behind
   them also waits for the batch in service (:meth:`Router.predict_ms`).
-* A point is *feasible* for the next batch when ``qps <= margin * cap_p`` (utilisation margin)
-  and ``drain_p(q)`` meets the SLO.
+* Queueing capacity of a point: the largest Poisson rate at which the 99th percentile of
+  ``max_wait + S_p90(1) + wait`` meets the SLO, ``wait`` being the M/D/1 queue of unbatched service
+  (tail ``P(wait > t) ~ rho exp(-theta t)``, ``theta`` solving ``qps (exp(theta S) - 1) = theta``).
+  Batching can only shorten that queue, so this is a lower bound on what the point sustains; it
+  counts where one request's service is short against the SLO and batching gains little (a
+  reranker at a one-second SLO), where ``margin * cap_p`` leaves most of the point unused.
+* A point is *feasible* for the next batch when ``qps <= max(margin * cap_p, qcap_p)`` (the
+  utilisation margin, or the queueing capacity, which already holds the tail the margin stands in
+  for) and ``drain_p(q)`` meets the SLO.
 
 Calibration: every served batch reports its measured time (:meth:`Router.observe_service`); an
 EWMA of measured / profiled time becomes a ``scale`` on all profiled service times, so a machine
 that got busier (or quieter) since ``elasticdenser profile`` ran is modelled as it is now.
 
 Decision for the next batch (:meth:`Router.choose`): the *routed* point is the highest-quality
-Pareto point whose SLO capacity covers the load with the margin (``qps <= margin * cap_p``); if
-none does, the cheapest. Stepping *down* happens at once. Stepping *up* to a better point needs
-``slow_qps <= step_up_margin * cap_p`` continuously for ``step_up_after_s`` seconds, where
+Pareto point feasible at the load; if none is, the cheapest. Stepping *down* happens at once.
+Stepping *up* to a better point needs ``slow_qps`` within the same limit taken at
+``step_up_margin`` instead of ``margin`` continuously for ``step_up_after_s`` seconds, where
 ``slow_qps`` is a slower, less noisy estimate (``slow_rate_tau_s``) -- hysteresis; a steady load
 near a boundary does not flap. A burst (a queue the routed point cannot drain within the SLO) sends
 that one batch to the best cheaper point that can, without changing the routed point.
@@ -54,6 +61,8 @@ from elasticdenser.serve.profile import PointProfile, Profile
 from elasticdenser.serve.rate import RateEstimator
 
 __all__ = ["Overloaded", "RouterConfig", "Decision", "RateEstimator", "Router"]
+
+TAIL_QUANTILE = 0.99  #: the latency quantile the queueing capacity keeps within the SLO
 
 
 class Overloaded(RuntimeError):
@@ -145,6 +154,7 @@ class Router:
         self._scale_ewma = 1.0
         self.ladder: List[PointProfile] = ladder  # best quality first
         self.capacity: Dict[str, float] = {}
+        self.queueing_capacity: Dict[str, float] = {}
         self.max_queue = 1
         self._index = {p.name: i for i, p in enumerate(ladder)}
         self._refresh()
@@ -185,6 +195,7 @@ class Router:
     def _refresh(self) -> None:
         """Recompute capacities and the default queue bound for the current ``scale``."""
         self.capacity = {p.name: self._capacity(p) for p in self.ladder}
+        self.queueing_capacity = {p.name: self._queueing_capacity(p) for p in self.ladder}
         self.max_queue = self.config.max_queue or self._default_max_queue(self.cheapest)
 
     def observe_service(self, point: Union[str, OperatingPoint], batch: int, ms: float) -> None:
@@ -226,6 +237,43 @@ class Router:
             if c.max_wait_ms + 2 * self._s(p, b) <= c.slo_ms:
                 best = max(best, 1000.0 * b / self._s(p, b, c.throughput_stat))
         return best
+
+    def queueing_ms(self, p: PointProfile, qps: float) -> float:
+        """``TAIL_QUANTILE`` latency (ms) of unbatched service at ``p`` under Poisson arrivals at ``qps``
+        (M/D/1, service = the batch-1 latency statistic; see the module docstring)."""
+        s = self._s(p, 1) / 1000.0
+        rho = qps * s
+        if rho >= 1.0:
+            return math.inf
+        wait = 0.0
+        if rho > 1.0 - TAIL_QUANTILE:  # else P(wait > 0) = rho is already within the quantile
+            f = lambda theta: qps * math.expm1(theta * s) - theta  # noqa: E731  < 0 below the root, > 0 above
+            lo, hi = 0.0, 1.0 / s
+            while f(hi) <= 0:
+                lo, hi = hi, 2 * hi
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if f(mid) <= 0 else (lo, mid)
+            wait = math.log(rho / (1.0 - TAIL_QUANTILE)) / hi
+        return self.config.max_wait_ms + 1000.0 * (s + wait)
+
+    def _queueing_capacity(self, p: PointProfile) -> float:
+        """The largest rate whose :meth:`queueing_ms` meets the SLO (0 if not even a lone request does)."""
+        if self.queueing_ms(p, 0.0) > self.config.slo_ms:
+            return 0.0
+        lo, hi = 0.0, 1000.0 / self._s(p, 1)
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if self.queueing_ms(p, mid) <= self.config.slo_ms else (lo, mid)
+        return lo
+
+    def limit_qps(self, p: PointProfile, margin: Optional[float] = None) -> float:
+        """The load ``p`` is given at ``margin`` (default the config's): ``margin`` of its SLO capacity, or
+        its queueing capacity (scaled by ``margin / config.margin``, so the step-up margin is stricter
+        there too), whichever is larger."""
+        c = self.config
+        margin = c.margin if margin is None else margin
+        return max(margin * self.capacity[p.name], self.queueing_capacity[p.name] * margin / c.margin)
 
     def drain_ms(self, p: PointProfile, n: int) -> float:
         """Time to serve ``n`` queued requests at ``p`` in batches of at most ``max_batch``."""
@@ -269,10 +317,9 @@ class Router:
         return max(steady, backlog)
 
     def feasible(self, p: PointProfile, qps: float, queue_len: int, margin: Optional[float] = None) -> bool:
-        """Can ``p`` serve the next batch? The load is within ``margin`` of its SLO capacity, and the
-        ``queue_len`` requests waiting now (this batch included; the worker is free) drain within the SLO."""
-        margin = self.config.margin if margin is None else margin
-        return qps <= margin * self.capacity[p.name] and self.drain_ms(p, queue_len) <= self.config.slo_ms
+        """Can ``p`` serve the next batch? The load is within :meth:`limit_qps`, and the ``queue_len``
+        requests waiting now (this batch included; the worker is free) drain within the SLO."""
+        return qps <= self.limit_qps(p, margin) and self.drain_ms(p, queue_len) <= self.config.slo_ms
 
     # --- online interface -------------------------------------------------------------------
     def _now(self, now: Optional[float]) -> float:
@@ -329,8 +376,8 @@ class Router:
         ranker point, rerank depth), ``no rerank`` included.
 
         Two layers: the *routed* point (``self.current``) follows the load with hysteresis (down at
-        once when ``qps > margin * capacity``; up only after the better point has had
-        ``slow_qps <= step_up_margin * capacity`` for ``step_up_after_s``). Then, for this batch only, if
+        once when ``qps`` passes :meth:`limit_qps`; up only after the better point has had ``slow_qps``
+        within its limit at ``step_up_margin`` for ``step_up_after_s``). Then, for this batch only, if
         the waiting queue cannot drain within the SLO at the routed point (a burst), the batch goes
         to the best cheaper point that can drain it (the cheapest if none); ``current`` is unchanged,
         so a burst does not cost ``step_up_after_s`` of lower quality. With ``shed_late`` the drain
@@ -345,13 +392,13 @@ class Router:
         slow = self.slow_rate.rate(now)
         target = None
         for p in self.ladder:
-            cap = self.capacity[p.name]
-            if slow <= c.step_up_margin * cap and qps <= c.margin * cap:  # hysteresis: how long has p been comfortable?
+            limit = self.limit_qps(p)
+            if slow <= self.limit_qps(p, c.step_up_margin) and qps <= limit:  # hysteresis: how long has p been comfortable?
                 if self._ok_since[p.name] is None:
                     self._ok_since[p.name] = now
             else:
                 self._ok_since[p.name] = None
-            if target is None and qps <= c.margin * cap:
+            if target is None and qps <= limit:
                 target = p
         if target is None:
             target = self.cheapest
@@ -376,12 +423,13 @@ class Router:
         return chosen.config
 
     def describe(self) -> List[Dict[str, float]]:
-        """Per point: quality, SLO capacity (qps) and service time at batch 1 and ``max_batch``."""
+        """Per point: quality, SLO and queueing capacity (qps), service time at batch 1 and ``max_batch``."""
         return [
             {
                 "point": p.name,
                 "quality": self.profile.quality(p.name),
                 "capacity_qps": self.capacity[p.name],
+                "queueing_capacity_qps": self.queueing_capacity[p.name],
                 "s1_ms": self._s(p, 1),
                 "smax_ms": self._s(p, self.config.max_batch),
             }
