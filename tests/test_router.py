@@ -9,6 +9,7 @@ import pytest
 
 from elasticdenser.serve.measure import measure_latency, measure_profile
 from elasticdenser.serve.profile import PointProfile, Profile, load_profile, mark_pareto, save_profile
+from elasticdenser.serve.queueing import md1_latency_ms
 from elasticdenser.serve.router import Overloaded, RateEstimator, Router, RouterConfig
 
 FULL, P2, P3, SMALL = "L6-H12-F1536-D384", "L5-H10-F1280-D384", "L4-H8-F1024-D256", "L3-H6-F768-D192"
@@ -254,10 +255,11 @@ def test_queueing_capacity_lets_a_long_unbatched_point_run_past_the_margin():
     cfg = RouterConfig(slo_ms=1000, max_batch=32)
     r = Router(reranker_profile(), cfg)
     small = r.profile[SMALL]
-    # the M/D/1 tail: the queueing capacity's predicted 99th percentile is the SLO, and beyond it more
-    assert r.queueing_ms(small, r.queueing_capacity[SMALL]) == pytest.approx(1000, rel=1e-3)
-    assert r.queueing_ms(small, 0.0) == pytest.approx(cfg.max_wait_ms + r._s(small, 1))
-    assert r.queueing_ms(small, 1000 / r._s(small, 1)) == math.inf
+    # the M/D/1 tail at the batch-1 p90 time: the queueing capacity's 99th percentile is the SLO
+    s1 = small.service_ms(1, "p90")
+    assert cfg.max_wait_ms + md1_latency_ms(s1, r.queueing_capacity[SMALL]) == pytest.approx(1000, rel=1e-3)
+    assert md1_latency_ms(s1, 0.0) == s1 and md1_latency_ms(s1, 1000 / s1) == math.inf
+    assert md1_latency_ms(s1, 5.0) < md1_latency_ms(s1, 8.0)  # the tail grows with the load
     # the utilisation margin alone would leave a third of the point unused here
     assert cfg.margin * r.capacity[SMALL] < r.queueing_capacity[SMALL] == r.limit_qps(small)
     rate = 0.5 * (cfg.margin * r.capacity[SMALL] + r.queueing_capacity[SMALL])

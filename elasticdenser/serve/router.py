@@ -21,15 +21,11 @@ Model (all service times come from the measured :class:`~elasticdenser.serve.pro
 * Backlog: when the worker is free and ``q`` requests wait, the last of them is answered after
   ``drain_p(q)`` (full batches of ``max_batch``, then the remainder); a request *arriving* behind
   them also waits for the batch in service (:meth:`Router.predict_ms`).
-* Queueing capacity of a point: the largest Poisson rate at which the 99th percentile of
-  ``max_wait + S_p90(1) + wait`` meets the SLO, ``wait`` being the M/D/1 queue of unbatched service
-  (tail ``P(wait > t) ~ rho exp(-theta t)``, ``theta`` solving ``qps (exp(theta S) - 1) = theta``).
-  Batching can only shorten that queue, so this is a lower bound on what the point sustains; it
-  counts where one request's service is short against the SLO and batching gains little (a
-  reranker at a one-second SLO), where ``margin * cap_p`` leaves most of the point unused.
-* A point is *feasible* for the next batch when ``qps <= max(margin * cap_p, qcap_p)`` (the
-  utilisation margin, or the queueing capacity, which already holds the tail the margin stands in
-  for) and ``drain_p(q)`` meets the SLO.
+* Queueing capacity ``qcap_p``: the largest Poisson rate whose 99th percentile latency of unbatched
+  service (M/D/1 at ``S_p90(1)``, :mod:`~elasticdenser.serve.queueing`) meets the SLO; batching only
+  shortens that queue. It matters where batching gains little and a request is short against the SLO.
+* A point is *feasible* for the next batch when ``qps <= max(margin * cap_p, qcap_p)`` (the margin
+  stands in for the tail that ``qcap_p`` holds) and ``drain_p(q)`` meets the SLO.
 
 Calibration: every served batch reports its measured time (:meth:`Router.observe_service`); an
 EWMA of measured / profiled time becomes a ``scale`` on all profiled service times, so a machine
@@ -58,11 +54,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.operating_point import OperatingPoint, ServingConfig
 from elasticdenser.serve.profile import PointProfile, Profile
+from elasticdenser.serve.queueing import md1_capacity_qps
 from elasticdenser.serve.rate import RateEstimator
 
 __all__ = ["Overloaded", "RouterConfig", "Decision", "RateEstimator", "Router"]
-
-TAIL_QUANTILE = 0.99  #: the latency quantile the queueing capacity keeps within the SLO
 
 
 class Overloaded(RuntimeError):
@@ -195,7 +190,8 @@ class Router:
     def _refresh(self) -> None:
         """Recompute capacities and the default queue bound for the current ``scale``."""
         self.capacity = {p.name: self._capacity(p) for p in self.ladder}
-        self.queueing_capacity = {p.name: self._queueing_capacity(p) for p in self.ladder}
+        budget = self.config.slo_ms - self.config.max_wait_ms
+        self.queueing_capacity = {p.name: md1_capacity_qps(self._s(p, 1), budget) for p in self.ladder}
         self.max_queue = self.config.max_queue or self._default_max_queue(self.cheapest)
 
     def observe_service(self, point: Union[str, OperatingPoint], batch: int, ms: float) -> None:
@@ -238,39 +234,9 @@ class Router:
                 best = max(best, 1000.0 * b / self._s(p, b, c.throughput_stat))
         return best
 
-    def queueing_ms(self, p: PointProfile, qps: float) -> float:
-        """``TAIL_QUANTILE`` latency (ms) of unbatched service at ``p`` under Poisson arrivals at ``qps``
-        (M/D/1, service = the batch-1 latency statistic; see the module docstring)."""
-        s = self._s(p, 1) / 1000.0
-        rho = qps * s
-        if rho >= 1.0:
-            return math.inf
-        wait = 0.0
-        if rho > 1.0 - TAIL_QUANTILE:  # else P(wait > 0) = rho is already within the quantile
-            f = lambda theta: qps * math.expm1(theta * s) - theta  # noqa: E731  < 0 below the root, > 0 above
-            lo, hi = 0.0, 1.0 / s
-            while f(hi) <= 0:
-                lo, hi = hi, 2 * hi
-            for _ in range(60):
-                mid = 0.5 * (lo + hi)
-                lo, hi = (mid, hi) if f(mid) <= 0 else (lo, mid)
-            wait = math.log(rho / (1.0 - TAIL_QUANTILE)) / hi
-        return self.config.max_wait_ms + 1000.0 * (s + wait)
-
-    def _queueing_capacity(self, p: PointProfile) -> float:
-        """The largest rate whose :meth:`queueing_ms` meets the SLO (0 if not even a lone request does)."""
-        if self.queueing_ms(p, 0.0) > self.config.slo_ms:
-            return 0.0
-        lo, hi = 0.0, 1000.0 / self._s(p, 1)
-        for _ in range(50):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if self.queueing_ms(p, mid) <= self.config.slo_ms else (lo, mid)
-        return lo
-
     def limit_qps(self, p: PointProfile, margin: Optional[float] = None) -> float:
-        """The load ``p`` is given at ``margin`` (default the config's): ``margin`` of its SLO capacity, or
-        its queueing capacity (scaled by ``margin / config.margin``, so the step-up margin is stricter
-        there too), whichever is larger."""
+        """The load ``p`` takes at ``margin`` (default the config's): that share of its SLO capacity or its
+        queueing capacity x ``margin / config.margin`` (a stricter step-up margin is stricter on both)."""
         c = self.config
         margin = c.margin if margin is None else margin
         return max(margin * self.capacity[p.name], self.queueing_capacity[p.name] * margin / c.margin)
@@ -375,13 +341,10 @@ class Router:
         the oldest of which has waited ``waited_ms``; with a ranker profiled, a joint one (query point,
         ranker point, rerank depth), ``no rerank`` included.
 
-        Two layers: the *routed* point (``self.current``) follows the load with hysteresis (down at
-        once when ``qps`` passes :meth:`limit_qps`; up only after the better point has had ``slow_qps``
-        within its limit at ``step_up_margin`` for ``step_up_after_s``). Then, for this batch only, if
-        the waiting queue cannot drain within the SLO at the routed point (a burst), the batch goes
-        to the best cheaper point that can drain it (the cheapest if none); ``current`` is unchanged,
-        so a burst does not cost ``step_up_after_s`` of lower quality. With ``shed_late`` the drain
-        must finish by the shedding threshold instead: a cheaper point beats a refusal.
+        Two layers (module docstring): the *routed* point (``self.current``) follows the load with
+        hysteresis; a burst sends this batch only to a cheaper point, so it does not cost
+        ``step_up_after_s`` of lower quality. With ``shed_late`` the drain must finish by the shedding
+        threshold instead: a cheaper point beats a refusal.
         """
         now = self._now(now)
         qps = self.rate.rate(now)

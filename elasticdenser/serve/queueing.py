@@ -1,0 +1,47 @@
+"""Tail latency of a single server under Poisson arrivals (M/D/1), for the router's queueing capacity.
+
+Why: the router's utilisation margin stands in for the queueing tail; where one request's service is
+short against the SLO and batching gains nothing (a reranking stage at a one-second SLO), the tail
+itself is the better limit. The waiting time of M/D/1 has the exponential tail
+``P(wait > t) ~ rho exp(-theta t)``, ``theta > 0`` solving ``rate (exp(theta S) - 1) = theta``
+(the Cramér-Lundberg decay rate of M/G/1 with deterministic service ``S``).
+"""
+from __future__ import annotations
+
+import math
+
+__all__ = ["TAIL_QUANTILE", "md1_latency_ms", "md1_capacity_qps"]
+
+TAIL_QUANTILE = 0.99  #: the latency quantile the router's queueing capacity keeps within the SLO
+
+
+def md1_latency_ms(service_ms: float, qps: float, quantile: float = TAIL_QUANTILE) -> float:
+    """The ``quantile`` of service + wait (ms) at ``qps`` Poisson arrivals, one at a time (inf at rho >= 1)."""
+    s = service_ms / 1000.0
+    rho = qps * s
+    if rho >= 1.0:
+        return math.inf
+    if rho <= 1.0 - quantile:  # P(wait > 0) = rho is already within the quantile
+        return service_ms
+
+    def excess(theta: float) -> float:  # < 0 below the decay rate, > 0 above
+        return qps * math.expm1(theta * s) - theta
+
+    lo, hi = 0.0, 1.0 / s
+    while excess(hi) <= 0:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) <= 0 else (lo, mid)
+    return service_ms + 1000.0 * math.log(rho / (1.0 - quantile)) / hi
+
+
+def md1_capacity_qps(service_ms: float, budget_ms: float, quantile: float = TAIL_QUANTILE) -> float:
+    """The largest rate whose :func:`md1_latency_ms` fits in ``budget_ms`` (0 if one lone request does not)."""
+    if service_ms > budget_ms:
+        return 0.0
+    lo, hi = 0.0, 1000.0 / service_ms
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if md1_latency_ms(service_ms, mid, quantile) <= budget_ms else (lo, mid)
+    return lo
