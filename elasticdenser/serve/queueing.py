@@ -24,16 +24,16 @@ def md1_latency_ms(service_ms: float, qps: float, quantile: float = TAIL_QUANTIL
     if rho <= 1.0 - quantile:  # P(wait > 0) = rho is already within the quantile
         return service_ms
 
-    def excess(theta: float) -> float:  # < 0 below the decay rate, > 0 above
-        return qps * math.expm1(theta * s) - theta
-
-    lo, hi = 0.0, 1.0 / s
-    while excess(hi) <= 0:
-        lo, hi = hi, 2 * hi
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if excess(mid) <= 0 else (lo, mid)
-    return service_ms + 1000.0 * math.log(rho / (1.0 - quantile)) / hi
+    # theta S = x > 0 with rho (exp(x) - 1) = x: Newton from above the root (the left side is convex)
+    x = 2.0 * math.log(1.0 / rho) + 2.0
+    while rho * math.expm1(x) <= x:
+        x *= 2.0
+    for _ in range(100):
+        step = (rho * math.expm1(x) - x) / (rho * math.exp(x) - 1.0)
+        x -= step
+        if step < 1e-12 * x:
+            break
+    return service_ms * (1.0 + math.log(rho / (1.0 - quantile)) / x)
 
 
 def md1_capacity_qps(service_ms: float, budget_ms: float, quantile: float = TAIL_QUANTILE) -> float:
@@ -41,7 +41,7 @@ def md1_capacity_qps(service_ms: float, budget_ms: float, quantile: float = TAIL
     if service_ms > budget_ms:
         return 0.0
     lo, hi = 0.0, 1000.0 / service_ms
-    for _ in range(50):
+    for _ in range(40):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if md1_latency_ms(service_ms, mid, quantile) <= budget_ms else (lo, mid)
     return lo
