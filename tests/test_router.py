@@ -265,11 +265,30 @@ def test_queueing_capacity_lets_a_long_unbatched_point_run_past_the_margin():
     rate = 0.5 * (cfg.margin * r.capacity[SMALL] + r.queueing_capacity[SMALL])
     assert {c for t, c in drive(r, lambda t: rate, 0.0, 30.0, dt_batch=0.1) if t > 5} == {SMALL}
     # the step-up limit stays stricter than the step-down one
-    assert r.limit_qps(small, cfg.step_up_margin) < r.limit_qps(small)
+    assert r.limit_qps(small, cfg.step_up_margin) < r.limit_qps(small) < r.limit_qps(small, noisy=True)
+
+
+def test_a_low_rates_poisson_noise_does_not_send_a_point_down():
+    """At 70 % of a one-second-SLO point's queueing capacity (~6 requests/s, so the 1 s rate estimate is
+    +-30 %) the router keeps that point; without the noise allowance it keeps dropping to the cheaper one."""
+    def share_at_small(z):
+        r = Router(reranker_profile(), RouterConfig(slo_ms=1000, max_batch=32, rate_noise_z=z))
+        rate = 0.7 * r.queueing_capacity[SMALL]
+        rng, t, nxt, served = np.random.default_rng(5), 0.0, 0.0, []
+        while t < 300.0:
+            while nxt <= t:
+                r.admit(0, nxt)
+                nxt += rng.exponential(1.0 / rate)
+            if t > 10:
+                served.append(r.choose(1, t).name)
+            t += 0.1
+        return served.count(SMALL) / len(served)
+
+    assert share_at_small(2.0) > 0.95 > 0.5 > share_at_small(0.0)
 
 
 def test_queueing_capacity_leaves_batched_points_to_the_margin():
     """Query encoders at a 50 ms SLO gain from batching: their SLO capacity x margin stays the limit."""
     r = Router(fake_profile(), RouterConfig(slo_ms=50))
     for p in r.ladder:
-        assert 0 < r.queueing_capacity[p.name] < r.config.margin * r.capacity[p.name] == r.limit_qps(p)
+        assert 0 < r.queueing_capacity[p.name] < r.config.margin * r.capacity[p.name] == r.limit_qps(p, noisy=True)

@@ -24,8 +24,9 @@ Model (all service times come from the measured :class:`~elasticdenser.serve.pro
 * Queueing capacity ``qcap_p``: the largest Poisson rate whose 99th percentile latency of unbatched
   service (M/D/1 at ``S_p90(1)``, :mod:`~elasticdenser.serve.queueing`) meets the SLO; batching only
   shortens that queue. It matters where batching gains little and a request is short against the SLO.
-* A point is *feasible* for the next batch when ``qps <= max(margin * cap_p, qcap_p)`` (the margin
-  stands in for the tail that ``qcap_p`` holds) and ``drain_p(q)`` meets the SLO.
+* A point is *feasible* for the next batch when ``qps <= max(margin * cap_p, qcap_p + z sd)`` (the
+  margin stands in for the tail that ``qcap_p`` holds; ``sd``, the estimate's noise at ``qcap_p``,
+  keeps a low rate's Poisson noise from sending the point down) and ``drain_p(q)`` meets the SLO.
 
 Calibration: every served batch reports its measured time (:meth:`Router.observe_service`); an
 EWMA of measured / profiled time becomes a ``scale`` on all profiled service times, so a machine
@@ -56,6 +57,7 @@ from elasticdenser.operating_point import OperatingPoint, ServingConfig
 from elasticdenser.serve.profile import PointProfile, Profile
 from elasticdenser.serve.queueing import md1_capacity_qps
 from elasticdenser.serve.rate import RateEstimator
+from elasticdenser.serve.router_config import RouterConfig
 
 __all__ = ["Overloaded", "RouterConfig", "Decision", "RateEstimator", "Router"]
 
@@ -66,44 +68,6 @@ class Overloaded(RuntimeError):
     def __init__(self, message: str = "overloaded: the request queue is full", retry_after_s: float = 1.0):
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-@dataclass
-class RouterConfig:
-    slo_ms: float = 50.0  #: latency target (p95 of request latency)
-    max_batch: int = 64  #: largest batch the worker encodes at once
-    max_wait_ms: float = 2.0  #: how long a non-full batch may wait for company
-    margin: float = 0.6  #: use at most this fraction of a point's SLO capacity
-    step_up_margin: float = 0.5  #: stricter fraction a better point must meet before stepping up
-    step_up_after_s: float = 5.0  #: ... continuously for this long (hysteresis)
-    rate_tau_s: float = 1.0  #: EWMA time constant of the arrival-rate estimate (step-down decisions)
-    slow_rate_tau_s: float = 5.0  #: a slower, less noisy estimate for step-up decisions
-    max_queue: Optional[int] = None  #: bounded queue; None = what the cheapest point drains in the SLO
-    calibrate: bool = True  #: scale the profile by observed/profiled batch time (EWMA), see observe_service
-    calibration_alpha: float = 0.05  #: EWMA weight of one batch in that scale
-    calibration_bounds: Tuple[float, float] = (0.5, 4.0)  #: the scale stays within these
-    latency_stat: str = "p90"  #: profile statistic used for latency predictions
-    throughput_stat: str = "median"  #: profile statistic used for capacity / steady batch size
-    #: answer queued requests that can no longer meet the SLO like a refusal (503 + Retry-After) instead
-    #: of serving them late (``serve`` turns it on) ...
-    shed_late: bool = False
-    shed_at: float = 0.8  #: ... once the predicted finish passes this fraction of the SLO (service-time tails)
-
-    def __post_init__(self) -> None:
-        if self.slo_ms <= 0:
-            raise InvalidInputError(f"slo_ms must be > 0, got {self.slo_ms}")
-        if self.max_batch < 1:
-            raise InvalidInputError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.max_wait_ms < 0:
-            raise InvalidInputError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if not 0 < self.step_up_margin <= self.margin <= 1.5:
-            raise InvalidInputError("need 0 < step_up_margin <= margin <= 1.5")
-        if self.step_up_after_s < 0 or self.rate_tau_s <= 0 or self.slow_rate_tau_s <= 0:
-            raise InvalidInputError("step_up_after_s must be >= 0 and rate_tau_s, slow_rate_tau_s > 0")
-        if not 0 < self.calibration_alpha <= 1:
-            raise InvalidInputError("calibration_alpha must be in (0, 1]")
-        if (self.max_queue is not None and self.max_queue < 1) or not 0 < self.shed_at <= 1:
-            raise InvalidInputError(f"need max_queue >= 1 and 0 < shed_at <= 1, got {self.max_queue}, {self.shed_at}")
 
 
 @dataclass
@@ -234,12 +198,18 @@ class Router:
                 best = max(best, 1000.0 * b / self._s(p, b, c.throughput_stat))
         return best
 
-    def limit_qps(self, p: PointProfile, margin: Optional[float] = None) -> float:
+    def limit_qps(self, p: PointProfile, margin: Optional[float] = None, noisy: bool = False) -> float:
         """The load ``p`` takes at ``margin`` (default the config's): that share of its SLO capacity or its
-        queueing capacity x ``margin / config.margin`` (a stricter step-up margin is stricter on both)."""
+        queueing capacity x ``margin / config.margin`` (a stricter step-up margin is stricter on both).
+        ``noisy``: the limit for the fast rate estimate, whose Poisson noise at rate ``q`` is
+        ``sqrt(q / (2 rate_tau_s))``; the queueing capacity gets ``rate_noise_z`` of it, so a low rate's
+        noise alone does not send the point down (the margin already holds it at high rates)."""
         c = self.config
         margin = c.margin if margin is None else margin
-        return max(margin * self.capacity[p.name], self.queueing_capacity[p.name] * margin / c.margin)
+        q = self.queueing_capacity[p.name] * margin / c.margin
+        if noisy:
+            q += c.rate_noise_z * math.sqrt(q / (2.0 * c.rate_tau_s))
+        return max(margin * self.capacity[p.name], q)
 
     def drain_ms(self, p: PointProfile, n: int) -> float:
         """Time to serve ``n`` queued requests at ``p`` in batches of at most ``max_batch``."""
@@ -285,7 +255,7 @@ class Router:
     def feasible(self, p: PointProfile, qps: float, queue_len: int, margin: Optional[float] = None) -> bool:
         """Can ``p`` serve the next batch? The load is within :meth:`limit_qps`, and the ``queue_len``
         requests waiting now (this batch included; the worker is free) drain within the SLO."""
-        return qps <= self.limit_qps(p, margin) and self.drain_ms(p, queue_len) <= self.config.slo_ms
+        return qps <= self.limit_qps(p, margin, noisy=True) and self.drain_ms(p, queue_len) <= self.config.slo_ms
 
     # --- online interface -------------------------------------------------------------------
     def _now(self, now: Optional[float]) -> float:
@@ -355,7 +325,7 @@ class Router:
         slow = self.slow_rate.rate(now)
         target = None
         for p in self.ladder:
-            limit = self.limit_qps(p)
+            limit = self.limit_qps(p, noisy=True)
             if slow <= self.limit_qps(p, c.step_up_margin) and qps <= limit:  # hysteresis: how long has p been comfortable?
                 if self._ok_since[p.name] is None:
                     self._ok_since[p.name] = now
