@@ -471,6 +471,13 @@ def test_joint_profile_measured_and_served_by_the_routed_service(squad_small, cr
         direct = searcher.search(queries[0].text, k=3, point=res.config.query, rerank=5, ranker_point=res.config.ranker)
         assert [h.doc_id for h in res.hits] == [h.doc_id for h in direct.hits]
         assert res.config.name in svc.metrics_text()
+    # ... and so does the real in-process replay (`simulate --mode inprocess --ranker`)
+    from elasticdenser.serve import replay
+
+    run = replay.run_real_inprocess([0.0, 0.1, 0.2, 0.3], searcher, best, "router", [q.text for q in queries],
+                                    RouterConfig(slo_ms=500), k=3)
+    assert run.summary["served"] == 4 and {row["point"] for row in run.series} == {best.best.name}
+    assert best.best.config.ranker is not None
 
 
 def test_discrete_event_ramp_over_both_stages(cross_encoder_dir):

@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: router, static-full, static-smallest, static:POINT")
     p.add_argument("--mode", choices=["des", "inprocess", "http"], default="des")
     p.add_argument("--exp-dir", help="experiment to search (inprocess mode; default: --profile if it is a dir)")
+    p.add_argument("--ranker", help="the trained ranker the profile's joint configurations rerank with (inprocess mode)")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (http mode)")
     p.add_argument("--collection", help="query texts for real runs (default: the experiment's collection)")
     add_data_dir(p)
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             exp_dir = args.exp_dir or (args.profile if Path(args.profile).is_dir() else None)
             if not exp_dir:
                 raise InvalidInputError("--mode inprocess needs --exp-dir")
-            searcher = Searcher.open(exp_dir)
+            searcher = Searcher.open(exp_dir, ranker=args.ranker)
             for pol in policies:
                 results.append(replay.run_real_inprocess(trace.times, searcher, profile, pol, texts, config, args.k,
                                                       window_s=args.window, duration=trace.duration,

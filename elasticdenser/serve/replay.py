@@ -37,10 +37,10 @@ def run_real_inprocess(
     A request the generator cannot send because ``max_in_flight`` are outstanding counts as
     rejected (it never happens unless the service loses requests).
     """
-    from elasticdenser.serve.service import RoutedSearcher
+    from elasticdenser.serve.service import RoutedSearcher, servable_configs
 
     config = config or RouterConfig()
-    router = make_router(profile, policy, config, clock=time.monotonic, points=[str(p) for p in searcher.points],
+    router = make_router(profile, policy, config, clock=time.monotonic, points=servable_configs(searcher, profile),
                          static_max_queue=static_max_queue)
     n = len(times)
     latency = np.full(n, np.nan)

@@ -23,7 +23,7 @@ from elasticdenser.serve.measure import encoder_backend
 from elasticdenser.serve.profile import Profile, load_profile
 from elasticdenser.serve.router import Overloaded, Router, RouterConfig
 
-__all__ = ["LATENCY_BUCKETS", "RoutedResult", "Metrics", "RoutedSearcher"]
+__all__ = ["LATENCY_BUCKETS", "RoutedResult", "Metrics", "RoutedSearcher", "servable_configs"]
 
 #: Prometheus latency histogram buckets (seconds).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -127,15 +127,16 @@ def _searcher_profile(searcher: Any) -> Profile:
     raise InvalidInputError("no operating-point profile for this searcher; run `elasticdenser profile EXP_DIR` first")
 
 
-def _joint_configs(searcher: Any, profile: Profile) -> List[str]:
-    """The profile's joint configurations this searcher can serve: its query points with its
-    attached ranker's points (none without a ranker)."""
+def servable_configs(searcher: Any, profile: Profile) -> List[str]:
+    """What a router over ``searcher`` may choose: its query points, and the profile's joint
+    configurations of those points with its attached ranker's points (none without a ranker)."""
+    queries = [str(p) for p in searcher.points]
     ranker = getattr(searcher, "ranker", None)
     if ranker is None:
-        return []
-    queries, rankers = {str(p) for p in searcher.points}, {p.name for p in ranker.default_points()}
-    return [name for name, entry in profile.points.items() if entry.config.ranker is not None
-            and entry.config.query.name in queries and entry.config.ranker.name in rankers]
+        return queries
+    rankers = {p.name for p in ranker.default_points()}
+    return queries + [name for name, entry in profile.points.items() if entry.config.ranker is not None
+                      and entry.config.query.name in queries and entry.config.ranker.name in rankers]
 
 
 class RoutedSearcher:
@@ -154,7 +155,7 @@ class RoutedSearcher:
         self.point_names = [p.name for p in self.points]
         if router is None:
             profile = profile or _searcher_profile(searcher)
-            router = Router(profile, config, clock, points=self.point_names + _joint_configs(searcher, profile))
+            router = Router(profile, config, clock, points=servable_configs(searcher, profile))
         self.router = router
         #: what /metrics counts: the query points and the joint configurations the router may choose
         self.config_names = self.point_names + [p.name for p in router.ladder if p.name not in self.point_names]
