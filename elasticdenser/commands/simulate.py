@@ -105,13 +105,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _query_texts(args: argparse.Namespace, profile) -> list:
+    from pathlib import Path
+
     from elasticdenser.data import load_collection
 
     name = args.collection
-    if not name and args.exp_dir:
+    exp_dir = args.exp_dir or (args.profile if Path(args.profile).is_dir() else None)  # as --exp-dir's help says
+    if not name and exp_dir:
         from elasticdenser.index import manifest as mf
 
-        name = mf.load(args.exp_dir).get("collection", {}).get("name")
+        name = mf.load(exp_dir).get("collection", {}).get("name")
     if not name:
         raise InvalidInputError("real runs need query texts: pass --collection")
     texts = [q.text for q in load_collection(name, args.data_dir).queries if q.text.strip()]
