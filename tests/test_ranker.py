@@ -480,6 +480,27 @@ def test_joint_profile_measured_and_served_by_the_routed_service(squad_small, cr
     assert best.best.config.ranker is not None
 
 
+def test_calibration_scales_the_ranker_stage_apart_from_the_query_stage(cross_encoder_dir):
+    """Reranked batches that run 2x slower than profiled halve the reranked configurations' capacities and
+    leave the query-only points' as they were (and the other way round)."""
+    from elasticdenser.serve.router import Router, RouterConfig
+
+    ranker = ElasticRanker.from_pretrained(cross_encoder_dir)
+    prof = _two_stage_profile([OperatingPoint.parse("L4-H4-F128-D64")], ranker.default_points())
+    r = Router(prof, RouterConfig(slo_ms=500, calibration_alpha=0.5))
+    before = dict(r.capacity)
+    joint = next(p for p in r.ladder if p.config.ranker is not None)
+    query = next(p for p in r.ladder if p.config.ranker is None)
+    for _ in range(20):
+        r.observe_service(joint.name, 2, 2.0 * joint.service_ms(2))
+    assert r.scales["rerank"] == pytest.approx(2.0, rel=0.02) and r.scale == 1.0
+    assert r.capacity[query.name] == before[query.name]
+    assert r.capacity[joint.name] == pytest.approx(before[joint.name] / 2, rel=0.1)
+    for _ in range(20):
+        r.observe_service(query.name, 1, 0.5 * query.service_ms(1))
+    assert r.scale == pytest.approx(0.5, rel=0.02) and r.scales["rerank"] == pytest.approx(2.0, rel=0.02)
+
+
 def test_discrete_event_ramp_over_both_stages(cross_encoder_dir):
     """The DES drives the same router over joint configurations: at low load it reranks, at the
     ramp's peak it sheds the ranker, and it stays within the SLO where a static full pipeline cannot."""

@@ -29,8 +29,9 @@ Model (all service times come from the measured :class:`~elasticdenser.serve.pro
   keeps a low rate's Poisson noise from sending the point down) and ``drain_p(q)`` meets the SLO.
 
 Calibration: every served batch reports its measured time (:meth:`Router.observe_service`); an
-EWMA of measured / profiled time becomes a ``scale`` on all profiled service times, so a machine
-that got busier (or quieter) since ``elasticdenser profile`` ran is modelled as it is now.
+EWMA of measured / profiled time becomes a ``scale`` on the profiled service times of its stage kind
+(query-only or reranked), so a machine that got busier (or quieter) since ``elasticdenser profile``
+ran is modelled as it is now.
 
 Decision for the next batch (:meth:`Router.choose`): the *routed* point is the highest-quality
 Pareto point feasible at the load; if none is, the cheapest. Stepping *down* happens at once.
@@ -109,8 +110,11 @@ class Router:
             ladder = [profile[fixed]]
         self.fixed = fixed
         self._tables: Dict[Tuple[str, str], List[float]] = {}
-        self.scale = 1.0  # observed / profiled service time (1 = the machine is as profiled)
-        self._scale_ewma = 1.0
+        # observed / profiled service time (1 = the machine is as profiled), one per stage kind: the query
+        # encoder's short calls and the ranker's long ones drift apart when the machine gets busier
+        self._stage = {name: "rerank" if p.config.ranker is not None else "query" for name, p in profile.points.items()}
+        self.scales = {"query": 1.0, "rerank": 1.0}
+        self._scale_ewma = dict(self.scales)
         self.ladder: List[PointProfile] = ladder  # best quality first
         self.capacity: Dict[str, float] = {}
         self.queueing_capacity: Dict[str, float] = {}
@@ -131,6 +135,11 @@ class Router:
     def static(cls, profile: Profile, point: Union[str, OperatingPoint], config: Optional[RouterConfig] = None,
                clock: Callable[[], float] = time.monotonic) -> "Router":
         return cls(profile, config, clock, fixed=point)
+
+    @property
+    def scale(self) -> float:
+        """The query stage's calibration scale (``scales`` has the ranker stage's too)."""
+        return self.scales["query"]
 
     @property
     def current(self) -> OperatingPoint:
@@ -162,20 +171,22 @@ class Router:
         """Feed back a measured batch service time (ms); keeps the profile honest online.
 
         The ratio observed / profiled median (same point, same batch size) is averaged with an EWMA
-        (``calibration_alpha`` per batch) into one ``scale`` that multiplies every profiled service
-        time -- e.g. when other work on the machine slows every point down alike. Capacities and
-        the default queue bound follow the scale (recomputed when it moves by more than 3%).
+        (``calibration_alpha`` per batch) into the ``scales`` entry of its stage kind (query-only or
+        reranked), which multiplies every profiled service time of that kind -- e.g. when other work
+        on the machine slows every point down alike. Capacities and the default queue bound follow
+        (recomputed when a scale moves by more than 3%).
         """
         c = self.config
         if not c.calibrate or batch < 1 or ms <= 0 or point not in self.profile:
             return
+        stage = self._stage[str(point)]
         base = self.profile[point].service_ms(batch, c.throughput_stat)
         lo, hi = c.calibration_bounds
-        # one outlier (a page fault, a GC pause) moves the scale at most as much as a 2x reading
-        ratio = min(2 * self._scale_ewma, max(0.5 * self._scale_ewma, ms / base))
-        self._scale_ewma = min(hi, max(lo, self._scale_ewma + c.calibration_alpha * (ratio - self._scale_ewma)))
-        if abs(self._scale_ewma - self.scale) > 0.03 * self.scale:
-            self.scale = self._scale_ewma
+        ewma = self._scale_ewma[stage]
+        ratio = min(2 * ewma, max(0.5 * ewma, ms / base))  # an outlier moves the scale at most as a 2x reading
+        ewma = self._scale_ewma[stage] = min(hi, max(lo, ewma + c.calibration_alpha * (ratio - ewma)))
+        if abs(ewma - self.scales[stage]) > 0.03 * self.scales[stage]:
+            self.scales[stage] = ewma
             self._refresh()
 
     def _s(self, p: PointProfile, b: float, stat: Optional[str] = None) -> float:
@@ -185,10 +196,11 @@ class Router:
         if tab is None:  # service time at integer batch sizes 0..max_batch (0 mirrors 1)
             tab = [p.service_ms(max(1, b), stat) for b in range(self.config.max_batch + 1)]
             self._tables[key] = tab
+        scale = self.scales[self._stage[p.name]]
         if b >= len(tab) - 1:
-            return self.scale * (tab[-1] if b == len(tab) - 1 else p.service_ms(b, stat))
+            return scale * (tab[-1] if b == len(tab) - 1 else p.service_ms(b, stat))
         lo = int(b)
-        return self.scale * (tab[lo] + (tab[lo + 1] - tab[lo]) * (b - lo))
+        return scale * (tab[lo] + (tab[lo + 1] - tab[lo]) * (b - lo))
 
     def _capacity(self, p: PointProfile) -> float:
         c = self.config

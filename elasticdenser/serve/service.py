@@ -342,7 +342,8 @@ class RoutedSearcher:
             "qps_estimate": round(self.router.qps(), 3),
             "queue_length": len(self._queue),
             "max_queue": self.router.max_queue,
-            "calibration_scale": round(self.router.scale, 3),  # measured / profiled batch time
+            "calibration_scale": round(self.router.scale, 3),  # measured / profiled batch time (query-only)
+            "calibration_scale_rerank": round(self.router.scales["rerank"], 3),  # ... of reranked configurations
             "slo_ms": self.router.config.slo_ms,
             # the query path this process runs, and the one the profile's latencies were measured on
             "encoder_backend": encoder_backend(self.searcher),
