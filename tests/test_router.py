@@ -287,6 +287,24 @@ def test_a_low_rates_poisson_noise_does_not_send_a_point_down():
     assert share_at_small(2.0) > 0.95 > 0.5 > share_at_small(0.0)
 
 
+def test_a_load_held_past_what_a_point_carries_still_sends_it_down():
+    """The noise allowance lifts the step-down limit past the point's own SLO capacity; a Poisson load held
+    there (1.1x that capacity) still leaves the point within seconds, and it does not come back."""
+    r = Router(reranker_profile(), RouterConfig(slo_ms=1000, max_batch=32))
+    small = r.profile[SMALL]
+    assert r.limit_qps(small, noisy=True) > r.capacity[SMALL]
+    rate = 1.1 * r.capacity[SMALL]
+    rng, t, nxt, served = np.random.default_rng(11), 0.0, 0.0, []
+    while t < 120.0:
+        while nxt <= t:
+            r.admit(0, nxt)
+            nxt += rng.exponential(1.0 / rate)
+        served.append((t, r.choose(1, t).name))
+        t += 0.1
+    left = next(t for t, name in served if name != SMALL)
+    assert left < 10.0 and all(name != SMALL for t, name in served if t > left + 5.0)
+
+
 def test_queueing_capacity_leaves_batched_points_to_the_margin():
     """Query encoders at a 50 ms SLO gain from batching: their SLO capacity x margin stays the limit."""
     r = Router(fake_profile(), RouterConfig(slo_ms=50))

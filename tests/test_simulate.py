@@ -132,16 +132,17 @@ def test_csv_plot_and_cli(tmp_path, profile):
 
 
 def test_the_queueing_capacity_holds_the_tail_it_predicts():
-    """Simulated Poisson load on an unbatched one-second-SLO point: p99 within the SLO at the queueing
-    capacity, and far past it at 1.5x (the bound is not vacuous)."""
-    def linear(name, per, q):
-        return PointProfile(name, {b: {"median": per * b, "p90": 1.15 * per * b} for b in (1, 2, 4, 8, 16, 32)},
+    """Simulated Poisson load on a one-second-SLO point served one request at a time: p99 within the SLO at
+    0.9x the queueing capacity (at 1.0x it is the SLO give or take the sample's noise), far past it at
+    1.5x: the model is neither optimistic nor vacuous."""
+    def linear(name, per, q):  # p90 = median: the simulated service times are the model's deterministic S
+        return PointProfile(name, {b: {"median": per * b, "p90": per * b} for b in (1, 2, 4, 8, 16, 32)},
                             {"recall@10": q})
 
     prof = Profile({FULL: linear(FULL, 300, 0.7), SMALL: linear(SMALL, 80, 0.66)}, "recall@10")
     mark_pareto(prof.points.values(), "recall@10")
-    cfg = RouterConfig(slo_ms=1000, max_batch=32)
+    cfg = RouterConfig(slo_ms=1000, max_batch=1)  # one at a time, as the model serves
     qcap = Router(prof, cfg).queueing_capacity[SMALL]
     p99 = [sim.simulate(parse_trace(f"poisson:rate={f * qcap},duration=600", seed=0).times, prof, f"static:{SMALL}", cfg,
-                        seed=1).summary["p99_ms"] for f in (1.0, 1.5)]
-    assert p99[0] <= 1000 < 2 * 1000 < p99[1]
+                        seed=1).summary["p99_ms"] for f in (0.9, 1.5)]
+    assert p99[0] <= 1000 and p99[1] > 2 * 1000

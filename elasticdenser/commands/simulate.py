@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if capacity <= 0 and re.search(r"\dx\b", args.trace):
         raise InvalidInputError(f"{full} cannot meet a {config.slo_ms:g} ms SLO at any load on the profiled machine, so "
                          "relative rates ('2x') are undefined: raise --slo-ms or pass --capacity")
+    if args.ranker and args.mode != "inprocess":
+        raise InvalidInputError("--ranker is for --mode inprocess (a server gets its ranker from `serve --ranker`)")
     trace = parse_trace(args.trace, capacity, args.seed)
     policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     for pol in policies:

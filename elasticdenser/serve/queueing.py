@@ -3,8 +3,9 @@
 Why: the router's utilisation margin stands in for the queueing tail; where one request's service is
 short against the SLO and batching gains nothing (a reranking stage at a one-second SLO), the tail
 itself is the better limit. The waiting time of M/D/1 has the exponential tail
-``P(wait > t) ~ rho exp(-theta t)``, ``theta > 0`` solving ``rate (exp(theta S) - 1) = theta``
-(the Cramér-Lundberg decay rate of M/G/1 with deterministic service ``S``).
+``P(wait > t) ~ C exp(-theta t)``, ``theta > 0`` solving ``rate (exp(theta S) - 1) = theta`` (the
+Cramér-Lundberg decay rate of M/G/1 with deterministic service ``S``) and, with ``x = theta S``,
+``C = (1 - rho) / (rho exp(x) - 1)``; at rho = 0.5 it gives the exact M/D/1 99th percentile wait.
 """
 from __future__ import annotations
 
@@ -33,11 +34,14 @@ def md1_latency_ms(service_ms: float, qps: float, quantile: float = TAIL_QUANTIL
         x -= step
         if step < 1e-12 * x:
             break
-    return service_ms * (1.0 + math.log(rho / (1.0 - quantile)) / x)
+    c = (1.0 - rho) / (rho * math.exp(x) - 1.0)
+    return service_ms * (1.0 + max(0.0, math.log(c / (1.0 - quantile))) / x)
 
 
 def md1_capacity_qps(service_ms: float, budget_ms: float, quantile: float = TAIL_QUANTILE) -> float:
     """The largest rate whose :func:`md1_latency_ms` fits in ``budget_ms`` (0 if one lone request does not)."""
+    if service_ms <= 0:
+        return math.inf
     if service_ms > budget_ms:
         return 0.0
     lo, hi = 0.0, 1000.0 / service_ms

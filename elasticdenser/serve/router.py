@@ -21,12 +21,14 @@ Model (all service times come from the measured :class:`~elasticdenser.serve.pro
 * Backlog: when the worker is free and ``q`` requests wait, the last of them is answered after
   ``drain_p(q)`` (full batches of ``max_batch``, then the remainder); a request *arriving* behind
   them also waits for the batch in service (:meth:`Router.predict_ms`).
-* Queueing capacity ``qcap_p``: the largest Poisson rate whose 99th percentile latency of unbatched
-  service (M/D/1 at ``S_p90(1)``, :mod:`~elasticdenser.serve.queueing`) meets the SLO; batching only
-  shortens that queue. It matters where batching gains little and a request is short against the SLO.
-* A point is *feasible* for the next batch when ``qps <= max(margin * cap_p, qcap_p + z sd)`` (the
-  margin stands in for the tail that ``qcap_p`` holds; ``sd``, the estimate's noise at ``qcap_p``,
-  keeps a low rate's Poisson noise from sending the point down) and ``drain_p(q)`` meets the SLO.
+* Queueing capacity ``qcap_p``: the largest Poisson rate whose 99th percentile latency of one-at-a-time
+  service (M/D/1 at ``S_p90(1)``, :mod:`~elasticdenser.serve.queueing`) meets the SLO. It matters where
+  batching gains little and a request is short against the SLO (a reranker at a one-second SLO);
+  batches whose time grows linearly make the first of them wait longer than this model says.
+* A point is *feasible* for the next batch when ``qps <= max(margin * cap_p, qcap_p + z sd)`` and
+  ``slow_qps <= max(margin * cap_p, qcap_p)`` (the margin stands in for the tail that ``qcap_p``
+  holds; ``sd``, the fast estimate's noise at ``qcap_p``, keeps a low rate's Poisson noise from
+  sending the point down, the slow estimate a load held above it) and ``drain_p(q)`` meets the SLO.
 
 Calibration: every served batch reports its measured time (:meth:`Router.observe_service`); an
 EWMA of measured / profiled time becomes a ``scale`` on the profiled service times of its stage kind
@@ -161,7 +163,7 @@ class Router:
 
     # --- model ----------------------------------------------------------------------------
     def _refresh(self) -> None:
-        """Recompute capacities and the default queue bound for the current ``scale``."""
+        """Recompute capacities and the default queue bound for the current ``scales``."""
         self.capacity = {p.name: self._capacity(p) for p in self.ladder}
         budget = self.config.slo_ms - self.config.max_wait_ms
         self.queueing_capacity = {p.name: md1_capacity_qps(self._s(p, 1), budget) for p in self.ladder}
@@ -219,7 +221,7 @@ class Router:
         c = self.config
         margin = c.margin if margin is None else margin
         q = self.queueing_capacity[p.name] * margin / c.margin
-        if noisy:
+        if noisy:  # may pass what the point carries: a load held there crosses it within seconds (see tests)
             q += c.rate_noise_z * math.sqrt(q / (2.0 * c.rate_tau_s))
         return max(margin * self.capacity[p.name], q)
 
@@ -267,7 +269,7 @@ class Router:
     def feasible(self, p: PointProfile, qps: float, queue_len: int, margin: Optional[float] = None) -> bool:
         """Can ``p`` serve the next batch? The load is within :meth:`limit_qps`, and the ``queue_len``
         requests waiting now (this batch included; the worker is free) drain within the SLO."""
-        return qps <= self.limit_qps(p, margin, noisy=True) and self.drain_ms(p, queue_len) <= self.config.slo_ms
+        return qps <= self.limit_qps(p, margin, noisy=margin is None) and self.drain_ms(p, queue_len) <= self.config.slo_ms
 
     # --- online interface -------------------------------------------------------------------
     def _now(self, now: Optional[float]) -> float:
