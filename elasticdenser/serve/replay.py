@@ -94,8 +94,7 @@ def run_real_inprocess(
     rel_switches = [(t - t_start, a, b) for t, a, b in switches]
     span = duration if duration is not None else (float(times[-1]) if n else 0.0)
     res = summarize(policy, times, latency, served_by, profile, config.slo_ms, span, window_s, rel_switches)
-    res.summary.update(calibration_scale=router.scale, calibration_scale_rerank=router.scales["rerank"],
-                       burst_batches=router.burst_batches)
+    res.summary.update(router.run_summary())
     return res
 
 

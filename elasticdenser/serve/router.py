@@ -369,6 +369,11 @@ class Router:
         self.last = Decision(chosen.name, qps, queue_len, self.drain_ms(chosen, queue_len))
         return chosen.config
 
+    def run_summary(self) -> Dict[str, float]:
+        """What a load run reports about the router at its end (the simulations' summaries)."""
+        return {"calibration_scale": self.scale, "calibration_scale_rerank": self.scales["rerank"],
+                "burst_batches": self.burst_batches}
+
     def describe(self) -> List[Dict[str, float]]:
         """Per point: quality, SLO and queueing capacity (qps), service time at batch 1 and ``max_batch``."""
         return [
