@@ -310,3 +310,15 @@ def test_queueing_capacity_leaves_batched_points_to_the_margin():
     r = Router(fake_profile(), RouterConfig(slo_ms=50))
     for p in r.ladder:
         assert 0 < r.queueing_capacity[p.name] < r.config.margin * r.capacity[p.name] == r.limit_qps(p, noisy=True)
+
+
+def test_router_flags_reach_the_config():
+    import argparse
+
+    from elasticdenser.commands.serve import add_router_args, router_config
+
+    parser = argparse.ArgumentParser()
+    add_router_args(parser)
+    assert router_config(parser.parse_args([])) == RouterConfig()
+    cfg = router_config(parser.parse_args(["--rate-noise-z", "0.5", "--slo-ms", "1000", "--margin", "0.7"]))
+    assert (cfg.rate_noise_z, cfg.slo_ms, cfg.margin) == (0.5, 1000.0, 0.7)

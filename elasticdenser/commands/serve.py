@@ -29,6 +29,9 @@ def add_router_args(p: argparse.ArgumentParser) -> None:
                    help=f"EWMA time constant of the QPS estimate, s (default {d.rate_tau_s:g})")
     g.add_argument("--slow-rate-tau", type=float, default=d.slow_rate_tau_s,
                    help=f"time constant of the step-up QPS estimate, s (default {d.slow_rate_tau_s:g})")
+    g.add_argument("--rate-noise-z", type=float, default=d.rate_noise_z,
+                   help="standard deviations of the QPS estimate's noise a point's queueing capacity tolerates "
+                        f"before stepping down (default {d.rate_noise_z:g})")
     g.add_argument("--max-queue", type=int, help="bounded queue (default: what the cheapest point drains in the SLO)")
 
 
@@ -36,7 +39,7 @@ def router_config(args: argparse.Namespace) -> RouterConfig:
     return RouterConfig(
         slo_ms=args.slo_ms, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, margin=args.margin,
         step_up_margin=args.step_up_margin, step_up_after_s=args.step_up_after, rate_tau_s=args.rate_tau,
-        slow_rate_tau_s=args.slow_rate_tau,
+        slow_rate_tau_s=args.slow_rate_tau, rate_noise_z=args.rate_noise_z,
         max_queue=args.max_queue,
     )
 
