@@ -251,6 +251,34 @@ def reranker_profile():
     return Profile({p.name: p for p in pts}, "recall@10")
 
 
+def poisson_choices(router, rate, t_end, seed, dt=0.1):
+    """Seeded Poisson arrivals at ``rate`` and one choice (queue of 1) every ``dt``; returns ``(t, point)``."""
+    rng, t, nxt, chosen = np.random.default_rng(seed), 0.0, 0.0, []
+    while t < t_end:
+        while nxt <= t:
+            router.admit(0, nxt)
+            nxt += rng.exponential(1.0 / rate)
+        chosen.append((t, router.choose(1, t).name))
+        t += dt
+    return chosen
+
+
+def test_the_md1_tail_is_erlangs_exact_waiting_time():
+    """Against the exact M/D/1 waiting-time distribution (Erlang: ``P(W <= t) = (1 - rho) sum_{k <= t/S}
+    (rate (k S - t))^k / k! exp(-rate (k S - t))``), service S = 1 s: the 99th percentile within 1 %."""
+    def exact_p99_wait(rho):
+        def cdf(t):
+            return (1 - rho) * sum((rho * (k - t)) ** k / math.factorial(k) * math.exp(-rho * (k - t))
+                                   for k in range(int(t) + 1))
+        lo, hi = 0.0, 50.0
+        for _ in range(60):
+            lo, hi = ((lo + hi) / 2, hi) if cdf((lo + hi) / 2) < 0.99 else (lo, (lo + hi) / 2)
+        return lo
+
+    for rho in (0.3, 0.5, 0.7):
+        assert md1_latency_ms(1000.0, rho) == pytest.approx(1000.0 * (1 + exact_p99_wait(rho)), rel=0.01)
+
+
 def test_queueing_capacity_lets_a_long_unbatched_point_run_past_the_margin():
     cfg = RouterConfig(slo_ms=1000, max_batch=32)
     r = Router(reranker_profile(), cfg)
@@ -273,15 +301,7 @@ def test_a_low_rates_poisson_noise_does_not_send_a_point_down():
     +-30 %) the router keeps that point; without the noise allowance it keeps dropping to the cheaper one."""
     def share_at_small(z):
         r = Router(reranker_profile(), RouterConfig(slo_ms=1000, max_batch=32, rate_noise_z=z))
-        rate = 0.7 * r.queueing_capacity[SMALL]
-        rng, t, nxt, served = np.random.default_rng(5), 0.0, 0.0, []
-        while t < 300.0:
-            while nxt <= t:
-                r.admit(0, nxt)
-                nxt += rng.exponential(1.0 / rate)
-            if t > 10:
-                served.append(r.choose(1, t).name)
-            t += 0.1
+        served = [name for t, name in poisson_choices(r, 0.7 * r.queueing_capacity[SMALL], 300.0, seed=5) if t > 10]
         return served.count(SMALL) / len(served)
 
     assert share_at_small(2.0) > 0.95 > 0.5 > share_at_small(0.0)
@@ -293,14 +313,7 @@ def test_a_load_held_past_what_a_point_carries_still_sends_it_down():
     r = Router(reranker_profile(), RouterConfig(slo_ms=1000, max_batch=32))
     small = r.profile[SMALL]
     assert r.limit_qps(small, noisy=True) > r.capacity[SMALL]
-    rate = 1.1 * r.capacity[SMALL]
-    rng, t, nxt, served = np.random.default_rng(11), 0.0, 0.0, []
-    while t < 120.0:
-        while nxt <= t:
-            r.admit(0, nxt)
-            nxt += rng.exponential(1.0 / rate)
-        served.append((t, r.choose(1, t).name))
-        t += 0.1
+    served = poisson_choices(r, 1.1 * r.capacity[SMALL], 120.0, seed=11)
     left = next(t for t, name in served if name != SMALL)
     assert left < 10.0 and all(name != SMALL for t, name in served if t > left + 5.0)
 

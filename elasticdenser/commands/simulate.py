@@ -47,7 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from elasticdenser.atomic import write_json
     from elasticdenser.serve import replay
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if args.mode == "inprocess":
             from elasticdenser.searcher import Searcher
 
-            exp_dir = args.exp_dir or (args.profile if Path(args.profile).is_dir() else None)
+            exp_dir = _exp_dir(args)
             if not exp_dir:
                 raise InvalidInputError("--mode inprocess needs --exp-dir")
             searcher = Searcher.open(exp_dir, ranker=args.ranker)
@@ -106,13 +105,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _query_texts(args: argparse.Namespace, profile) -> list:
+def _exp_dir(args: argparse.Namespace):
+    """The experiment a real run searches: ``--exp-dir``, else ``--profile`` when it is a folder."""
     from pathlib import Path
 
+    return args.exp_dir or (args.profile if Path(args.profile).is_dir() else None)
+
+
+def _query_texts(args: argparse.Namespace, profile) -> list:
     from elasticdenser.data import load_collection
 
     name = args.collection
-    exp_dir = args.exp_dir or (args.profile if Path(args.profile).is_dir() else None)  # as --exp-dir's help says
+    exp_dir = _exp_dir(args)
     if not name and exp_dir:
         from elasticdenser.index import manifest as mf
 
