@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from elasticdenser.serve import simulate as sim
@@ -36,11 +36,6 @@ def margin_only():
         Router.limit_qps = kept
 
 
-@contextmanager
-def as_is():
-    yield
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("profile", help="experiment dir or profile JSON")
@@ -52,9 +47,9 @@ def main(argv=None) -> int:
     variants = {
         "0.13.0 rule, margin 0.6": (margin_only, {}),
         "0.13.0 rule, margin 0.8": (margin_only, {"margin": 0.8}),
-        "0.14.0 rule, rate_noise_z 0": (as_is, {"rate_noise_z": 0.0}),
-        "0.14.0 rule, rate_noise_z 1": (as_is, {"rate_noise_z": 1.0}),
-        "0.14.0 rule, rate_noise_z 2 (default)": (as_is, {}),
+        "0.14.0 rule, rate_noise_z 0": (nullcontext, {"rate_noise_z": 0.0}),
+        "0.14.0 rule, rate_noise_z 1": (nullcontext, {"rate_noise_z": 1.0}),
+        "0.14.0 rule, rate_noise_z 2 (default)": (nullcontext, {}),
     }
     out = {}
     for name, (rule, settings) in variants.items():

@@ -47,7 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from elasticdenser.atomic import write_json
     from elasticdenser.serve import replay
     from elasticdenser.serve import simulate as sim

@@ -25,10 +25,10 @@ Model (all service times come from the measured :class:`~elasticdenser.serve.pro
   service (M/D/1 at ``S_p90(1)``, :mod:`~elasticdenser.serve.queueing`) meets the SLO. It matters where
   batching gains little and a request is short against the SLO (a reranker at a one-second SLO);
   batches whose time grows linearly make the first of them wait longer than this model says.
-* A point is *feasible* for the next batch when ``qps <= max(margin * cap_p, qcap_p + z sd)`` and
-  ``slow_qps <= max(margin * cap_p, qcap_p)`` (the margin stands in for the tail that ``qcap_p``
-  holds; ``sd``, the fast estimate's noise at ``qcap_p``, keeps a low rate's Poisson noise from
-  sending the point down, the slow estimate a load held above it) and ``drain_p(q)`` meets the SLO.
+* A point is *feasible* for the next batch when ``qps <= max(margin * cap_p, qcap_p + z sd)`` (the
+  margin stands in for the tail that ``qcap_p`` holds; ``sd``, the fast estimate's noise at ``qcap_p``,
+  keeps a low rate's Poisson noise from sending the point down; a load held above the point still
+  crosses it within seconds) and ``drain_p(q)`` meets the SLO.
 
 Calibration: every served batch reports its measured time (:meth:`Router.observe_service`); an
 EWMA of measured / profiled time becomes a ``scale`` on the profiled service times of its stage kind
