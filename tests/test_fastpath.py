@@ -1,6 +1,8 @@
 """Fast serving paths (issue 8): every backend against the eager fp32 reference."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +102,9 @@ def test_runner_cache_rebuilds_after_weight_update(tiny_bert_dir, tmp_path, monk
     assert fastpath.get_runner(enc, p, "onnx") is r2  # nothing changed: the cached runner
     enc.to(torch.float32)  # .to()/.half() may swap parameter data without a version bump
     assert fastpath.get_runner(enc, p, "onnx") is not r2
+    r3 = fastpath.get_runner(enc, p, "onnx")
+    enc.model = copy.deepcopy(enc.model)  # a replaced model: the same version counters, other weights
+    assert fastpath.get_runner(enc, p, "onnx") is not r3
     assert _cos(enc.encode(TEXTS, p, backend="onnx"), enc.encode(TEXTS, p, backend="eager")).min() >= 0.999
     # explicit thread counts give the same embeddings
     b = enc.tokenizer(TEXTS, padding=True, return_tensors="np")

@@ -35,17 +35,20 @@ class ServingCache:
     def state_version(self) -> tuple:
         """Changes whenever a served sub-network would: any in-place weight update, or the layer order.
 
-        Called on every encode, so the parameter list is cached (walking the module tree on every
-        call was a visible share of a small point's query); it is refreshed when ``model`` is
-        replaced. ``_apply`` (``.to()``, ``.half()``, ...) may swap parameters or their data without
-        a version bump, so it drops the list and counts as a change of its own.
+        Called on every encode, so it is kept cheap (it was a visible share of a small point's query):
+        the parameter list is cached, and refreshed, with a new epoch, when ``model`` is replaced;
+        the weights count as one number, the sum of their version counters, which only grow, so any
+        in-place update moves it. ``_apply`` (``.to()``, ``.half()``, ...) may swap parameters or
+        their data without a version bump, so it drops the list and counts as a change of its own.
         """
         params = self.__dict__.get("_param_list")
         if params is None or params[0] is not self.model:
+            self.__dict__["_param_epoch"] = self.__dict__.get("_param_epoch", 0) + 1
             params = self.__dict__["_param_list"] = (self.model, list(self.model.parameters()))
-        epoch = self.__dict__.get("_apply_epoch", 0), self.__dict__.get("_basis_version", 0)
-        tower = () if getattr(self, "full_tower", None) is None else (id(self.full_tower), self.full_tower.state_version())
-        return (tuple(self.layer_order), epoch, tower) + tuple((id(q), q._version) for q in params[1])
+        d = self.__dict__
+        tower = None if getattr(self, "full_tower", None) is None else (id(self.full_tower), self.full_tower.state_version())
+        return (tuple(self.layer_order), d.get("_apply_epoch", 0), d.get("_basis_version", 0), d["_param_epoch"], tower,
+                sum(q._version for q in params[1]))
 
     def _apply(self, fn, *args, **kwargs):
         self.__dict__.pop("_param_list", None)
