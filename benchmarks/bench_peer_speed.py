@@ -164,9 +164,13 @@ def main(argv=None) -> int:
                   **{f"ours {p.name}": ours_search(searcher, p) for p in points}}
         sample = questions[:64]
         ref = embed["st-torch"](sample)
+        # a trained model's vectors are in its output basis (an orthogonal rotation): rotate ours back
+        basis = None if enc.output_basis is None else enc.output_basis.cpu().numpy()
         for name, f in embed.items():  # agreement with sentence-transformers' torch path (the same model)
             if name in st or name == f"ours {points[0].name}":
                 got = f(sample)
+                if basis is not None and name not in st:
+                    got = got @ basis.T
                 res["agreement"][name] = round(float(np.min(np.sum(got * ref, axis=1))), 6)
         for table, fns in (("embed", embed), ("search", search)):
             for batch, rounds in ((1, args.rounds), (32, args.batch_rounds)):
