@@ -21,8 +21,11 @@ the steady state of a service that stays at one point, as the router holds a poi
 that matters for the small points).
 
 sentence-transformers' ONNX backends need optimum-onnx, which pins ``transformers<4.58``; run this in a
-separate virtual environment (``torch==2.13.0 sentence-transformers optimum-onnx onnxruntime
-optimum-intel[openvino]`` + ``pip install -e .``)::
+separate virtual environment: ``torch==2.13.0 sentence-transformers==5.7.0 optimum-onnx onnxruntime``,
+``pip install -e .``, then ``transformers==4.57.6 "datasets<4.3"`` again (``-e .`` upgrades them) and
+``openvino`` (without it ours runs ONNX Runtime fp32 at batch 32, not its default path on a CPU with
+bf16 products). sentence-transformers' own OpenVINO backend needs optimum-intel, which breaks
+optimum-onnx; it is skipped when it does not load::
 
     HF_HUB_OFFLINE=1 /work/peer-venv/bin/python benchmarks/bench_peer_speed.py \\
         --exp runs/nq-sample-main13 --out benchmarks/results/peer_speed.json
