@@ -4,8 +4,10 @@ For the full point and the smallest default point of an experiment, on the servi
 (``Searcher.open(..., backend="auto")``), every stage of ``Searcher.search(query, k=10, point=P)``
 timed on its own, plus the whole call, plus the server's JSON body of the result:
 
-``tokenise`` (the fast tokenizer's backend, as ``encode`` runs it), ``model`` (the fast runner: session call, pooling,
-normalisation), ``encode`` (``Searcher.encode``: tokenise + model + the searcher's checks),
+``tokenise`` (the fast tokenizer's backend, as ``encode`` runs it), ``runner`` (``fastpath.get_runner``:
+the cached runner and the check that no weight changed since it was built, run on every encode),
+``model`` (the fast runner: session call, pooling, normalisation), ``encode`` (``Searcher.encode``:
+tokenise + model + the searcher's checks),
 ``faiss`` (``faiss_index.search`` of one vector at the point's width), ``hits`` (row -> ``Hit``
 with the passage from the docstore), ``search`` (the public call), ``json`` (``/search``'s body).
 ``not the model`` = ``search`` - ``model``. Interleaved: every round visits every (point, stage)
@@ -36,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-STAGES = ("tokenise", "model", "encode", "faiss", "hits", "search", "json")
+STAGES = ("tokenise", "runner", "model", "encode", "faiss", "hits", "search", "json")
 #: FAISS at batch 1 and 32 under its thread rule (``faiss_index.search``) vs all OpenMP threads, and
 #: the same exact batch-1 top 10 as one numpy matrix-vector product (a reference, not a path of ours)
 FAISS_THREADS = ("faiss b1 omp", "faiss b32 rule", "faiss b32 omp", "numpy matvec b1")
@@ -71,6 +73,7 @@ def stage_functions(searcher, point):
 
     return {
         "tokenise": tokenise,
+        "runner": lambda q: fastpath.get_runner(enc, point, searcher.backend or "auto"),
         "model": model,
         "encode": lambda q: searcher.encode([q], point),
         "faiss": lambda q: fi.search(index, vec, 10),

@@ -103,8 +103,15 @@ def test_runner_cache_rebuilds_after_weight_update(tiny_bert_dir, tmp_path, monk
     enc.to(torch.float32)  # .to()/.half() may swap parameter data without a version bump
     assert fastpath.get_runner(enc, p, "onnx") is not r2
     r3 = fastpath.get_runner(enc, p, "onnx")
-    enc.model = copy.deepcopy(enc.model)  # a replaced model: new parameter objects, whatever their counters
+    new = copy.deepcopy(enc.model)  # a replaced model whose version counters add up to the old ones'
+    with torch.no_grad():
+        new.encoder.layer[0].intermediate.dense.weight.data.mul_(1.5)  # through .data: no version bump
+        lead = next(new.parameters())
+        for _ in range(sum(q._version for q in enc.model.parameters()) - sum(q._version for q in new.parameters())):
+            lead.add_(0)
+    enc.model = new
     assert fastpath.get_runner(enc, p, "onnx") is not r3
+    assert _cos(enc.encode(TEXTS, p, backend="onnx"), enc.encode(TEXTS, p, backend="eager")).min() >= 0.999
     assert _cos(enc.encode(TEXTS, p, backend="onnx"), enc.encode(TEXTS, p, backend="eager")).min() >= 0.999
     # explicit thread counts give the same embeddings
     b = enc.tokenizer(TEXTS, padding=True, return_tensors="np")
