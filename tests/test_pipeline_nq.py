@@ -42,10 +42,24 @@ def test_full_point_reproduces_reference(nq_run):
 def test_every_default_point_searched_with_its_width_index(nq_run, data_dir, tmp_path):
     out, _ = nq_run
     assert main(["evaluate", str(out), "nq-sample", "--data-dir", str(data_dir), "--points", "default",
-                 "--max-queries", "96", "--out", str(tmp_path)]) == 0
+                 "--max-queries", "96", "--out", str(tmp_path), "--save-runs"]) == 0
     report = json.loads((tmp_path / "metrics.json").read_text())
     points = [r["point"] for r in report["rows"]]
     assert points == ["L6-H12-F1536-D384", "L5-H10-F1280-D384", "L4-H8-F1024-D256", "L3-H6-F768-D192"]
+    # the saved runs give back the report's figures, per query (ranx on the TREC files)
+    import ranx
+
+    from elasticdenser.data import load_collection
+    from elasticdenser.eval.metrics import make_qrels
+
+    coll = load_collection("nq-sample", str(data_dir))
+    asked = {q.query_id for q in coll.queries[:96]}
+    qrels = make_qrels({q: d for q, d in coll.qrels.items() if q in asked})
+    for row in report["rows"]:
+        run = ranx.Run.from_file(str(tmp_path / "metrics-runs" / f"{row['point']}.trec"), kind="trec")
+        assert len(run) == 96 and all(len(docs) == 100 for docs in run.run.values())
+        per_query = ranx.evaluate(qrels, run, "ndcg@10", return_mean=False, make_comparable=True)
+        assert len(per_query) == 96 and abs(float(np.mean(per_query)) - row["ndcg@10"]) < 1e-4
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["widths"] == [384, 256, 192] and manifest["collection"]["num_docs"] == 4351
     for row in report["rows"]:

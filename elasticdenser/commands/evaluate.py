@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", "--k", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
     add_out(p, "folder for metrics.json/.md (default: EXP); an existing report is kept and the new one numbered")
+    p.add_argument("--save-runs", action="store_true",
+                   help="also write each row's ranking as a TREC run file, in a folder named after the report "
+                        "(metrics-runs/<point>.trec): per-query analysis with ranx or trec_eval")
     p.add_argument("--stat-test", default="student", choices=["student", "fisher", "tukey"])
     p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
     p.add_argument("--allow-model-mismatch", action="store_true")
@@ -82,4 +85,12 @@ def run(args: argparse.Namespace) -> int:
                         "first_stage": args.first_stage,
                         **({"ranker": str(args.ranker), "rerank": args.rerank} if args.ranker else {})}, cmp_)
     print(f"saved {paths['json']} and {paths['md']}")
+    if args.save_runs:  # next to the report it belongs to, so a numbered report never replaces earlier runs
+        from elasticdenser.eval.runs import write_trec_run
+
+        folder = paths["json"].with_name(paths["json"].stem + "-runs")
+        for name, run_ in runs.items():
+            if run_ is not None:
+                write_trec_run(run_, folder / f"{name}.trec")
+        print(f"saved {len(runs)} run file(s) in {folder}")
     return 0

@@ -15,6 +15,7 @@ from elasticdenser.training.data import TrainingData
 from elasticdenser.training.distributed import Dist, allreduce_gradients
 from elasticdenser.training.documents import doc_cache_key, encode_documents
 from elasticdenser.training.losses import ContrastiveLoss, FixedDocuments
+from elasticdenser.training.optim import adamw
 from elasticdenser.training.sampling import lr_lambda
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def joint_stage(encoder, data: TrainingData, config: TrainConfig, dist: Dist, ca
 
     sub = TrainingData(data.doc_texts, data.doc_ids, [data.examples[i] for i in labelled])
     params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.joint_lr, weight_decay=config.weight_decay)
+    optimizer = adamw(params, lr=config.joint_lr, weight_decay=config.weight_decay)
     warm = max(1, config.joint_steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, warm, config.joint_steps, "linear"))
     loss_fn = ContrastiveLoss(config.contrastive_temperature)

@@ -58,6 +58,7 @@ from elasticdenser.training.distributed import (
 from elasticdenser.training.documents import fixed_documents, load_encoder
 from elasticdenser.training.joint import joint_stage
 from elasticdenser.training.objective import ElasticObjective
+from elasticdenser.training.optim import adamw
 from elasticdenser.training.sampling import PointSampler, lr_lambda
 
 log = logging.getLogger(__name__)
@@ -238,9 +239,8 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
     params = [p for p in encoder.parameters() if p.requires_grad]
     decay = [p for n, p in encoder.named_parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for n, p in encoder.named_parameters() if p.requires_grad and p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
-    )
+    optimizer = adamw([{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                      lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, config.warmup_steps, config.steps, config.schedule)
     )

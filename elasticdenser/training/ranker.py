@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from elasticdenser.atomic import atomic_dir, write_text
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.training.configfile import ConfigFile
+from elasticdenser.training.optim import adamw
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callab
         sampler = PointSampler(space, points, "fixed" if (phase == "teacher" or cfg.static) else cfg.sampling,
                                cfg.num_random, widths=[space.hidden_size], seed=cfg.seed)
         params = [p for p in ranker.hf.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        optimizer = adamw(params, lr=lr, weight_decay=cfg.weight_decay)
         warmup = int(cfg.warmup_ratio * steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s, w=warmup, n=steps: lr_lambda(s, w, n))
         start = 0
