@@ -168,3 +168,44 @@ def test_profile_quality_ranks_by_position_so_a_point_with_equal_recall_is_not_a
     assert all(p.pareto for p in pts)
     mark_pareto(pts, "recall@10")
     assert not pts[0].pareto  # what the old default did
+
+
+def test_profile_measures_per_point_where_bf16_pays_and_the_searcher_applies_it(exp, data_dir, tmp_path, monkeypatch):
+    """Where "auto" may run batches in bf16, `profile` measures each point's size first, times the
+    profile with it, and stores it; Searcher.open applies it, for the profiled model only."""
+    import shutil
+
+    from elasticdenser.model import bf16_choice, fastpath
+    from elasticdenser.searcher import Searcher
+    from elasticdenser.serve import measure
+
+    copy = shutil.copytree(exp, tmp_path / "exp")
+    names = [p.name for p in Searcher.open(copy).points]
+    # sizes above the profile's batches, so that its timing runs the exact path on any CPU
+    sizes = {n: (16 + 8 * i if i % 2 == 0 else None) for i, n in enumerate(names)}
+    measured, seen_when_timed = [], {}
+    monkeypatch.setattr(fastpath, "auto_runs_bf16", lambda backend: (backend or "auto") == "auto")
+    monkeypatch.setattr(bf16_choice, "measure_bf16_min_batch", lambda enc, point, texts: (
+        measured.append((enc.resolve_point(point).name, len(texts)))
+        or (sizes[enc.resolve_point(point).name], {2: {"fp32": 1.0, "bf16": 2.0}})))
+    real = measure.measure_profile
+    monkeypatch.setattr(measure, "measure_profile", lambda searcher, *a, **k: seen_when_timed.update(
+        {n: fastpath.bf16_min_batch(searcher.encoder, n) for n in names}) or real(searcher, *a, **k))
+    assert main(["profile", str(copy), "--data-dir", str(data_dir), "--max-queries", "4", "--batch-sizes", "1,2",
+                 "--repeats", "1", "--metric", "accuracy@10", "--threads", "1"]) == 0
+    assert sorted(measured) == sorted((n, 4) for n in names)  # every point, on the validation questions
+    assert seen_when_timed == sizes  # the latencies describe the path `serve` will run
+    prof = load_profile(copy)
+    assert prof.extra["bf16_min_batch"] == sizes and set(prof.extra["bf16_times_ms"]) == set(names)
+    opened = Searcher.open(copy)
+    assert {n: fastpath.bf16_min_batch(opened.encoder, n) for n in names} == sizes
+    # a profile measured on another model is not applied; nor is one under a named backend
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["profile"]["model_fingerprint"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    other = Searcher.open(copy)
+    assert {fastpath.bf16_min_batch(other.encoder, n) for n in names} == {fastpath.AUTO_BF16_MIN_BATCH}
+    measured.clear()
+    assert main(["profile", str(copy), "--data-dir", str(data_dir), "--max-queries", "4", "--batch-sizes", "1",
+                 "--repeats", "1", "--metric", "accuracy@10", "--threads", "1", "--backend", "onnx"]) == 0
+    assert measured == [] and "bf16_min_batch" not in load_profile(copy).extra
