@@ -103,7 +103,6 @@ class Searcher:
         from elasticdenser.index import encode as enc
         from elasticdenser.index import manifest as mf
         from elasticdenser.index.docstore import DocStore
-        from elasticdenser.model.bf16_choice import apply_profile
 
         exp_dir = Path(exp_dir)
         manifest = mf.load(exp_dir)
@@ -119,8 +118,6 @@ class Searcher:
         msg = mf.check_model(manifest, encoder, allow_mismatch=allow_mismatch)
         if msg:
             warnings.warn(msg + " (allowed by allow_mismatch)", UserWarning, stacklevel=2)
-        else:  # the batch sizes from which `profile` found bf16 faster for this model's points here
-            apply_profile(encoder, manifest)
         doc_ids = enc.read_doc_ids(exp_dir)
         n = manifest.get("collection", {}).get("num_docs")
         if n is not None and n != len(doc_ids):

@@ -253,54 +253,6 @@ def test_auto_runs_large_query_batches_in_bf16_only_where_the_cpu_has_it(tiny_be
         enc.encode(texts, None, batch_size=n, backend=exact)  # a named backend is that backend
         enc.encode(texts[:n - 1], None, batch_size=32, backend="auto")  # a small call: exact
         assert {b for b, _ in calls} == {exact}
-    # a size measured for a point (`profile`) replaces the default for that point only; None: never bf16
-    monkeypatch.setattr(fastpath, "openvino_precision", lambda: "bf16")
-    full, small = enc.default_points()[0], enc.default_points()[-1]
-    for size, want in ((16, [(exact, n), (exact, n), (exact, 21 - 2 * n)]), (None, [(exact, 21)]),
-                       (3, [("openvino", n), ("openvino", n), ("openvino", 21 - 2 * n)])):
-        fastpath.set_bf16_min_batch(enc, {full.name: size})
-        calls.clear()
-        enc.encode(texts, full, batch_size=32 if size is None else n, backend="auto")
-        assert calls == want, size
-        assert fastpath.bf16_min_batch(enc, small) == n  # untouched
-    with pytest.raises(Exception, match="positive integer"):
-        fastpath.set_bf16_min_batch(enc, {full.name: 0})
-
-
-def test_the_bf16_batch_size_is_where_bf16_wins_at_that_size_and_every_larger_one():
-    from elasticdenser.model.bf16_choice import choose_min_batch
-
-    def t(*pairs):  # (size, fp32 ms, bf16 ms)
-        return {s: {"fp32": a, "bf16": b} for s, a, b in pairs}
-
-    assert choose_min_batch(t((2, 1, 2), (4, 2, 1.5), (8, 4, 2))) == 4
-    assert choose_min_batch(t((2, 1, 0.5), (6, 3, 4), (8, 4, 2), (16, 8, 3))) == 8  # a loss at 6 moves it past 6
-    assert choose_min_batch(t((2, 1, 0.5), (4, 2, 1))) == 2
-    assert choose_min_batch(t((2, 1, 0.5), (32, 10, 10))) is None  # not faster at the largest: never
-
-
-def test_measuring_the_bf16_batch_size_times_both_paths_in_a_row_on_the_given_texts(monkeypatch):
-    """Both paths at every size, the first call of each run in a row left out; the size follows."""
-    from elasticdenser.model import bf16_choice
-
-    now = [0.0]
-    calls = []
-    exact = fastpath.resolve_backend("auto")
-    cost = {exact: lambda b: 1.0 * b, "openvino": lambda b: 5.0 + 0.25 * b}  # bf16 wins from 8 rows
-
-    def fake_encode(encoder, texts, point, batch_size, backend):
-        first = not calls or calls[-1][:2] != (backend, len(texts))
-        calls.append((backend, len(texts), tuple(texts)))
-        now[0] += cost[backend](len(texts)) * (50 if first else 1) / 1e3  # a cold first call is never kept
-
-    monkeypatch.setattr(fastpath, "encode_fast", fake_encode)
-    texts = [f"question {i}" for i in range(10)]
-    rows, times = bf16_choice.measure_bf16_min_batch(object(), "P", texts, sizes=(2, 4, 8, 16), rounds=2, burst=2,
-                                                     clock=lambda: now[0])
-    assert rows == 8
-    assert times[4] == {"fp32": 4.0, "bf16": 6.0} and times[16] == {"fp32": 16.0, "bf16": 9.0}
-    assert {(b, n) for b, n, _ in calls} == {(be, s) for be in (exact, "openvino") for s in (2, 4, 8, 16)}
-    assert len(calls) == 2 * 4 * 2 * 3 and {t for _, _, ts in calls for t in ts} == set(texts)
 
 
 def test_document_path_follows_the_cpu_and_the_installed_packages(monkeypatch):

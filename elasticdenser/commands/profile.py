@@ -85,12 +85,8 @@ def run(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    bf16 = _measure_bf16_batches(searcher, [q.text for q in queries], points, log)
     prof = measure_profile(searcher, queries, coll.qrels, k=args.k, metric=args.metric, points=points,
                            batch_sizes=batch_sizes, repeats=args.repeats, space=searcher.encoder.space, log=log)
-    if bf16:
-        prof.extra["bf16_min_batch"] = {name: rows for name, (rows, _) in bf16.items()}
-        prof.extra["bf16_times_ms"] = {name: times for name, (_, times) in bf16.items()}
     if args.ranker:
         from elasticdenser.serve.measure_ranker import add_ranker_profile
 
@@ -107,24 +103,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{p.name:<{width}} {b1['median']:8.1f} {b1['p90']:8.1f} {bl['median']:9.1f} "
               f"{p.quality[prof.metric]:12.4f}  {'yes' if p.pareto else 'no (not routed to)'}")
     return 0
-
-
-def _measure_bf16_batches(searcher, texts, points, log) -> dict:
-    """Where ``"auto"`` may run batches in bf16 (:func:`fastpath.auto_runs_bf16`): per point, the batch
-    size from which bf16 is faster here, applied before the profile's latencies are timed (they must
-    describe the path ``serve`` runs). ``{point: (rows or None, times)}``; empty where bf16 is not in play."""
-    from elasticdenser.model import fastpath
-    from elasticdenser.model.bf16_choice import measure_bf16_min_batch
-
-    if not fastpath.auto_runs_bf16(searcher.backend):
-        return {}
-    out = {}
-    for point in points or searcher.points:
-        rows, times = measure_bf16_min_batch(searcher.encoder, point, texts)
-        name = searcher.encoder.resolve_point(point).name
-        out[name] = (rows, times)
-        log(f"profiling {name}: bf16 from batch {rows} (fp32 / bf16 ms: "
-            + ", ".join(f"b{b} {t['fp32']:.1f} / {t['bf16']:.1f}" for b, t in times.items()) + ")"
-            if rows else f"profiling {name}: bf16 never faster here up to batch {max(times)}; fp32 at every batch")
-    fastpath.set_bf16_min_batch(searcher.encoder, {name: rows for name, (rows, _) in out.items()})
-    return out

@@ -24,9 +24,8 @@ the per-operator Python / dispatcher overhead that dominates a single query:
   builds in < 0.5 s, 12-33 % faster than eager at batch 1. The fallback when onnxruntime is missing.
 * ``"eager"``: the reference (``ElasticEncoder.forward`` / cached materialised module).
 * ``"auto"``: ``"onnx"`` if onnxruntime imports, else ``"jit"``; on a CPU with bf16 products and
-  OpenVINO installed, batches of :func:`bf16_min_batch` rows or more run on ``"openvino"`` (bf16),
-  within the correctness bar: from the size ``profile`` measured for the point on this machine
-  (:mod:`elasticdenser.model.bf16_choice`), else from :data:`AUTO_BF16_MIN_BATCH`.
+  OpenVINO installed, batches of :data:`AUTO_BF16_MIN_BATCH` rows or more run on ``"openvino"``
+  (bf16), which is faster there from that size on and within the correctness bar.
 
 Not kept (measured, see ``BENCHMARKS.md``): ``torch.compile`` (a 1.5-minute compile per point for no
 gain over ONNX Runtime); torch's own bf16 (``encode(..., bf16=True)``, autocast) stays an opt-in of
@@ -73,9 +72,6 @@ __all__ = [
     "document_path",
     "openvino_precision",
     "exact_backends",
-    "auto_runs_bf16",
-    "bf16_min_batch",
-    "set_bf16_min_batch",
 ]
 
 BACKENDS = ("auto", "eager", "jit", "onnx", "int8", "openvino")
@@ -88,8 +84,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 #: batches up to this size run with ``small_batch_threads`` threads (see module docstring).
 SMALL_BATCH = 4
 #: on a CPU with bf16 products, ``"auto"`` runs query batches of at least this many rows on
-#: OpenVINO bf16 (within the correctness bar) and smaller ones on ONNX Runtime fp32 (lower call
-#: overhead), for a point whose own size was not measured (:func:`bf16_min_batch`); BENCHMARKS.md.
+#: OpenVINO bf16 (faster there, within the correctness bar) and smaller ones on ONNX Runtime fp32
+#: (lower call overhead); measured in BENCHMARKS.md (``benchmarks/bench_bf16.py``).
 AUTO_BF16_MIN_BATCH = 8
 #: threads for small batches (batch 1 latency); measured in BENCHMARKS.md.
 small_batch_threads: int = 1
@@ -352,9 +348,8 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
     if not texts:
         return out
     runner = get_runner(encoder, p, backend)
+    bulk = get_runner(encoder, p, "openvino") if _auto_bf16(backend, len(texts), batch_size) else None
     bs = max(1, int(batch_size))
-    bf16_from = bf16_min_batch(encoder, p) if auto_runs_bf16(backend) else None
-    bulk = get_runner(encoder, p, "openvino") if bf16_from is not None and min(len(texts), bs) >= bf16_from else None
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i])) if len(texts) > 1 else [0]
     ml = int(max_length or encoder.max_length)
     batches = range(0, len(texts), bs)
@@ -364,28 +359,14 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
         batches = tqdm(batches, desc=f"encode {p.name} [{runner.backend}]", unit="batch")
     for start in batches:
         idx = order[start : start + bs]
-        run = bulk if bulk is not None and len(idx) >= bf16_from else runner
+        run = bulk if bulk is not None and len(idx) >= AUTO_BF16_MIN_BATCH else runner
         b = tokenize_batch(encoder, [texts[i] for i in idx], ml, "np" if run.backend in _GRAPH else "pt")
         out[idx] = run(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), threads=threads)
     return out
 
 
-def auto_runs_bf16(backend: Optional[str]) -> bool:
-    """Whether ``backend`` runs large enough batches on OpenVINO bf16 (:func:`bf16_min_batch`): ``"auto"``,
-    on a CPU with bf16 products, with OpenVINO installed."""
-    return (backend or "").lower() == "auto" and _openvino_bf16()
-
-
-def bf16_min_batch(encoder, point) -> Optional[int]:
-    """Rows from which ``"auto"`` runs ``point`` of ``encoder`` in bf16 (``None``: never): the size set by
-    :func:`set_bf16_min_batch` (``profile`` measures it on this machine), else :data:`AUTO_BF16_MIN_BATCH`."""
-    return encoder.serving_cache("bf16_min_batch").get(encoder.resolve_point(point).name, AUTO_BF16_MIN_BATCH)
-
-
-def set_bf16_min_batch(encoder, sizes: Dict[str, Optional[int]]) -> None:
-    """Per point name, the rows from which ``"auto"`` runs it in bf16 (``None``: never); other points keep theirs."""
-    table = encoder.serving_cache("bf16_min_batch")
-    for name, rows in sizes.items():
-        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
-            raise InvalidInputError(f"bf16 batch size of {name}: expected a positive integer or None, got {rows!r}")
-        table[encoder.resolve_point(name).name] = rows
+def _auto_bf16(backend: Optional[str], rows: int, batch_size: int) -> bool:
+    """Whether ``"auto"`` runs this call's large batches on OpenVINO bf16: only on a CPU with bf16
+    products, with OpenVINO installed, and for batches of at least :data:`AUTO_BF16_MIN_BATCH`."""
+    return ((backend or "").lower() == "auto" and min(rows, int(batch_size)) >= AUTO_BF16_MIN_BATCH
+            and _openvino_bf16())
