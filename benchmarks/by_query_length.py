@@ -4,6 +4,7 @@
 A collection with few judged queries (cacm: 52) moves by a point when one query does; this says
 which queries a small point loses on, and how far the mean could move by chance (the standard
 error of the mean per-query difference, and a seeded bootstrap interval of the ratio of means).
+Lengths count the tokenizer's ids with [CLS] and [SEP], as ``query_max_length`` does.
 
     elasticdenser evaluate runs/adapt/cacm/exp-w32 cacm --save-runs --out OUT
     python benchmarks/by_query_length.py cacm OUT/metrics-runs/L6-H12-F1536-D384.trec \\
@@ -48,6 +49,9 @@ def main(argv=None) -> int:
 
     def per_query(path: str) -> np.ndarray:
         run = ranx.Run.from_file(path, kind="trec")
+        missing = [q for q in qids if q not in run.run]
+        if missing:  # a run cut with --max-queries would score them 0 and look like a loss
+            raise SystemExit(f"{path}: {len(missing)} judged queries of {coll.name} have no ranking (e.g. {missing[0]})")
         ranx.evaluate(qrels, run, args.metric, make_comparable=True)
         return np.array([run.scores[args.metric].get(q, 0.0) for q in qids])
 
@@ -75,7 +79,7 @@ def main(argv=None) -> int:
         row = {"mean": round(float(score.mean()), 4), "ratio": round(float(score.mean() / ref.mean()), 4),
                "se_difference": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4),
                "ratio_95": [round(float(x), 4) for x in np.percentile(ratio, [2.5, 97.5])],
-               "groups": {f"{a + 1}-{b}": {"n": int(m.sum()), "reference": round(float(ref[m].mean()), 4),
+               "groups": {f"{a + 1}-{b if b < 10**9 else 'max'}": {"n": int(m.sum()), "reference": round(float(ref[m].mean()), 4),
                                            "run": round(float(score[m].mean()), 4)} for a, b, m in groups if m.any()}}
         result["runs"][path] = row
         cells = [f"{ref[m].mean():.3f} -> {score[m].mean():.3f}" if m.any() else "-" for _, _, m in groups]

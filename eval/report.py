@@ -6,13 +6,15 @@ from typing import Dict, List, Optional, Sequence
 
 from elasticdenser.atomic import write_json, write_text
 
-__all__ = ["LABELS", "ORDER", "markdown_table", "save_report"]
+__all__ = ["LABELS", "ORDER", "RUNS_SUFFIX", "markdown_table", "save_report"]
 
 LABELS = {
     "point": "point", "params_m": "params (M)", "latency_ms": "batch latency (ms)", "qps": "QPS",
     "ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@20": "R@20", "recall@100": "R@100", "map": "MAP",
     "answer@1": "Ans@1", "answer@5": "Ans@5", "answer@20": "Ans@20", "answer@100": "Ans@100",
 }
+#: ``{report}-runs/``: the folder of a report's TREC runs (``evaluate --save-runs``), numbered with it
+RUNS_SUFFIX = "-runs"
 ORDER = ["point", "params_m", "latency_ms", "qps", "ndcg@10", "mrr@10", "recall@20", "recall@100", "map",
          "answer@1", "answer@5", "answer@20", "answer@100"]
 
@@ -38,12 +40,12 @@ def markdown_table(rows: List[dict], columns: Optional[Sequence[str]] = None) ->
 def save_report(out_dir: "str | Path", rows: List[dict], meta: Dict, comparison=None, name: str = "metrics") -> Dict[str, Path]:
     """Write ``{name}.json`` and ``{name}.md`` in ``out_dir``; returns their paths.
 
-    Earlier results are never replaced: when ``{name}.json`` or ``.md`` exists, the report goes to
-    the first free ``{name}-2``, ``{name}-3``, ... (the returned paths say where).
+    Earlier results are never replaced: when ``{name}.json``, ``.md`` or its runs folder exists, the
+    report goes to the first free ``{name}-2``, ``{name}-3``, ... (the returned paths say where).
     """
     out_dir = Path(out_dir)
     base, n = name, 1
-    while (out_dir / f"{name}.json").exists() or (out_dir / f"{name}.md").exists():
+    while any((out_dir / f"{name}{end}").exists() for end in (".json", ".md", RUNS_SUFFIX)):
         n += 1
         name = f"{base}-{n}"
     md = markdown_table(rows)

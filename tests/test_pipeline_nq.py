@@ -60,6 +60,12 @@ def test_every_default_point_searched_with_its_width_index(nq_run, data_dir, tmp
         assert len(run) == 96 and all(len(docs) == 100 for docs in run.run.values())
         per_query = ranx.evaluate(qrels, run, "ndcg@10", return_mean=False, make_comparable=True)
         assert len(per_query) == 96 and abs(float(np.mean(per_query)) - row["ndcg@10"]) < 1e-4
+    # a second report in the same folder is numbered, and so are its runs: the first ones stay
+    first = (tmp_path / "metrics-runs" / "L3-H6-F768-D192.trec").read_bytes()
+    assert main(["evaluate", str(out), "nq-sample", "--data-dir", str(data_dir), "--points", "L3-H6-F768-D192",
+                 "--max-queries", "8", "--out", str(tmp_path), "--save-runs"]) == 0
+    assert [f.name for f in (tmp_path / "metrics-2-runs").iterdir()] == ["L3-H6-F768-D192.trec"]
+    assert (tmp_path / "metrics-runs" / "L3-H6-F768-D192.trec").read_bytes() == first
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["widths"] == [384, 256, 192] and manifest["collection"]["num_docs"] == 4351
     for row in report["rows"]:

@@ -161,3 +161,39 @@ def test_cli_train_bad_config_is_a_clean_error(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert main(["train", "--set", "sampling=everything", "--print-config"]) == 2
     assert "sampling must be one of" in capsys.readouterr().err
+
+
+def test_the_optimiser_is_fused_where_torch_has_the_kernel_and_a_resume_keeps_it():
+    """Weight decay per group survives; a checkpoint of the default (unfused) optimiser resumes on the
+    fused kernel with the same updates, instead of switching the run back to the slower loop."""
+    import copy
+
+    from elasticdenser.training.optim import adamw, load_optimizer_state
+
+    torch.manual_seed(0)
+    grads = [(torch.randn(6, 4), torch.randn(4)) for _ in range(5)]
+    w, b = torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(4))
+
+    def groups(wt, bt):
+        return [{"params": [wt], "weight_decay": 0.1}, {"params": [bt], "weight_decay": 0.0}]
+
+    def step(opt, wt, bt, g):
+        wt.grad, bt.grad = g[0].clone(), g[1].clone()
+        opt.step()
+
+    fused = torch.__version__ >= (2, 4)  # torch's CPU kernel
+    assert [(g["weight_decay"], bool(g["fused"])) for g in adamw(groups(w, b), lr=1e-2).param_groups] == [
+        (0.1, fused), (0.0, fused)]
+    old = torch.optim.AdamW(groups(w, b), lr=1e-2)  # as written before this optimiser
+    for g in grads[:2]:
+        step(old, w, b, g)
+    w2, b2 = torch.nn.Parameter(w.detach().clone()), torch.nn.Parameter(b.detach().clone())
+    new = adamw(groups(w2, b2), lr=1e-2)
+    load_optimizer_state(new, copy.deepcopy(old.state_dict()))
+    assert [bool(g["fused"]) for g in new.param_groups] == [fused, fused]
+    assert [g["weight_decay"] for g in new.param_groups] == [0.1, 0.0]
+    for g in grads[2:]:
+        step(old, w, b, g)
+        step(new, w2, b2, g)
+    torch.testing.assert_close(w2, w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b2, b, rtol=1e-5, atol=1e-6)

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from elasticdenser.commands._common import pick_device, resolve_points
     from elasticdenser.data import load_collection
     from elasticdenser.eval.evaluate import compare_points, evaluate_points
-    from elasticdenser.eval.report import markdown_table, save_report
+    from elasticdenser.eval.report import RUNS_SUFFIX, markdown_table, save_report
     from elasticdenser.searcher import Searcher
 
     searcher = Searcher.open(args.exp_dir, allow_mismatch=args.allow_model_mismatch, device=pick_device(args.device),
@@ -88,9 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_runs:  # next to the report it belongs to, so a numbered report never replaces earlier runs
         from elasticdenser.eval.runs import write_trec_run
 
-        folder = paths["json"].with_name(paths["json"].stem + "-runs")
-        for name, run_ in runs.items():
-            if run_ is not None:
-                write_trec_run(run_, folder / f"{name}.trec")
-        print(f"saved {len(runs)} run file(s) in {folder}")
+        folder = paths["json"].with_name(paths["json"].stem + RUNS_SUFFIX)
+        written = [write_trec_run(run_, folder / f"{name}.trec") for name, run_ in runs.items() if run_ is not None]
+        print(f"saved {len(written)} run file(s) in {folder}")
     return 0

@@ -58,7 +58,7 @@ from elasticdenser.training.distributed import (
 from elasticdenser.training.documents import fixed_documents, load_encoder
 from elasticdenser.training.joint import joint_stage
 from elasticdenser.training.objective import ElasticObjective
-from elasticdenser.training.optim import adamw
+from elasticdenser.training.optim import adamw, load_optimizer_state
 from elasticdenser.training.sampling import PointSampler, lr_lambda
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
     step = 0
     history: List[Dict[str, float]] = []
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step = int(state["step"])

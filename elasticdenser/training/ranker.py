@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from elasticdenser.atomic import atomic_dir, write_text
 from elasticdenser.errors import InvalidInputError
 from elasticdenser.training.configfile import ConfigFile
-from elasticdenser.training.optim import adamw
+from elasticdenser.training.optim import adamw, load_optimizer_state
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def _train_ranker(cfg: RankerConfig, first_stage, progress: bool, log_fn: Callab
         if state and state["phase"] == phase:
             ranker.hf.load_state_dict(state["model"])
             ranker.encoder.load_elastic_state(state["elastic_config"])
-            optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(optimizer, state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             start = int(state["step"])
