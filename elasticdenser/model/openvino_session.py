@@ -14,9 +14,8 @@ class OpenVinoSession:
     """One OpenVINO compiled model on ``threads`` threads, called like an ONNX Runtime session.
 
     With one thread it is one latency-mode stream (a query). With several it is one single-threaded
-    stream per thread, and a batch is cut into sub-batches of at most :attr:`SUB_BATCH` rows (more
-    when they are short, up to :attr:`SUB_BATCH_TOKENS` padded tokens), each trimmed to its own
-    longest sequence, that the streams run side by side: two threads that never
+    stream per thread, and a batch is cut into sub-batches of at most :attr:`SUB_BATCH` rows, each
+    trimmed to its own longest sequence, that the streams run side by side: two threads that never
     wait for each other inside an operator, and less padding (batches arrive sorted by length).
     Bulk passage encoding runs measurably closer to the bf16 floor this way (``BENCHMARKS.md``).
 
@@ -27,9 +26,6 @@ class OpenVinoSession:
 
     #: most rows one stream runs at a time when a batch is split over streams
     SUB_BATCH = 8
-    #: short rows (queries) go more to a sub-batch, up to this many padded tokens: every request
-    #: costs a fixed overhead that a few short rows do not pay back (``benchmarks/bench_sub_batch.py``)
-    SUB_BATCH_TOKENS = 2048
 
     def __init__(self, model, threads: int, precision: str):
         import openvino as ov
@@ -58,8 +54,7 @@ class OpenVinoSession:
         queue = getattr(self._local, "queue", None)
         if queue is None:
             queue = self._local.queue = ov.AsyncInferQueue(self._compiled, self.streams)
-        length = int(feeds["input_ids"].shape[1])
-        step = min(max(self.SUB_BATCH, self.SUB_BATCH_TOKENS // max(1, length)), math.ceil(rows / self.streams))
+        step = min(self.SUB_BATCH, math.ceil(rows / self.streams))
         parts = {}
         queue.set_callback(lambda request, i: parts.__setitem__(i, request.get_output_tensor(0).data.copy()))
         for i, start in enumerate(range(0, rows, step)):
