@@ -14,7 +14,15 @@ Recipes (``kind``):
   >= ``min_words``). A whole sentence reads more like a real query than words cut mid-sentence,
   and the small points trained on it keep more on every corpus measured;
 - ``title``: a document's title (collections with informative titles; documents without one are
-  skipped and counted).
+  skipped and counted);
+- ``prose``: a ``span`` of running text: at least 80 % of its words are made of letters, so
+  citation rows, tables and runs of numbers are skipped and counted. Meant for *long*
+  pseudo-queries (``pseudo:prose:30-90``): a collection whose users send queries of a few
+  sentences (cacm's longest reach 79 words) needs the small points to have seen inputs that long,
+  which the 4-16-word recipes never show them (BENCHMARKS.md, issue 14, session 27).
+
+A recipe may carry its own lengths, ``RECIPE:MIN-MAX`` (:func:`parse_recipe`), so one training
+run can mix short sentences with long prose spans.
 
 Seeded and deduplicated (after :func:`~elasticdenser.data.leakage.normalize_question`), so the
 same corpus and seed always give the same questions.
@@ -22,7 +30,7 @@ same corpus and seed always give the same questions.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -31,10 +39,33 @@ from elasticdenser.data.queries import QueryFile
 from elasticdenser.data.types import Document, Query
 from elasticdenser.errors import InvalidInputError
 
-__all__ = ["PSEUDO_KINDS", "pseudo_queries"]
+__all__ = ["PSEUDO_KINDS", "parse_recipe", "pseudo_queries"]
 
-PSEUDO_KINDS = ("span", "sentence", "title")
+PSEUDO_KINDS = ("span", "sentence", "title", "prose")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+#: a word of running text: letters (any script), inner apostrophes / hyphens, trailing punctuation
+_PROSE_WORD = re.compile(r"[(\"']?[^\W\d_]+(?:['\-][^\W\d_]+)*[.,;:!?)\"']*")
+PROSE_SHARE = 0.8
+
+
+def parse_recipe(recipe: str, min_words: int, max_words: int) -> Tuple[str, int, int]:
+    """``KIND`` or ``KIND:MIN-MAX`` -> ``(kind, min_words, max_words)``; without lengths the given
+    defaults (the config's ``pseudo_min_words`` / ``pseudo_max_words``) apply."""
+    kind, sep, lengths = str(recipe).strip().partition(":")
+    if kind not in PSEUDO_KINDS:
+        raise InvalidInputError(f"pseudo-query recipe {recipe!r}: kind must be one of {', '.join(PSEUDO_KINDS)}")
+    if sep:
+        match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", lengths)
+        if match is None:
+            raise InvalidInputError(f"pseudo-query recipe {recipe!r}: lengths are written MIN-MAX in words, e.g. {kind}:30-90")
+        min_words, max_words = int(match.group(1)), int(match.group(2))
+    if not 1 <= min_words <= max_words:
+        raise InvalidInputError(f"pseudo-query recipe {recipe!r}: lengths need 1 <= min <= max, got {min_words}-{max_words}")
+    return kind, min_words, max_words
+
+
+def _is_prose(words: List[str]) -> bool:
+    return sum(bool(_PROSE_WORD.fullmatch(w)) for w in words) >= PROSE_SHARE * len(words)
 
 
 def _span(words: List[str], rng: np.random.Generator, lo: int, hi: int) -> str:
@@ -78,8 +109,11 @@ def pseudo_queries(docs: Sequence[Document], count: int, *, seed: int = 0, kind:
         if len(out) >= count:
             break
         doc = docs[position]
-        if kind == "span":
+        if kind in ("span", "prose"):
             text = _span(doc.text.split(), rng, min_words, max_words)
+            if kind == "prose" and text and not _is_prose(text.split()):
+                skipped["spans that are not running text"] = skipped.get("spans that are not running text", 0) + 1
+                continue
         elif kind == "sentence":
             text = _sentence(doc.text, rng, min_words, max_words)
         else:

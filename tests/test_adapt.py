@@ -156,8 +156,38 @@ def test_two_pseudo_recipes_mix_as_two_sources(tmp_path, tiny_bert_dir, data_dir
     texts = [e.text for e in data.examples]
     assert sum(t in titles for t in texts[:by_title]) == by_title  # the first source is titles only
     assert sum(t in titles for t in texts[by_title:]) < by_sentence / 2  # the second is cut from the text
-    with pytest.raises(ValueError, match="pseudo's recipe"):
+    with pytest.raises(ValueError, match="pseudo-query recipe 'headline'"):
         cfg.replace(sources=["pseudo:headline"])
+
+
+def test_prose_recipe_cuts_long_running_text_at_its_own_lengths(tmp_path, tiny_bert_dir, data_dir):
+    """``pseudo:prose:30-90`` next to the default sentences: long spans of running text (cacm's
+    citation rows and number runs are skipped and counted), each source at its own lengths."""
+    import elasticdenser.data as data
+    from elasticdenser.data.pseudo import parse_recipe, pseudo_queries
+    from elasticdenser.training.data import load_training_data
+
+    cacm = data.load_collection("cacm", data_dir)
+    docs = list(cacm.corpus)
+    long = pseudo_queries(docs, 300, seed=1, kind="prose", min_words=30, max_words=90)
+    assert len(long) == 300 and all(30 <= len(q.text.split()) <= 90 for q in long)
+    assert long.skipped["spans that are not running text"] > 0
+    spans = pseudo_queries(docs, 300, seed=1, kind="span", min_words=30, max_words=90)
+    numeric = [q for q in spans if sum(w.isdigit() for w in q.text.split()) > 0.2 * len(q.text.split())]
+    assert numeric and not [q for q in long if sum(w.isdigit() for w in q.text.split()) > 0.2 * len(q.text.split())]
+    assert parse_recipe("prose:30-90", 4, 16) == ("prose", 30, 90) and parse_recipe("sentence", 4, 16) == ("sentence", 4, 16)
+    for bad in ("prose:90-30", "prose:long", "prose:0-5"):
+        with pytest.raises(ValueError, match="pseudo-query recipe"):
+            parse_recipe(bad, 4, 16)
+
+    cfg = config(tmp_path, tiny_bert_dir, data_dir, collection="cacm", exclude=["cacm"],
+                 sources=["pseudo@1", "pseudo:prose:30-90@1"], pseudo_queries=80)
+    mixed = load_training_data(cfg, collection=cacm)
+    assert mixed.sources["pseudo"]["questions"] == 80 and mixed.sources["pseudo:prose:30-90"]["questions"] == 80
+    lengths = [len(e.text.split()) for e in mixed.examples]
+    assert max(lengths[:80]) <= 16 and min(lengths[80:]) >= 30  # in source order: sentences, then prose
+    with pytest.raises(ValueError, match="lengths are written MIN-MAX"):
+        cfg.replace(sources=["pseudo:prose:long@1"])
 
 
 def test_leakage_guard_covers_every_source(tmp_path, tiny_bert_dir, data_dir, nq_questions, small_nq):

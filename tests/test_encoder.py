@@ -205,6 +205,39 @@ def test_gradients_reach_shared_parameters(tiny, questions):
     assert enc.model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
 
 
+def test_pooled_by_length_equals_one_forward_and_its_gradients(tiny, questions):
+    """Training runs a batch that mixes short and long rows as two trimmed forwards: the same
+    vectors and gradients as one padded forward, in the batch's order, at a fraction of the tokens."""
+    from elasticdenser.model.functional import pooled_by_length
+
+    enc = copy.deepcopy(tiny)
+    texts = [questions[0], " ".join(questions * 3), questions[1], questions[2], " ".join(questions[3:] * 2), questions[3]]
+    batch = enc.tokenize(texts, 128)
+    point = OperatingPoint(2, 2, 32, 32)
+    widths = []
+
+    def pooled(ids, mask, types):
+        widths.append((ids.shape[0], ids.shape[1]))
+        return enc.pooled(ids, mask, point, types)
+
+    grads = []
+    for run in (lambda: pooled(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]),
+                lambda: pooled_by_length(pooled, batch)):
+        enc.zero_grad()
+        out = run()
+        (out * torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()  # order-sensitive
+        grads.append((out.detach(), enc.model.encoder.layer[0].attention.self.query.weight.grad.clone()))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5) and torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+    padded = batch["input_ids"].shape[1]
+    long_, short = sorted(widths[1:])  # by rows: the 2 long rows, the 4 short ones
+    assert widths[0] == (6, padded) and long_ == (2, padded)
+    assert short[0] == 4 and short[1] < padded / 2  # the four short rows ran trimmed to their own length
+    even = enc.tokenize(questions[:4], 128)
+    widths.clear()
+    pooled_by_length(pooled, even)
+    assert widths == [(4, even["input_ids"].shape[1])]  # similar lengths: one forward
+
+
 def test_truncate_renormalises(minilm, questions):
     b = minilm.tokenize(questions[:3])
     with torch.no_grad():

@@ -129,7 +129,7 @@ def _read_source(source: QuerySource, config: TrainConfig, docs, protected, keys
     """(queries, positives by query id, record) of one source, after the leakage guard."""
     import elasticdenser.data as data
     from elasticdenser.data.leakage import check_leakage
-    from elasticdenser.data.pseudo import pseudo_queries
+    from elasticdenser.data.pseudo import parse_recipe, pseudo_queries
     from elasticdenser.data.queries import load_query_file
 
     record: dict = {"skipped": {}}
@@ -142,8 +142,8 @@ def _read_source(source: QuerySource, config: TrainConfig, docs, protected, keys
             pool = data.load_query_pool(data_dir=config.data_dir, exclude=protected, drop_overlap=drop)
             queries, record["skipped"] = list(pool), dict(pool.skipped)
     elif source.kind == "pseudo":
-        found = pseudo_queries(docs, int(config.pseudo_queries), seed=config.seed, kind=source.path or config.pseudo_kind,
-                               min_words=config.pseudo_min_words, max_words=config.pseudo_max_words,
+        kind, lo, hi = parse_recipe(source.path or config.pseudo_kind, config.pseudo_min_words, config.pseudo_max_words)
+        found = pseudo_queries(docs, int(config.pseudo_queries), seed=config.seed, kind=kind, min_words=lo, max_words=hi,
                                id_prefix=f"{source.name}-")
         queries, record["skipped"] = list(found), dict(found.skipped)
         drop = True  # cut from documents, not chosen by anyone: a collision is dropped and counted

@@ -37,6 +37,7 @@ import torch
 
 from elasticdenser.atomic import atomic_dir, write_text
 from elasticdenser.errors import InvalidInputError
+from elasticdenser.model.functional import pooled_by_length
 from elasticdenser.model.towers import COPY_DIR, document_tower, load_document_tower, load_full_point_tower, record_document_tower
 from elasticdenser.operating_point import OperatingPoint, parse_points, principal_basis
 from elasticdenser.training.candidates import StoreDocuments
@@ -307,7 +308,7 @@ def _train(config, dist: Dist, out: Path, resume, collection, pool, stop_after, 
             prep = objective.prepare(teacher, batch, examples, key=micro * dist.world + dist.rank)
             for p in points_now:
                 with autocast():
-                    s_pooled = encoder.pooled(batch["input_ids"], batch["attention_mask"], p, batch.get("token_type_ids"))
+                    s_pooled = pooled_by_length(lambda ids, mask, types, p=p: encoder.pooled(ids, mask, p, types), batch)
                 loss, _parts = objective.point_loss(encoder, s_pooled, p, prep, largest=p == sampler.largest)
                 weight = 1.0 if config.static else sampler.weight(p, config.largest_weight, config.smallest_weight)
                 (loss * weight / (config.grad_accum * len(points_now))).backward()

@@ -8,6 +8,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from elasticdenser.model.functional import pooled_by_length
 from elasticdenser.operating_point import OperatingPoint
 from elasticdenser.training.candidates import StoreDocuments
 from elasticdenser.training.config import TrainConfig
@@ -43,7 +44,7 @@ class ElasticObjective:
         cfg = self.config
         docs, local = self.docs, None
         with torch.no_grad():
-            t_pooled = teacher.pooled(batch["input_ids"], batch["attention_mask"], None, batch.get("token_type_ids")).float()
+            t_pooled = pooled_by_length(lambda ids, mask, types: teacher.pooled(ids, mask, None, types), batch).float()
             t_full = teacher.truncate(t_pooled, self.full_width)
             if isinstance(docs, StoreDocuments):  # memory-bounded: the losses run on the candidates only
                 rows = docs.candidates(t_full, cfg.distill_candidates, {d for ex in examples for d in ex.positives}, key)

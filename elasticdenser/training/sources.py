@@ -3,8 +3,10 @@
 A source is written ``KIND[:PATH][@WEIGHT]``:
 
 - ``pool``: the built-in NQ/TriviaQA ``query-pool`` (needs the data directory);
-- ``pseudo[:RECIPE]``: pseudo-queries cut from the training corpus (:mod:`elasticdenser.data.pseudo`),
-  by the config's ``pseudo_kind`` or the recipe named (``pseudo:title@1 pseudo:sentence@1`` mixes two);
+- ``pseudo[:RECIPE[:MIN-MAX]]``: pseudo-queries cut from the training corpus (:mod:`elasticdenser.data.pseudo`),
+  by the config's ``pseudo_kind`` or the recipe named (``pseudo:title@1 pseudo:sentence@1`` mixes two),
+  ``MIN-MAX`` words long (default: the config's ``pseudo_min_words``-``pseudo_max_words``), e.g.
+  ``pseudo@1 pseudo:prose:30-90@0.5`` adds long spans of running text to the default sentences;
 - ``file:PATH``: a user's unlabeled query log (TREC topics, jsonl, tsv, one query per line;
   ``.parquet``/``.arrow``/folders through ``datasets``) -- the CLI's ``--queries PATH``;
 - ``hf:PATH``: a ``datasets`` source (``save_to_disk`` folder, parquet, jsonl), Tevatron rows
@@ -25,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from elasticdenser.data.pseudo import PSEUDO_KINDS
+from elasticdenser.data.pseudo import parse_recipe
 from elasticdenser.errors import InvalidInputError
 
 __all__ = ["SOURCE_KINDS", "QuerySource", "parse_source", "parse_sources", "default_sources", "stream_shares"]
@@ -69,8 +71,11 @@ def parse_source(spec: str) -> QuerySource:
                                 "(written KIND[:PATH][@WEIGHT], e.g. pseudo@1, file:queries.tsv@2)")
     if kind in _NEEDS_PATH and not path.strip():
         raise InvalidInputError(f"query source {spec!r}: {kind} needs a path ({kind}:PATH)")
-    if kind == "pseudo" and path and path.strip() not in PSEUDO_KINDS:
-        raise InvalidInputError(f"query source {spec!r}: pseudo's recipe must be one of {', '.join(PSEUDO_KINDS)}")
+    if kind == "pseudo" and path:
+        try:
+            parse_recipe(path, 1, 1)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"query source {spec!r}: {exc}") from None
     if kind not in _NEEDS_PATH + ("pseudo",) and path:
         raise InvalidInputError(f"query source {spec!r}: {kind} takes no path")
     return QuerySource(kind, path.strip() or None, weight)
