@@ -1,4 +1,4 @@
-"""Where a batch-1 query's time goes on the serving path, text in -> hits out (issue 16, item 2).
+"""Where a query's time goes on the serving path, text in -> hits out (issue 16, item 2).
 
 For the full point and the smallest default point of an experiment, on the serving backend
 (``Searcher.open(..., backend="auto")``), every stage of ``Searcher.search(query, k=10, point=P)``
@@ -12,6 +12,10 @@ tokenise + model + the searcher's checks),
 with the passage from the docstore), ``search`` (the public call), ``json`` (``/search``'s body).
 ``not the model`` = ``search`` - ``model``. Interleaved: every round visits every (point, stage)
 in a fresh random order over one real question; medians. CPU flags are recorded with the figures.
+
+``--batch N`` (default 1) sends N questions per call: ``search`` is then ``search_texts`` (what the
+server runs for a batch), every stage runs on the N questions (``faiss`` on N vectors, ``hits`` for
+N x 10 rows), and ``model`` runs on the runner ``encode`` picks for that size.
 
 ``--burst N`` (default 1) runs each visit as N consecutive calls on N questions and keeps the last
 N - 1: the steady state of a service that stays at one point, as the router holds a point for a
@@ -44,47 +48,58 @@ STAGES = ("tokenise", "runner", "model", "encode", "faiss", "hits", "search", "j
 FAISS_THREADS = ("faiss b1 omp", "faiss b32 rule", "faiss b32 omp", "numpy matvec b1")
 
 
-def stage_functions(searcher, point):
-    """``{stage: f(question)}`` for one point; each runs exactly what that stage runs in ``search``."""
+def stage_functions(searcher, point, batch: int = 1):
+    """``{stage: f(questions)}`` for one point; each runs exactly what that stage runs in ``search``
+    (``batch`` > 1: in ``search_texts`` over that many questions)."""
     from elasticdenser.index import faiss_index as fi
     from elasticdenser.model import fastpath
     from elasticdenser.serve.server import _hit_json
 
     enc = searcher.encoder
     runner = fastpath.get_runner(enc, point, searcher.backend or "auto")
-    tensors = "np" if runner.backend in ("onnx", "int8") else "pt"
+    if fastpath._auto_bf16(searcher.backend or "auto", batch, 32):  # encode_fast's runner for this batch
+        runner = fastpath.get_runner(enc, point, "openvino")
+    tensors = "np" if runner.backend in fastpath._GRAPH else "pt"
     index = searcher.index(point.width)
-    vec = searcher.encode(["warm up"], point)
-    vec32 = np.repeat(vec, 32, axis=0)
+    vec = np.repeat(searcher.encode(["warm up"], point), batch, axis=0)
+    vec32 = np.repeat(vec[:1], 32, axis=0)
     stored = index.reconstruct_n(0, index.ntotal) if hasattr(index, "reconstruct_n") else None
     _, rows = fi.search(index, vec, 10)
-    result = searcher.search("warm up", k=10, point=point)
+    results = [searcher.search("warm up", k=10, point=point).hits] * batch
+    if batch > 1:  # the batch as search_texts sends it to the runner: longest first
+        fastpath_order = lambda qs: sorted(qs, key=len, reverse=True)  # noqa: E731
+    else:
+        fastpath_order = list
 
-    def tokenise(q):  # what encode runs
-        return fastpath.tokenize_batch(enc, [q], enc.max_length, tensors)
+    def tokenise(qs):  # what encode runs
+        return fastpath.tokenize_batch(enc, fastpath_order(qs), enc.max_length, tensors)
 
     batches = {}
 
-    def model(q):
-        b = batches.get(q)
+    def model(qs):
+        b = batches.get(tuple(qs))
         if b is None:
-            b = batches[q] = tokenise(q)
+            b = batches[tuple(qs)] = tokenise(qs)
         return runner(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
+
+    def search(qs):
+        return searcher.search(qs[0], k=10, point=point) if batch == 1 else searcher.search_texts(qs, k=10, point=point)
 
     return {
         "tokenise": tokenise,
-        "runner": lambda q: fastpath.get_runner(enc, point, searcher.backend or "auto"),
+        "runner": lambda qs: fastpath.get_runner(enc, point, searcher.backend or "auto"),
         "model": model,
-        "encode": lambda q: searcher.encode([q], point),
-        "faiss": lambda q: fi.search(index, vec, 10),
-        "hits": lambda q: [searcher._hit(int(r), 0.5) for r in rows[0] if r >= 0],
-        "search": lambda q: searcher.search(q, k=10, point=point),
-        "json": lambda q: json.dumps({"query": q, "point": point.name, "hits": [_hit_json(h) for h in result.hits]}),
-        "faiss b1 omp": lambda q: index.search(vec, 10),
-        "faiss b32 rule": lambda q: fi.search(index, vec32, 10),
-        "faiss b32 omp": lambda q: index.search(vec32, 10),
+        "encode": lambda qs: searcher.encode(qs, point),
+        "faiss": lambda qs: fi.search(index, vec, 10),
+        "hits": lambda qs: [[searcher._hit(int(r), 0.5) for r in row if r >= 0] for row in rows],
+        "search": search,
+        "json": lambda qs: [json.dumps({"query": q, "point": point.name, "hits": [_hit_json(h) for h in hits]})
+                            for q, hits in zip(qs, results)],
+        "faiss b1 omp": lambda qs: index.search(vec[:1], 10),
+        "faiss b32 rule": lambda qs: fi.search(index, vec32, 10),
+        "faiss b32 omp": lambda qs: index.search(vec32, 10),
         # not a path of ours: what the same exact top 10 costs as one BLAS matrix-vector product
-        "numpy matvec b1": lambda q: np.argpartition(-(stored @ vec[0]), 10)[:10],
+        "numpy matvec b1": lambda qs: np.argpartition(-(stored @ vec[0]), 10)[:10],
     }
 
 
@@ -96,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--points", default="full,smallest", help="points to time (names, full, smallest)")
     ap.add_argument("--burst", type=int, default=1, help="consecutive calls per visit; the first is not kept when > 1")
+    ap.add_argument("--batch", type=int, default=1, help="questions per call (> 1: search_texts, as the server batches)")
     ap.add_argument("--stages", default=",".join(STAGES + FAISS_THREADS), help="stages to time (default: all)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -108,25 +124,26 @@ def main(argv=None) -> int:
     names = {"full": defaults[0], "smallest": defaults[-1]}
     points = [names.get(n) or searcher.resolve_point(n) for n in args.points.split(",") if n]
     questions = [q.text for q in load_collection(args.collection, args.data_dir).queries]
-    fns = {p.name: stage_functions(searcher, p) for p in points}
+    batch = max(1, args.batch)
+    fns = {p.name: stage_functions(searcher, p, batch) for p in points}
     rng = random.Random(0)
     stages = [s for s in STAGES + FAISS_THREADS if s in args.stages.split(",")]
     samples = {(p.name, s): [] for p in points for s in stages}
     burst = max(1, args.burst)
     for _ in range(args.rounds):
-        qs = [rng.choice(questions) for _ in range(burst)]  # the same questions for every (point, stage)
+        qs = [rng.sample(questions, batch) for _ in range(burst)]  # the same questions for every (point, stage)
         keys = list(samples)
         rng.shuffle(keys)
         for key in keys:
             f = fns[key[0]][key[1]]
-            for call, q in enumerate(qs):
+            for call, texts in enumerate(qs):
                 t0 = time.perf_counter()
-                f(q)
+                f(texts)
                 if call or burst == 1:
                     samples[key].append(time.perf_counter() - t0)
     import faiss
 
-    res = {"exp": args.exp, "rounds": args.rounds, "burst": burst, "omp_threads": faiss.omp_get_max_threads(),
+    res = {"exp": args.exp, "rounds": args.rounds, "burst": burst, "batch": batch, "omp_threads": faiss.omp_get_max_threads(),
            "backend": searcher.backend, "cpu": cpu_features(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "points": {}}
     for p in points:
@@ -138,7 +155,7 @@ def main(argv=None) -> int:
     for s in ("search", "model"):
         if s in stages:
             res[f"{s}_ratio"] = round(res["points"][full][s] / res["points"][small][s], 3)
-    lines = [f"| stage (median ms, batch 1, burst {burst}) | " + " | ".join(p.name for p in points) + " |",
+    lines = [f"| stage (median ms, batch {batch}, burst {burst}) | " + " | ".join(p.name for p in points) + " |",
              "|---|" + "---:|" * len(points)]
     for s in res["points"][full]:
         lines.append(f"| {s} | " + " | ".join(f"{res['points'][p.name][s]:.3f}" for p in points) + " |")
