@@ -66,13 +66,8 @@ def stage_functions(searcher, point, batch: int = 1):
     stored = index.reconstruct_n(0, index.ntotal) if hasattr(index, "reconstruct_n") else None
     _, rows = fi.search(index, vec, 10)
     results = [searcher.search("warm up", k=10, point=point).hits] * batch
-    if batch > 1:  # the batch as search_texts sends it to the runner: longest first
-        fastpath_order = lambda qs: sorted(qs, key=len, reverse=True)  # noqa: E731
-    else:
-        fastpath_order = list
-
-    def tokenise(qs):  # what encode runs
-        return fastpath.tokenize_batch(enc, fastpath_order(qs), enc.max_length, tensors)
+    def tokenise(qs):  # what encode runs, on the batch in the order encode sends it (longest first)
+        return fastpath.tokenize_batch(enc, sorted(qs, key=len, reverse=True), enc.max_length, tensors)
 
     batches = {}
 
