@@ -7,11 +7,13 @@ written with ``faiss.write_index`` (atomically), so plain ``faiss.read_index`` o
 
 A FAISS GPU index is used automatically when ``faiss-gpu`` and a GPU are present.
 
-BLAS threshold: faiss-cpu (1.15 here) ships ``distance_compute_blas_threshold = 128000``, i.e.
-exact search only uses BLAS for batches of >= 128,000 queries; below that it runs its own
-kernel, which is measured 5-17x slower for ~1000-query batches at d <= 96 (BENCHMARKS.md).
-``tune_faiss()`` sets it to 20 (BLAS for any batch of 20+ queries), which was as fast or faster
-at every width and batch size measured.
+BLAS threshold: FAISS chooses between its own sequential kernel and a BLAS product by comparing
+``distance_compute_blas_threshold`` with the number of query rows (older releases, shipped value 20)
+or with query rows x width (1.15 here, shipped value 128,000). The shipped 128,000 sends every
+batch of fewer than 128,000 / width queries to the sequential kernel, measured 5-17x slower for
+~1000-query batches at d <= 96; but the BLAS path costs a fixed ~0.2 ms (it packs the stored
+vectors) that a single query over a small corpus does not need (BENCHMARKS.md). ``tune_faiss``
+therefore sets the threshold so that one query runs sequentially and batches use BLAS.
 
 Second trap: ``index_factory("IVF...,PQ...")`` enables polysemous training, which made IVF-PQ
 training take minutes even on 4k vectors; ``new_index`` turns it off.
@@ -53,19 +55,39 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BLAS_THRESHOLD = 20
+#: the threshold for FAISS releases that compare it with the number of query rows: one query
+#: runs sequentially, two or more use BLAS
+BLAS_THRESHOLD = 2
 DEFAULT_FACTORY = "Flat"
 DEFAULT_TRAIN_SIZE = 262144
+_shipped_threshold: Optional[int] = None
+_widest = 0
 
 
 def index_file(width: int) -> str:
     return f"index-d{int(width)}.faiss"
 
 
-def tune_faiss(blas_threshold: int = BLAS_THRESHOLD) -> None:
+def blas_threshold_counts_products() -> bool:
+    """Whether this FAISS compares its BLAS threshold with query rows x width (1.15's rule) rather
+    than with query rows; read from the value it shipped (128,000 vs 20), before ours replaced it."""
+    return int(_shipped_threshold or 0) > 1000
+
+
+def tune_faiss(width: int = 1) -> None:
+    """Make a single query of ``width`` (and of every width tuned before in this process) take
+    FAISS's sequential kernel and every batch of two or more its BLAS product (with products
+    counted: two queries of at most half the widest width stay sequential, level with BLAS in
+    BENCHMARKS.md). The threshold is process-wide and only grows with the widest width tuned, so
+    tuning a narrow width never sends a single query of a wider one back to BLAS."""
     import faiss
 
-    faiss.cvar.distance_compute_blas_threshold = int(blas_threshold)
+    global _shipped_threshold, _widest
+    if _shipped_threshold is None:
+        _shipped_threshold = int(faiss.cvar.distance_compute_blas_threshold)
+    _widest = max(_widest, int(width))
+    products = blas_threshold_counts_products()
+    faiss.cvar.distance_compute_blas_threshold = _widest + 1 if products else BLAS_THRESHOLD
 
 
 def gpu_available() -> bool:
@@ -151,7 +173,7 @@ def build_index(store: EmbeddingStore, width: int, factory: str = DEFAULT_FACTOR
     """A CPU FAISS index over ``store``'s rows cut to ``width`` by the width rule (re-normalised
     when the model normalises, ``normalize``; in the query model's output ``basis``), trained if
     the factory needs it."""
-    tune_faiss()
+    tune_faiss(width)
     index = new_index(width, factory)
     use_gpu = gpu_available() if use_gpu is None else use_gpu
     work = to_gpu(index) if use_gpu else index
@@ -179,7 +201,6 @@ def save_index(index, path: "str | os.PathLike") -> int:
 def load_index(path: "str | os.PathLike", use_gpu: Optional[bool] = None, mmap: bool = False):
     import faiss
 
-    tune_faiss()
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"index file {path} not found (build it with `elasticdenser index`)")
@@ -190,6 +211,7 @@ def load_index(path: "str | os.PathLike", use_gpu: Optional[bool] = None, mmap: 
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise StateError(f"{path} is not a readable FAISS index (truncated or damaged: {reason}); "
                          "rebuild it with `elasticdenser index ... --force`") from None
+    tune_faiss(index.d)
     use_gpu = gpu_available() if use_gpu is None else use_gpu
     return to_gpu(index) if use_gpu else index
 

@@ -57,14 +57,33 @@ def test_file_opens_with_plain_faiss_and_gives_identical_results(tmp_path, store
     assert eval(out) == ours.tolist()
 
 
-def test_building_an_index_tunes_the_blas_threshold(store):
-    """This FAISS build's default threshold (128,000 queries) sends every realistic batch to its slow
-    non-BLAS path (18x slower at d=96, BENCHMARKS.md); building through our path must set ours."""
+def test_building_an_index_sends_one_query_to_the_sequential_kernel_and_batches_to_blas(store, monkeypatch, tmp_path):
+    """FAISS's shipped threshold (128,000 query rows x width in 1.15) sends every realistic batch to
+    its slow sequential kernel (18x slower at d=96), and a threshold that sends everything to BLAS
+    costs a single query ~0.2 ms of packing (BENCHMARKS.md). Building or loading through our path
+    must give one query the sequential kernel and a batch BLAS, and both must agree."""
     import faiss
 
+    monkeypatch.setattr(fi, "_widest", 0)
     faiss.cvar.distance_compute_blas_threshold = 128000
-    fi.build_index(store, 16, "Flat")
-    assert faiss.cvar.distance_compute_blas_threshold == fi.BLAS_THRESHOLD != 128000
+    index = fi.build_index(store, 32, "Flat")
+    threshold = faiss.cvar.distance_compute_blas_threshold
+    if fi.blas_threshold_counts_products():
+        assert 32 < threshold <= 2 * 32  # one row x 32 below it, two rows x 32 not
+    else:
+        assert threshold == fi.BLAS_THRESHOLD == 2
+    fi.save_index(index, tmp_path / "i.faiss")
+    faiss.cvar.distance_compute_blas_threshold = 128000
+    assert fi.load_index(tmp_path / "i.faiss").d == 32
+    assert faiss.cvar.distance_compute_blas_threshold == threshold  # loading tunes too
+    q = np.random.default_rng(1).standard_normal((8, 32)).astype(np.float32)
+    batch_scores, batch_ids = fi.search(index, q, 5)
+    for i in range(len(q)):
+        scores, ids = fi.search(index, q[i : i + 1], 5)
+        assert ids[0].tolist() == batch_ids[i].tolist()
+        np.testing.assert_allclose(scores[0], batch_scores[i], rtol=1e-5, atol=1e-5)
+    fi.tune_faiss(16)  # a narrower width never lowers it
+    assert faiss.cvar.distance_compute_blas_threshold == threshold
 
 
 def test_parse_index_types():
