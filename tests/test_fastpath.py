@@ -198,11 +198,17 @@ def test_openvino_in_fp32_matches_eager_and_is_thread_safe(tiny_bert_dir, monkey
         assert got.shape == ref.shape and got.dtype == np.float32 and np.abs(got - ref).max() < 1e-4
     p = enc.default_points()[-1]
     ref = enc.encode(TEXTS, p, backend="eager")
-    many = TEXTS * 5  # 35 rows on 2 threads: cut into 5 trimmed sub-batches that 2 streams run
+    many = TEXTS * 5  # 35 rows on 2 threads
     runner = fastpath.get_runner(enc, p, "openvino")
     b = enc.tokenizer(many, padding=True, return_tensors="np")
-    split = runner(b["input_ids"], b["attention_mask"], b["token_type_ids"], threads=2)
-    assert runner._session(2).streams == 2 and np.abs(split - np.tile(ref, (5, 1))).max() < 1e-4
+    session = runner._session(2)
+    tokens = b["input_ids"].size
+    for limit, streams in ((tokens, 1), (tokens - 1, 2)):  # one request on one stream / 5 trimmed sub-batches on 2
+        monkeypatch.setattr(session, "ONE_STREAM_TOKENS", limit)
+        session._compiled.clear()
+        got = runner(b["input_ids"], b["attention_mask"], b["token_type_ids"], threads=2)
+        assert list(session._compiled) == [streams] and np.abs(got - np.tile(ref, (5, 1))).max() < 1e-4
+    session._local.__dict__.clear()
     with ThreadPoolExecutor(4) as pool:
         outs = list(pool.map(lambda i: enc.encode([TEXTS[i % len(TEXTS)]], p, backend="openvino"), range(40)))
     for i, out in enumerate(outs):
@@ -222,7 +228,7 @@ def test_openvino_runs_bf16_on_this_cpu_and_stays_within_the_bar(minilm, data_di
         runner = fastpath.get_runner(minilm, p, "openvino")
         assert runner.precision == "bf16"
         session = runner._session(1)
-        assert "bfloat16" in str(session._compiled.get_property("INFERENCE_PRECISION_HINT"))
+        assert "bfloat16" in str(session._model(1).get_property("INFERENCE_PRECISION_HINT"))
         ref = minilm.encode(passages, p, batch_size=16, backend="eager")
         got = minilm.encode(passages, p, batch_size=16, backend="openvino")
         cos = _cos(got, ref)

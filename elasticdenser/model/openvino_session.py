@@ -13,11 +13,13 @@ __all__ = ["OpenVinoSession"]
 class OpenVinoSession:
     """One OpenVINO compiled model on ``threads`` threads, called like an ONNX Runtime session.
 
-    With one thread it is one latency-mode stream (a query). With several it is one single-threaded
-    stream per thread, and a batch is cut into sub-batches of at most :attr:`SUB_BATCH` rows, each
-    trimmed to its own longest sequence, that the streams run side by side: two threads that never
-    wait for each other inside an operator, and less padding (batches arrive sorted by length).
-    Bulk passage encoding runs measurably closer to the bf16 floor this way (``BENCHMARKS.md``).
+    With one thread it is one latency-mode stream (a query). With several, a large batch is cut into
+    sub-batches of at most :attr:`SUB_BATCH` rows, each trimmed to its own longest sequence, that
+    single-threaded streams run side by side: threads that never wait for each other inside an
+    operator, and less padding (batches arrive sorted by length). Bulk passage encoding runs
+    measurably closer to the bf16 floor this way. A small batch (at most :attr:`ONE_STREAM_TOKENS`
+    padded tokens, e.g. 32 questions) is too little work to split: it runs as one request on one
+    stream holding every thread, a second compilation made on first use (``BENCHMARKS.md``).
 
     An infer request is not safe to share between threads (the server calls from several), so
     each calling thread gets its own requests; outputs are copied out of the requests' buffers,
@@ -26,34 +28,47 @@ class OpenVinoSession:
 
     #: most rows one stream runs at a time when a batch is split over streams
     SUB_BATCH = 8
+    #: a batch of at most this many padded tokens (rows x longest row) runs on one stream with every thread
+    ONE_STREAM_TOKENS = 1024
 
     def __init__(self, model, threads: int, precision: str):
         import openvino as ov
 
-        core = ov.Core()
-        source = model if isinstance(model, str) else core.read_model(model=model, weights=b"")
+        self._core = ov.Core()
+        self._source = model if isinstance(model, str) else self._core.read_model(model=model, weights=b"")
+        self._precision = "bf16" if precision == "bf16" else "f32"
         self.streams = max(1, int(threads))
-        self._compiled = core.compile_model(source, "CPU", {
-            "INFERENCE_NUM_THREADS": self.streams, "NUM_STREAMS": self.streams,
-            "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT",
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
+        self._compiled: dict = {}
+        self._lock = threading.Lock()
         self._local = threading.local()
 
+    def _model(self, streams: int):
+        """The model compiled for ``streams`` streams sharing every thread (made on first use)."""
+        compiled = self._compiled.get(streams)
+        if compiled is None:
+            with self._lock:
+                compiled = self._compiled.get(streams) or self._core.compile_model(self._source, "CPU", {
+                    "INFERENCE_NUM_THREADS": self.streams, "NUM_STREAMS": streams,
+                    "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+                    "INFERENCE_PRECISION_HINT": self._precision})
+                self._compiled[streams] = compiled
+        return compiled
+
     def run(self, _outputs, feeds: dict) -> list:
-        rows = len(feeds["input_ids"])
-        if self.streams == 1 or rows == 1:
-            request = getattr(self._local, "request", None)
-            if request is None:
-                request = self._local.request = self._compiled.create_infer_request()
-            return [np.array(request.infer(feeds)[0], dtype=np.float32, copy=True)]
-        return [self._run_split(feeds, rows)]
+        rows, length = feeds["input_ids"].shape
+        if self.streams > 1 and rows * length > self.ONE_STREAM_TOKENS:
+            return [self._run_split(feeds, rows)]
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._model(1).create_infer_request()
+        return [np.array(request.infer(feeds)[0], dtype=np.float32, copy=True)]
 
     def _run_split(self, feeds: dict, rows: int) -> np.ndarray:
         import openvino as ov
 
         queue = getattr(self._local, "queue", None)
         if queue is None:
-            queue = self._local.queue = ov.AsyncInferQueue(self._compiled, self.streams)
+            queue = self._local.queue = ov.AsyncInferQueue(self._model(self.streams), self.streams)
         step = min(self.SUB_BATCH, math.ceil(rows / self.streams))
         parts = {}
         queue.set_callback(lambda request, i: parts.__setitem__(i, request.get_output_tensor(0).data.copy()))
