@@ -285,21 +285,15 @@ class Searcher:
             scores[lo : lo + len(q)], ids[lo : lo + len(q)] = s, i
         return scores, ids
 
-    def _hits(self, rows: np.ndarray, scores: np.ndarray) -> List[Hit]:
-        """The hits of one ranked list (rows < 0, FAISS's "no result", are left out), each with its
-        passage; a row whose passage belongs to another id means the experiment's files are mixed."""
-        keep = rows >= 0
-        rows, scores = rows[keep].tolist(), scores[keep].tolist()
-        ids = [self.doc_ids[r] for r in rows]
+    def _hit(self, row: int, score: float) -> Hit:
+        doc_id = self.doc_ids[row]
         if self.docstore is None:
-            return [Hit(doc_id, score, "", "") for doc_id, score in zip(ids, scores)]
-        hits = []
-        for row, doc_id, score, d in zip(rows, ids, scores, self.docstore.get_many(rows)):
-            if d.doc_id != doc_id:  # checked on every hit, so search() and batch_search() can never disagree
-                raise StateError(f"{self.exp_dir}: row {row} is {doc_id!r} in doc_ids.txt but {d.doc_id!r} in docs.jsonl; "
-                                 "the experiment's files do not belong together: re-run `elasticdenser index`")
-            hits.append(Hit(doc_id, score, d.title, d.text))
-        return hits
+            return Hit(doc_id, float(score), "", "")
+        d = self.docstore.get(row)
+        if d.doc_id != doc_id:  # one per hit, so search() and batch_search() can never disagree
+            raise StateError(f"{self.exp_dir}: row {row} is {doc_id!r} in doc_ids.txt but {d.doc_id!r} in docs.jsonl; "
+                             "the experiment's files do not belong together: re-run `elasticdenser index`")
+        return Hit(doc_id, float(score), d.title, d.text)
 
     # ------------------------------------------------------------------ public API
     def search(self, query: str, k: int = 10, point: "OperatingPoint | str | None" = None, rerank: int = 0,
@@ -316,7 +310,7 @@ class Searcher:
         depth = check_depth(rerank)
         p = self._route(point, 1)
         scores, ids = self._first_stage([query], max(k, depth), p, first_stage=first_stage, fusion=fusion)
-        hits = self._hits(ids[0], scores[0])
+        hits = [self._hit(int(r), s) for r, s in zip(ids[0], scores[0]) if r >= 0]
         if not depth:
             return SearchResult(query, p, hits[:k])
         ((order, new_scores),), rp = self._rerank([query], [hits], depth, ranker_point)
@@ -333,7 +327,7 @@ class Searcher:
                                         first_stage=first_stage, fusion=fusion)
         out: List[List[Hit]] = [[] for _ in texts]
         for row, i in enumerate(keep):
-            out[i] = self._hits(ids[row], scores[row])
+            out[i] = [self._hit(int(r), s) for r, s in zip(ids[row], scores[row]) if r >= 0]
         if depth and keep:
             lists, _ = self._rerank([texts[i] for i in keep], [out[i] for i in keep], depth, ranker_point)
             for i, (order, new_scores) in zip(keep, lists):
@@ -362,7 +356,8 @@ class Searcher:
         if depth and keep:
             valid = [rows[j] >= 0 for j in range(len(keep))]
             lists, rp = self._rerank([texts[i] for i in keep],
-                                     [self._hits(rows[j], scores[j]) for j in range(len(keep))], depth, ranker_point)
+                                     [[self._hit(int(r), float(sc)) for r, sc in zip(rows[j][v], scores[j][v])]
+                                      for j, v in enumerate(valid)], depth, ranker_point)
             for j, (order, new_scores) in enumerate(lists):
                 n = len(order)
                 rows[j, :n], scores[j, :n] = rows[j][valid[j]][order], new_scores

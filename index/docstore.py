@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import Iterable, List
 
 import numpy as np
 
@@ -57,19 +57,7 @@ class DocStore:
 
     def get(self, position: int) -> Document:
         lo, hi = int(self.offsets[position]), int(self.offsets[position + 1])
-        return self._document(os.pread(self._fd, hi - lo, lo))
-
-    def get_many(self, positions: "Sequence[int] | np.ndarray") -> List[Document]:
-        """The passages at ``positions``, in that order: the offsets of all of them in one array
-        lookup (a ranked list of 10-100 hits is read per query)."""
-        rows = np.asarray(positions, dtype=np.int64)
-        los, his = self.offsets[rows].tolist(), self.offsets[rows + 1].tolist()
-        fd = self._fd
-        return [self._document(os.pread(fd, hi - lo, lo)) for lo, hi in zip(los, his)]
-
-    @staticmethod
-    def _document(line: bytes) -> Document:
-        rec = json.loads(line)
+        rec = json.loads(os.pread(self._fd, hi - lo, lo).decode("utf-8"))
         return Document(rec["id"], rec.get("title", ""), rec.get("text", ""))
 
     def close(self) -> None:

@@ -52,20 +52,6 @@ def test_search_returns_passages(searcher, coll):
     assert [h.score for h in res.hits] == sorted((h.score for h in res.hits), reverse=True)
 
 
-def test_every_hit_carries_its_own_passage(searcher, coll):
-    """Hits are read from the docstore a ranked list at a time (``DocStore.get_many``): each one,
-    in any order and repeated, must be the passage of its own row."""
-    by_id = {d.doc_id: d for d in coll.corpus}
-    rows = [7, 2, 7, len(coll.corpus) - 1, 0]
-    assert [d.doc_id for d in searcher.docstore.get_many(rows)] == [searcher.doc_ids[r] for r in rows]
-    assert searcher.docstore.get_many(rows) == [searcher.docstore.get(r) for r in rows]
-    for hits in searcher.search_texts([coll.corpus[5].contents, coll.queries[0].text], k=8):
-        assert len(hits) == 8
-        for h in hits:
-            doc = by_id[h.doc_id]
-            assert (h.title, h.text) == (doc.title, doc.text)
-
-
 def test_every_point_searches_its_width_index(searcher, coll):
     for p in searcher.points:
         run, rows = searcher.batch_search(coll.queries, k=10, point=p, return_rows=True)
