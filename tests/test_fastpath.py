@@ -293,6 +293,8 @@ def test_cpu_features_decide_native_bf16_from_the_flags(monkeypatch):
     avx2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: avx2\n"
     assert cpu.parse_cpuinfo(avx2) == ("AMD EPYC", {"fpu", "sse2", "avx2", "fma"})
     sapphire = "model name\t: Intel Xeon\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+    zen5 = "processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: avx2 avx512_bf16\n"
+    assert cpu.parse_cpuinfo(zen5) == ("AMD EPYC (family 26, model 2)", {"avx2", "avx512_bf16"})
     for text, native in ((avx2, False), (sapphire, True)):
         cpu.cpu_features.cache_clear()
         monkeypatch.setattr(cpu, "Path", lambda _p, t=text: type("F", (), {"read_text": lambda self: t})())

@@ -20,14 +20,20 @@ _FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "a
 
 
 def parse_cpuinfo(text: str) -> "tuple[str, set]":
-    """``(model name, flags)`` of the first processor in a Linux ``/proc/cpuinfo`` text."""
-    model, flags = "", set()
+    """``(model name, flags)`` of the first processor in a Linux ``/proc/cpuinfo`` text. The name
+    carries the family and model numbers where given: a VM may call two CPU generations with
+    different bf16 rates by the same name ("AMD EPYC")."""
+    fields, flags = {}, set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and not model:
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
+        key = key.strip()
+        if key in ("model name", "cpu family", "model") and key not in fields:
+            fields[key] = value.strip()
+        elif key == "flags" and not flags:
             flags = set(value.split())
+    model = fields.get("model name", "")
+    if model and "cpu family" in fields:
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     return model, flags
 
 
