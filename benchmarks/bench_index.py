@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_index.py index --exp runs/nq-sample --scale 1000000 --types 'Flat;IVF1024,PQ{m}' \
         --batches 1,1000 --small-batch-queries 50 --train-size 65536   # 1M vectors, short batch-1 timing
     .venv/bin/python benchmarks/bench_index.py blas --n 200000            # the BLAS-threshold trap
+    .venv/bin/python benchmarks/bench_index.py kernel --n 4351 --batches 1,2,4,8,16   # sequential vs BLAS per batch
 
 At ``--scale N`` the vectors are real nq-sample embeddings resampled with Gaussian noise (sigma 0.05
 per dimension of unit vectors, then re-normalised), so the neighbourhood structure is realistic.
@@ -145,6 +146,31 @@ def bench_blas(args) -> list:
     return out
 
 
+def bench_kernel(args) -> list:
+    """FAISS's two exact kernels at small batches, forced through its threshold (which 1.15 compares
+    with query rows x width): the sequential scan and the BLAS product, interleaved, 1 thread, medians."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(0)
+    out = []
+    for d in [int(w) for w in args.widths.split(",")]:
+        index = faiss.IndexFlatIP(d)
+        index.add(rng.standard_normal((args.n, d), dtype=np.float32))
+        for nq in [int(b) for b in args.batches.split(",")]:
+            q = rng.standard_normal((nq, d), dtype=np.float32)
+            times = {"sequential": [], "blas": []}
+            for _ in range(args.rounds):
+                for kernel in rng.permutation(list(times)):
+                    faiss.cvar.distance_compute_blas_threshold = 1 << 30 if kernel == "sequential" else 1
+                    times[kernel].append(_timed(index.search, q, 10))
+            row = {"bench": "kernel", "n": args.n, "d": d, "batch": nq,
+                   **{f"{k} ms": round(1000 * float(np.median(v)), 3) for k, v in times.items()}}
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
 def _timed(fn, *a) -> float:
     t0 = time.perf_counter()
     fn(*a)
@@ -153,7 +179,7 @@ def _timed(fn, *a) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["encode", "index", "blas"])
+    p.add_argument("what", choices=["encode", "index", "blas", "kernel"])
     p.add_argument("--data-dir", default=os.environ.get("ELASTICDENSER_DATA", "../shared/data"))
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=64)
@@ -166,9 +192,10 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,32,1000", help="comma-separated search batch sizes")
     p.add_argument("--small-batch-queries", type=int, default=1000,
                    help="queries timed for batches < 1000 (fewer keeps batch-1 runs at 1M vectors short)")
+    p.add_argument("--rounds", type=int, default=50, help="kernel: calls per kernel and batch")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    rows = {"encode": bench_encode, "index": bench_index, "blas": bench_blas}[args.what](args)
+    rows = {"encode": bench_encode, "index": bench_index, "blas": bench_blas, "kernel": bench_kernel}[args.what](args)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0

@@ -1,0 +1,51 @@
+"""Run a script against another checkout of the package: the old side of an A/B.
+
+``PYTHONPATH=/tmp/old python ...`` is not enough in an editable install: ``setup.cfg`` maps
+``elasticdenser.index``, ``.eval`` and ``.data`` to the top-level folders ``index/``, ``eval/`` and
+``data/``, and the editable install's finder resolves those to this checkout whatever ``PYTHONPATH``
+says, so an old ``elasticdenser/`` would run with today's ``index/``. This loads every part of the
+package from ``DIR``, then runs ``SCRIPT`` with the arguments that follow it:
+
+    git worktree add /tmp/old REV
+    python benchmarks/at_revision.py /tmp/old /tmp/old/benchmarks/bench_query_path.py --exp runs/exp-speed ...
+"""
+from __future__ import annotations
+
+import importlib.util
+import runpy
+import sys
+from pathlib import Path
+
+#: subpackages that setup.cfg maps to top-level folders (``package_dir``)
+MAPPED = ("data", "eval", "index")
+
+
+def load_package(root: Path) -> None:
+    """Import ``elasticdenser`` and its mapped subpackages from ``root``."""
+    sys.path.insert(0, str(root))
+    import elasticdenser
+
+    if Path(elasticdenser.__file__).resolve().parent != root / "elasticdenser":
+        raise SystemExit(f"elasticdenser was already imported from {elasticdenser.__file__}, not {root}")
+    modules = []
+    for name in MAPPED:  # every module registered before any runs: they import each other
+        spec = importlib.util.spec_from_file_location(f"elasticdenser.{name}", root / name / "__init__.py",
+                                                      submodule_search_locations=[str(root / name)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        setattr(elasticdenser, name, module)
+        modules.append((spec, module))
+    for spec, module in modules:
+        spec.loader.exec_module(module)
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    load_package(Path(sys.argv[1]).resolve())
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
