@@ -11,7 +11,7 @@ __all__ = ["OpenVinoSession"]
 
 
 class OpenVinoSession:
-    """One OpenVINO compiled model on ``threads`` threads, called like an ONNX Runtime session.
+    """One model that OpenVINO runs on ``threads`` threads, called like an ONNX Runtime session.
 
     With one thread it is one latency-mode stream (a query). With several, a large batch is cut into
     sub-batches of at most :attr:`SUB_BATCH` rows, each trimmed to its own longest sequence, that
