@@ -12,6 +12,7 @@ package from ``DIR``, then runs ``SCRIPT`` with the arguments that follow it:
 from __future__ import annotations
 
 import importlib.util
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -42,8 +43,11 @@ def load_package(root: Path) -> None:
 def main() -> None:
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
+    # exported ONNX graphs are cached by model, not by code: the old side must not reuse the new one's
+    os.environ.setdefault("ELASTICDENSER_CACHE", "off")
     load_package(Path(sys.argv[1]).resolve())
     sys.argv = sys.argv[2:]
+    sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent))  # the script's own siblings, as `python SCRIPT` would
     runpy.run_path(sys.argv[0], run_name="__main__")
 
 

@@ -210,13 +210,13 @@ def main(argv=None) -> int:
     from elasticdenser.model.encoder import ElasticEncoder
     from elasticdenser.operating_point import OperatingPoint
 
-    tune_faiss()
     cache, out = Path(args.cache), Path(args.out)
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     start = ElasticEncoder.from_pretrained(None).eval()  # document tower and plain-truncation model
     elastic = ElasticEncoder.from_pretrained(args.elastic).eval()
     points = elastic.space.default_points()
+    tune_faiss(elastic.space.hidden_size)
     static = {}
     for d in args.static:
         summary = json.loads((Path(d).parent / "training_summary.json").read_text())

@@ -72,8 +72,8 @@ def bench_index(args) -> list:
     from elasticdenser.index.store import EmbeddingStore
     from elasticdenser.operating_point import truncate
 
-    fi.tune_faiss()
     vecs, base = _vectors(args)
+    fi.tune_faiss(base.shape[1])
     rng = np.random.default_rng(1)
     qrows = base[rng.integers(0, len(base), args.queries)]
     queries = truncate(qrows + 0.05 * rng.standard_normal(qrows.shape, dtype=np.float32), qrows.shape[1])

@@ -11,9 +11,10 @@ BLAS threshold: FAISS chooses between its own sequential kernel and a BLAS produ
 ``distance_compute_blas_threshold`` with the number of query rows (older releases, shipped value 20)
 or with query rows x width (1.15 here, shipped value 128,000). The shipped 128,000 sends every
 batch of fewer than 128,000 / width queries to the sequential kernel, measured 5-17x slower for
-~1000-query batches at d <= 96; but the BLAS path costs a fixed ~0.2 ms (it packs the stored
-vectors) that a single query over a small corpus does not need (BENCHMARKS.md). ``tune_faiss``
-therefore sets the threshold so that one query runs sequentially and batches use BLAS.
+~1000-query batches at d <= 96; but the BLAS path packs the stored vectors on every call, which
+costs a single query 0.15-0.3 ms on nq-sample's 4,351 vectors and more on larger corpora, where the
+sequential kernel is 2x faster for one query (BENCHMARKS.md). ``tune_faiss`` therefore sets the
+threshold so that one query runs sequentially and batches use BLAS.
 
 Second trap: ``index_factory("IVF...,PQ...")`` enables polysemous training, which made IVF-PQ
 training take minutes even on 4k vectors; ``new_index`` turns it off.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple
@@ -62,6 +64,7 @@ DEFAULT_FACTORY = "Flat"
 DEFAULT_TRAIN_SIZE = 262144
 _shipped_threshold: Optional[int] = None
 _widest = 0
+_tune_lock = threading.Lock()
 
 
 def index_file(width: int) -> str:
@@ -70,24 +73,33 @@ def index_file(width: int) -> str:
 
 def blas_threshold_counts_products() -> bool:
     """Whether this FAISS compares its BLAS threshold with query rows x width (1.15's rule) rather
-    than with query rows; read from the value it shipped (128,000 vs 20), before ours replaced it."""
-    return int(_shipped_threshold or 0) > 1000
+    than with query rows. Read from the value FAISS ships, captured before ours replaces it: the
+    rows rule shipped 20."""
+    global _shipped_threshold
+    if _shipped_threshold is None:
+        import faiss
+
+        _shipped_threshold = int(faiss.cvar.distance_compute_blas_threshold)
+    return _shipped_threshold != 20
 
 
-def tune_faiss(width: int = 1) -> None:
+def tune_faiss(width: int) -> None:
     """Make a single query of ``width`` (and of every width tuned before in this process) take
-    FAISS's sequential kernel and every batch of two or more its BLAS product (with products
-    counted: two queries of at most half the widest width stay sequential, level with BLAS in
-    BENCHMARKS.md). The threshold is process-wide and only grows with the widest width tuned, so
-    tuning a narrow width never sends a single query of a wider one back to BLAS."""
+    FAISS's sequential kernel, and batches its BLAS product.
+
+    With rows x width counted, the threshold is the widest width tuned + 1, so at width ``w``
+    up to ``widest // w`` queries stay sequential (with the default widths 384 / 256 / 192: at most
+    two, level with BLAS in BENCHMARKS.md). It is process-wide and only grows, so tuning a narrow
+    width never sends a single query of a wider one back to BLAS. (FAISS 1.15 still takes BLAS for
+    a query over a corpus of >= 10,000 vectors searched on several OpenMP threads, see
+    :func:`search_threads`.)"""
     import faiss
 
-    global _shipped_threshold, _widest
-    if _shipped_threshold is None:
-        _shipped_threshold = int(faiss.cvar.distance_compute_blas_threshold)
-    _widest = max(_widest, int(width))
-    products = blas_threshold_counts_products()
-    faiss.cvar.distance_compute_blas_threshold = _widest + 1 if products else BLAS_THRESHOLD
+    global _widest
+    with _tune_lock:
+        products = blas_threshold_counts_products()
+        _widest = max(_widest, int(width))
+        faiss.cvar.distance_compute_blas_threshold = _widest + 1 if products else BLAS_THRESHOLD
 
 
 def gpu_available() -> bool:

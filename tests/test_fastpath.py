@@ -208,11 +208,18 @@ def test_openvino_in_fp32_matches_eager_and_is_thread_safe(tiny_bert_dir, monkey
         session._compiled.clear()
         got = runner(b["input_ids"], b["attention_mask"], b["token_type_ids"], threads=2)
         assert list(session._compiled) == [streams] and np.abs(got - np.tile(ref, (5, 1))).max() < 1e-4
-    session._local.__dict__.clear()
     with ThreadPoolExecutor(4) as pool:
         outs = list(pool.map(lambda i: enc.encode([TEXTS[i % len(TEXTS)]], p, backend="openvino"), range(40)))
     for i, out in enumerate(outs):
         assert np.abs(out[0] - ref[i % len(TEXTS)]).max() < 1e-4, i
+    # small batches on 2 threads from 4 callers at once: the one-stream model compiled once, on first use
+    session._compiled.clear()
+    pairs = [enc.tokenizer([TEXTS[i % 7], TEXTS[(i + 1) % 7]], padding=True, return_tensors="np") for i in range(40)]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda b: runner(b["input_ids"], b["attention_mask"], b["token_type_ids"], threads=2), pairs))
+    assert list(session._compiled) == [1]
+    for i, out in enumerate(outs):
+        assert np.abs(out - ref[[i % 7, (i + 1) % 7]]).max() < 1e-4, i
 
 
 @needs_openvino

@@ -64,18 +64,21 @@ def test_building_an_index_sends_one_query_to_the_sequential_kernel_and_batches_
     must give one query the sequential kernel and a batch BLAS, and both must agree."""
     import faiss
 
+    products = fi.blas_threshold_counts_products()  # read from what FAISS shipped, before it is overwritten below
+    shipped = faiss.cvar.distance_compute_blas_threshold
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 128000)  # restored afterwards
     monkeypatch.setattr(fi, "_widest", 0)
-    faiss.cvar.distance_compute_blas_threshold = 128000
     index = fi.build_index(store, 32, "Flat")
     threshold = faiss.cvar.distance_compute_blas_threshold
-    if fi.blas_threshold_counts_products():
+    if products:
         assert 32 < threshold <= 2 * 32  # one row x 32 below it, two rows x 32 not
     else:
         assert threshold == fi.BLAS_THRESHOLD == 2
     fi.save_index(index, tmp_path / "i.faiss")
-    faiss.cvar.distance_compute_blas_threshold = 128000
+    faiss.cvar.distance_compute_blas_threshold = shipped
+    monkeypatch.setattr(fi, "_widest", 0)  # a process that only loads indexes (a Searcher) must be tuned too
     assert fi.load_index(tmp_path / "i.faiss").d == 32
-    assert faiss.cvar.distance_compute_blas_threshold == threshold  # loading tunes too
+    assert faiss.cvar.distance_compute_blas_threshold == threshold
     q = np.random.default_rng(1).standard_normal((8, 32)).astype(np.float32)
     batch_scores, batch_ids = fi.search(index, q, 5)
     for i in range(len(q)):

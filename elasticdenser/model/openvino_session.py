@@ -19,7 +19,8 @@ class OpenVinoSession:
     operator, and less padding (batches arrive sorted by length). Bulk passage encoding runs
     measurably closer to the bf16 floor this way. A small batch (at most :attr:`ONE_STREAM_TOKENS`
     padded tokens, e.g. 32 questions) is too little work to split: it runs as one request on one
-    stream holding every thread, a second compilation made on first use (``BENCHMARKS.md``).
+    stream holding every thread, a second compilation made on first use (``BENCHMARKS.md``; in a
+    bulk run only the last, shortest batch may take it).
 
     An infer request is not safe to share between threads (the server calls from several), so
     each calling thread gets its own requests; outputs are copied out of the requests' buffers,
@@ -47,11 +48,12 @@ class OpenVinoSession:
         compiled = self._compiled.get(streams)
         if compiled is None:
             with self._lock:
-                compiled = self._compiled.get(streams) or self._core.compile_model(self._source, "CPU", {
-                    "INFERENCE_NUM_THREADS": self.streams, "NUM_STREAMS": streams,
-                    "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
-                    "INFERENCE_PRECISION_HINT": self._precision})
-                self._compiled[streams] = compiled
+                compiled = self._compiled.get(streams)
+                if compiled is None:
+                    compiled = self._compiled[streams] = self._core.compile_model(self._source, "CPU", {
+                        "INFERENCE_NUM_THREADS": self.streams, "NUM_STREAMS": streams,
+                        "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+                        "INFERENCE_PRECISION_HINT": self._precision})
         return compiled
 
     def run(self, _outputs, feeds: dict) -> list:
