@@ -108,11 +108,17 @@ def main(argv=None) -> int:
     ap.add_argument("--burst", type=int, default=1, help="consecutive calls per visit; the first is not kept when > 1")
     ap.add_argument("--batch", type=int, default=1, help="questions per call (> 1: search_texts, as the server batches)")
     ap.add_argument("--stages", default=",".join(STAGES + FAISS_THREADS), help="stages to time (default: all)")
+    ap.add_argument("--small-batch-threads", type=int, default=None,
+                    help="threads for batches of up to fastpath.SMALL_BATCH rows (default: the package's rule)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from elasticdenser import Searcher
     from elasticdenser.data import load_collection
+    from elasticdenser.model import fastpath
     from elasticdenser.model.cpu import cpu_features
+
+    if args.small_batch_threads:
+        fastpath.small_batch_threads = args.small_batch_threads
 
     searcher = Searcher.open(args.exp, backend="auto")
     defaults = searcher.encoder.default_points()
@@ -139,6 +145,7 @@ def main(argv=None) -> int:
     import faiss
 
     res = {"exp": args.exp, "rounds": args.rounds, "burst": burst, "batch": batch, "omp_threads": faiss.omp_get_max_threads(),
+           "small_batch_threads": fastpath.small_batch_threads,
            "backend": searcher.backend, "cpu": cpu_features(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "points": {}}
     for p in points:
