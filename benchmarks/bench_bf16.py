@@ -97,6 +97,39 @@ def shape_rates(rows: int, hidden: int, ffn: int, rounds: int = 30) -> dict:
     return out
 
 
+def node_profile(enc, texts, rounds: int = 20) -> dict:
+    """Where one OpenVINO bf16 stream's time goes on 8 passages of 110-140 tokens (one thread, the
+    full point): milliseconds per node type from OpenVINO's own counters (``PERF_COUNT``), against
+    the wall time and the one-thread ``torch.mm`` bf16 rate."""
+    import openvino as ov
+
+    full = enc.default_points()[0]
+    picked = [t for t in texts if 110 <= len(enc.tokenizer(t)["input_ids"]) <= 140][:8]
+    b = enc.tokenizer(picked, padding=True, truncation=True, max_length=enc.max_length, return_tensors="np")
+    feeds = {k: b[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    model = fastpath.get_runner(enc, full, "openvino")._onnx
+    core = ov.Core()
+    source = model if isinstance(model, str) else core.read_model(model=model, weights=b"")
+    request = core.compile_model(source, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                                                 "INFERENCE_PRECISION_HINT": "bf16", "PERF_COUNT": True}).create_infer_request()
+    for _ in range(3):
+        request.infer(feeds)
+    walls, nodes = [], {}
+    for _ in range(rounds):
+        t = time.perf_counter()
+        request.infer(feeds)
+        walls.append(time.perf_counter() - t)
+        for info in request.profiling_info:
+            if info.status == info.Status.EXECUTED:
+                key = f"{info.node_type} ({info.exec_type})"
+                nodes[key] = nodes.get(key, 0.0) + info.real_time.total_seconds() * 1e3 / rounds
+    flops = enc.space.flops(full, feeds["input_ids"].shape[1]) * len(picked)
+    rate = mm_rates(3)["bf16 1T"]
+    return {"shape": list(feeds["input_ids"].shape), "wall_ms": 1e3 * med(walls), "gflop": flops / 1e9,
+            "floor_ms_at_bf16_1T": flops / (rate * 1e9) * 1e3, "torch_mm_bf16_1T_gflops": rate,
+            "ms_by_node_type": dict(sorted(nodes.items(), key=lambda kv: -kv[1]))}
+
+
 def run_cli(*args: str) -> float:
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "elasticdenser", *args], check=True)
@@ -132,6 +165,7 @@ def main(argv=None):
     ap.add_argument("--query-rounds", type=int, default=30)
     ap.add_argument("--sub-batches", default="", help="also OpenVINO bf16 with these rows per stream "
                     "(OpenVinoSession.SUB_BATCH; comma-separated, each <= 32 at batch 64 over 2 streams)")
+    ap.add_argument("--node-profile", action="store_true", help="only: where one bf16 stream's time goes, per node type")
     ap.add_argument("--cli", action="store_true", help="also index + evaluate nq-sample in fp32 and bf16 via the CLI")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -152,6 +186,10 @@ def main(argv=None):
     points = enc.default_points()
     full = points[0]
     coll = load_collection("nq-sample", args.data_dir)
+    if args.node_profile:
+        result["node_profile"] = node_profile(enc, [d.contents for d in coll.corpus])
+        print(json.dumps(result["node_profile"], indent=1))
+        return _save(result, args.out)
     n = args.passages
     docs = random.sample([d.contents for d in coll.corpus], n * args.passage_rounds)
     questions = [q.text for q in coll.queries][:32 * 8]
