@@ -187,6 +187,7 @@ def test_minilm_smallest_point_retrieval_matches_eager(minilm, data_dir):
 def test_openvino_in_fp32_matches_eager_and_is_thread_safe(tiny_bert_dir, monkeypatch):
     """Forced to fp32 (what it runs on a CPU without bf16 products) it is exact; several threads
     calling one runner (the server's worker threads) each get their own, correct, results."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     monkeypatch.setattr(fastpath, "openvino_precision", lambda: "fp32")
@@ -206,6 +207,7 @@ def test_openvino_in_fp32_matches_eager_and_is_thread_safe(tiny_bert_dir, monkey
     for limit, streams in ((tokens, 1), (tokens - 1, 2)):  # one request on one stream / 5 trimmed sub-batches on 2
         monkeypatch.setattr(session, "ONE_STREAM_TOKENS", limit)
         session._compiled.clear()
+        session._local = threading.local()  # this thread's request was made on a compiled model cleared here
         got = runner(b["input_ids"], b["attention_mask"], b["token_type_ids"], threads=2)
         assert list(session._compiled) == [streams] and np.abs(got - np.tile(ref, (5, 1))).max() < 1e-4
     with ThreadPoolExecutor(4) as pool:
@@ -322,3 +324,45 @@ def test_the_backend_tokenizer_gives_the_transformers_ids_masks_and_types(tiny):
             np.testing.assert_array_equal(got[key], ref[key])
     # a configured copy: the shared tokenizer's own backend keeps its settings
     assert tok is not tiny.tokenizer.backend_tokenizer
+
+
+def test_small_batches_run_on_the_thread_count_this_cpu_runs_faster(tiny, monkeypatch):
+    """Up to SMALL_BATCH rows run on one thread or on all, whichever one query runs faster on here:
+    measured once per runner and torch thread count, never assumed; a fixed count or ``threads`` wins."""
+    import time
+
+    p = tiny.default_points()[-1]
+    b = tiny.tokenizer(TEXTS[:5], padding=True, return_tensors="np")
+    one, five = ([b[k][:n] for k in ("input_ids", "attention_mask", "token_type_ids")] for n in (1, 5))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for slow, faster in ((2, 1), (1, 2)):
+            runner = fastpath.FastRunner(tiny, p, "jit")
+            real, seen = runner._run, []
+
+            def run(n, *inputs, slow=slow, real=real, seen=seen):
+                seen.append(n)
+                if n == slow:
+                    time.sleep(0.003)
+                return real(n, *inputs)
+
+            monkeypatch.setattr(runner, "_run", run)
+            got = runner(*one)
+            assert sorted(set(seen)) == [1, 2] and len(seen) == 2 * (fastpath.THREADS_PROBES + 1) + 1
+            assert seen[-1] == faster and runner._small_threads == {2: faster}
+            assert np.abs(got - tiny.encode(TEXTS[:1], p, backend="eager")).max() < 1e-4
+            seen.clear()
+            runner(*one), runner(*five), runner(*one, threads=1)  # measured once; 5 rows on all; as told
+            assert seen == [faster, 2, 1]
+            monkeypatch.setattr(fastpath, "small_batch_threads", 2 if faster == 1 else 1)
+            seen.clear()
+            runner(*one)
+            assert seen == [3 - faster]
+            monkeypatch.setattr(fastpath, "small_batch_threads", None)
+        torch.set_num_threads(1)
+        seen.clear()
+        runner(*one)  # one thread in all: nothing to measure
+        assert seen == [1]
+    finally:
+        torch.set_num_threads(before)

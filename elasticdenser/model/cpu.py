@@ -4,16 +4,19 @@ The machines this project runs on differ between sessions: some are AVX2-only, s
 with AVX512-BF16, some AMX. Whether bf16 pays depends on that: with native bf16 products a bf16
 matmul runs faster than fp32; without them torch emulates bf16 and it runs several times slower
 (BENCHMARKS.md). Benchmarks record :func:`cpu_features` beside every speed figure, and the bf16
-paths consult :func:`native_bf16` instead of a hard-coded choice.
+paths consult :func:`native_bf16` instead of a hard-coded choice; :func:`faster_threads` likewise
+measures whether more threads pay for a small call.
 """
 from __future__ import annotations
 
 import platform
+import statistics
+import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, List
 
-__all__ = ["cpu_features", "native_bf16", "parse_cpuinfo"]
+__all__ = ["cpu_features", "faster_threads", "native_bf16", "parse_cpuinfo"]
 
 #: the flags (Linux /proc/cpuinfo names) that decide which low-precision products run in hardware
 _FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
@@ -62,3 +65,23 @@ def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16)."""
     flags = cpu_features()["flags"]
     return bool(flags["avx512_bf16"] or flags["amx_bf16"])
+
+
+def faster_threads(run: Callable[[int], object], many: int, probes: int = 7, margin: float = 1.1) -> int:
+    """``many`` if ``run(many)`` takes at most ``1 / margin`` of ``run(1)``'s time here, else 1.
+
+    Whether a second thread pays for a small call depends on the CPU (its thread wake-up cost
+    against the call's work), so it is measured, not assumed: one untimed call each (sessions are
+    built), then ``probes`` calls each, alternating which goes first, compared by median. The margin
+    keeps one thread unless more are clearly faster: they take cores other work would use."""
+    if many <= 1:
+        return 1
+    times: Dict[int, List[float]] = {1: [], many: []}
+    for n in times:
+        run(n)
+    for i in range(probes):
+        for n in ((1, many) if i % 2 else (many, 1)):
+            t0 = time.perf_counter()
+            run(n)
+            times[n].append(time.perf_counter() - t0)
+    return many if statistics.median(times[many]) * margin <= statistics.median(times[1]) else 1

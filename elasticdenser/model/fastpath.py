@@ -38,9 +38,10 @@ rebuild on next use. ONNX files are additionally cached on disk under
 export (1-2 s per point, int8 2.5-5 s) once per model; set ``ELASTICDENSER_CACHE=off`` to keep them in
 memory only.
 
-Threads: a runner's intra-op thread count is ``threads`` (default: 1 for batches of up to
-``SMALL_BATCH`` texts, ``torch.get_num_threads()`` for larger ones; measured in
-``BENCHMARKS.md``).
+Threads: ``threads`` if given, else ``torch.get_num_threads()`` for batches of more than
+``SMALL_BATCH`` texts and, for smaller ones, whichever of one thread and all runs one query faster
+on this CPU, measured per runner on first use (:meth:`FastRunner.small_batch_thread_count`): a
+second thread bought nothing at batch 1 on one CPU and 1.2-1.3x on another (``BENCHMARKS.md``).
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ import torch
 from elasticdenser.atomic import write_bytes
 from elasticdenser.errors import InvalidInputError, StateError
 from elasticdenser.model.batch_tokenizer import batch_tokenizer, tokenize_batch
+from elasticdenser.model.cpu import faster_threads
 
 __all__ = [
     "BACKENDS",
@@ -87,8 +89,13 @@ SMALL_BATCH = 4
 #: OpenVINO bf16 (faster there, within the correctness bar) and smaller ones on ONNX Runtime fp32
 #: (lower call overhead); measured in BENCHMARKS.md (``benchmarks/bench_bf16.py``).
 AUTO_BF16_MIN_BATCH = 8
-#: threads for small batches (batch 1 latency); measured in BENCHMARKS.md.
-small_batch_threads: int = 1
+#: threads for batches of up to SMALL_BATCH rows: a number fixes them; None: measured per runner
+small_batch_threads: Optional[int] = None
+#: all threads are kept for small batches only when this much faster than one: the other core is
+#: then taken from whatever else the process runs (FAISS, the HTTP loop)
+THREADS_MARGIN = 1.1
+#: timed calls per thread count when a runner measures its small-batch threads
+THREADS_PROBES = 7
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _lock = threading.RLock()
 
@@ -172,14 +179,6 @@ def resolve_backend(backend: Optional[str]) -> str:
     return name
 
 
-def _threads_for(batch: int, threads: Optional[int]) -> int:
-    if threads:
-        return max(1, int(threads))
-    if batch <= SMALL_BATCH:
-        return max(1, int(small_batch_threads))
-    return max(1, torch.get_num_threads())
-
-
 def _cache_root() -> Optional[Path]:
     value = os.environ.get("ELASTICDENSER_CACHE")
     if value and value.lower() in ("off", "0", "none", "false"):
@@ -247,10 +246,13 @@ class FastRunner:
         self.precision = openvino_precision() if backend == "openvino" else "fp32"
         self.width = point.width
         self._sessions: Dict[int, object] = {}
+        self._small_threads: Dict[int, int] = {}  # torch's thread count -> the measured small-batch threads
         self._onnx: Optional[bytes | str] = None
         self._module = None
         module = encoder.materialize(point).eval()
         example = _example_inputs(encoder)
+        #: one short query: what the small-batch thread count is measured on
+        self._probe = tuple(t[:1].numpy() for t in example)
         if backend == "jit":
             with torch.no_grad():
                 self._module = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
@@ -310,7 +312,33 @@ class FastRunner:
         if token_type_ids is None:
             token_type_ids = (np.zeros_like(input_ids) if isinstance(input_ids, np.ndarray)
                               else torch.zeros_like(input_ids))
-        n = _threads_for(int(input_ids.shape[0]), threads)
+        return self._run(self._threads(int(input_ids.shape[0]), threads), input_ids, attention_mask, token_type_ids)
+
+    def _threads(self, batch: int, threads: Optional[int]) -> int:
+        if threads:
+            return max(1, int(threads))
+        if batch > SMALL_BATCH:
+            return max(1, torch.get_num_threads())
+        if small_batch_threads:
+            return max(1, int(small_batch_threads))
+        return self.small_batch_thread_count()
+
+    def small_batch_thread_count(self) -> int:
+        """Threads for a batch of up to ``SMALL_BATCH`` rows (:func:`~elasticdenser.model.cpu.faster_threads`
+        on one short query), measured on first use and kept per torch thread count."""
+        many = max(1, torch.get_num_threads())
+        if many == 1:
+            return 1
+        known = self._small_threads.get(many)
+        if known is not None:
+            return known
+        with _lock:
+            if many not in self._small_threads:
+                self._small_threads[many] = faster_threads(lambda n: self._run(n, *self._probe), many,
+                                                           THREADS_PROBES, THREADS_MARGIN)
+            return self._small_threads[many]
+
+    def _run(self, n: int, input_ids, attention_mask, token_type_ids) -> np.ndarray:
         if self.backend in _GRAPH:
             feeds = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.int64, copy=False)
                      for k, v in zip(_INPUTS, (input_ids, attention_mask, token_type_ids))}
