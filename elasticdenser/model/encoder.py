@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elasticdenser.errors import InvalidInputError
+from elasticdenser.model.batch_tokenizer import length_batches
 from elasticdenser.model.functional import attention_bias, pool
 from elasticdenser.model.loading import (
     DEFAULT_MAX_LENGTH,
@@ -338,19 +339,17 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         p, texts, out = self.encode_inputs(texts, point)
         if not texts:
             return out
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         use_mat = self.serve_materialized if materialized is None else bool(materialized)
         was_training = self.training
         self.train(False)
-        batches = range(0, len(texts), max(1, int(batch_size)))
+        batches = length_batches(self, texts, int(max_length or self.max_length), batch_size, "pt")
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc=f"encode {p.name}", unit="batch")
+            batches = tqdm(batches, desc=f"encode {p.name}", unit="batch", total=-(-len(texts) // max(1, int(batch_size))))
         try:
-            for start in batches:
-                idx = order[start : start + batch_size]
-                batch = self.batch_to_device(self.tokenize([texts[i] for i in idx], max_length))
+            for idx, batch in batches:
+                batch = self.batch_to_device(batch)
                 args = (batch["input_ids"], batch["attention_mask"])
                 tt = batch.get("token_type_ids")
                 run = self.serving_module(p) if use_mat else None

@@ -57,7 +57,7 @@ import torch
 
 from elasticdenser.atomic import write_bytes
 from elasticdenser.errors import InvalidInputError, StateError
-from elasticdenser.model.batch_tokenizer import batch_tokenizer, tokenize_batch
+from elasticdenser.model.batch_tokenizer import batch_tokenizer, length_batches, tokenize_batch
 from elasticdenser.model.cpu import faster_threads
 
 __all__ = [
@@ -377,18 +377,15 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
         return out
     runner = get_runner(encoder, p, backend)
     bulk = get_runner(encoder, p, "openvino") if _auto_bf16(backend, len(texts), batch_size) else None
-    bs = max(1, int(batch_size))
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i])) if len(texts) > 1 else [0]
-    ml = int(max_length or encoder.max_length)
-    batches = range(0, len(texts), bs)
+    tensors = "np" if runner.backend in _GRAPH else "pt"
+    batches = length_batches(encoder, texts, int(max_length or encoder.max_length), batch_size, tensors)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc=f"encode {p.name} [{runner.backend}]", unit="batch")
-    for start in batches:
-        idx = order[start : start + bs]
+        batches = tqdm(batches, desc=f"encode {p.name} [{runner.backend}]", unit="batch",
+                       total=-(-len(texts) // max(1, int(batch_size))))
+    for idx, b in batches:
         run = bulk if bulk is not None and len(idx) >= AUTO_BF16_MIN_BATCH else runner
-        b = tokenize_batch(encoder, [texts[i] for i in idx], ml, "np" if run.backend in _GRAPH else "pt")
         out[idx] = run(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), threads=threads)
     return out
 
