@@ -375,18 +375,20 @@ def test_batches_are_cut_by_token_count_and_padded_as_the_transformers_call_pads
     from elasticdenser.model import batch_tokenizer as bt
 
     if not rust:
-        monkeypatch.setattr(bt, "batch_tokenizer", lambda *a: None)
+        monkeypatch.setattr(bt, "batch_tokenizer", lambda *a, **k: None)
     texts = ["a b c d e f g h i j k l", "internationalisation", "x y z w v u t s", "antidisestablishment",
              "hi", "one two"] + TEXTS
     lengths = [len(ids) for ids in tiny.tokenizer(texts, truncation=True, max_length=32)["input_ids"]]
     assert sorted(range(len(texts)), key=lambda i: -lengths[i]) != sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    seen, padded = [], 0
-    for idx, b in bt.length_batches(tiny, texts, 32, 3):
-        ref = tiny.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=32, return_tensors="np")
-        for key in ("input_ids", "attention_mask", "token_type_ids"):
-            np.testing.assert_array_equal(b[key], ref[key])
-        seen += idx
-        padded += b["input_ids"].size
-    assert sorted(seen) == list(range(len(texts)))
     ranked = sorted(lengths, reverse=True)
-    assert padded == sum(len(ranked[i : i + 3]) * ranked[i] for i in range(0, len(ranked), 3))  # the least possible
+    for bs in (3, 64):  # batches; one batch (a query batch), its rows longest first
+        seen, padded, longest = [], 0, []
+        for idx, b in bt.length_batches(tiny, texts, 32, bs):
+            ref = tiny.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=32, return_tensors="np")
+            for key in ("input_ids", "attention_mask", "token_type_ids"):
+                np.testing.assert_array_equal(b[key], ref[key])
+            seen += idx
+            padded += b["input_ids"].size
+            longest += b["attention_mask"].sum(1).tolist()
+        assert sorted(seen) == list(range(len(texts))) and longest == ranked
+        assert padded == sum(len(ranked[i : i + bs]) * ranked[i] for i in range(0, len(ranked), bs))  # the least possible
