@@ -109,7 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="questions per call (> 1: search_texts, as the server batches)")
     ap.add_argument("--stages", default=",".join(STAGES + FAISS_THREADS), help="stages to time (default: all)")
     ap.add_argument("--small-batch-threads", type=int, default=None,
-                    help="threads for batches of up to fastpath.SMALL_BATCH rows (default: the package's rule)")
+                    help="threads for batches of up to fastpath.SMALL_BATCH rows (default: each runner measures "
+                         "which of 1 and all is faster; the choice is recorded as 'threads at batch 1')")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from elasticdenser import Searcher
@@ -153,6 +154,8 @@ def main(argv=None) -> int:
         if "search" in ms and "model" in ms:
             ms["not the model"] = ms["search"] - ms["model"]
         res["points"][p.name] = {k: round(v, 4) for k, v in ms.items()}
+        runner = fastpath.get_runner(searcher.encoder, p, searcher.backend or "auto")
+        res["points"][p.name]["threads at batch 1"] = runner._threads(1, None)  # measured or fixed
     full, small = points[0].name, points[-1].name
     for s in ("search", "model"):
         if s in stages:
@@ -160,7 +163,7 @@ def main(argv=None) -> int:
     lines = [f"| stage (median ms, batch {batch}, burst {burst}) | " + " | ".join(p.name for p in points) + " |",
              "|---|" + "---:|" * len(points)]
     for s in res["points"][full]:
-        lines.append(f"| {s} | " + " | ".join(f"{res['points'][p.name][s]:.3f}" for p in points) + " |")
+        lines.append(f"| {s} | " + " | ".join(f"{res['points'][p.name][s]:.4g}" for p in points) + " |")
     print("\n".join(lines))
     print(f"full / smallest: search {res.get('search_ratio')}x, model call {res.get('model_ratio')}x")
     print(f"cpu {res['cpu']['summary']}")

@@ -93,9 +93,9 @@ AUTO_BF16_MIN_BATCH = 8
 small_batch_threads: Optional[int] = None
 #: all threads are kept for small batches only when this much faster than one: the other core is
 #: then taken from whatever else the process runs (FAISS, the HTTP loop)
-THREADS_MARGIN = 1.1
+THREADS_MARGIN = 1.2
 #: timed calls per thread count when a runner measures its small-batch threads
-THREADS_PROBES = 7
+THREADS_PROBES = 9
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _lock = threading.RLock()
 
