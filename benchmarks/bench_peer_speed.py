@@ -154,6 +154,8 @@ def main(argv=None) -> int:
     import sentence_transformers
     import transformers
 
+    from elasticdenser.model import fastpath
+
     res["versions"] = {"sentence-transformers": sentence_transformers.__version__, "transformers": transformers.__version__,
                        "torch": torch.__version__, "faiss": faiss.__version__}
     for threads in [int(t) for t in args.threads.split(",") if t]:
@@ -194,6 +196,8 @@ def main(argv=None) -> int:
                 for n, ts in times.items():
                     ms = 1e3 * statistics.median(ts)
                     res[table].setdefault(n, {})[f"b{batch}-t{threads}"] = round(ms if batch == 1 else 32e3 / ms, 3)
+        res.setdefault("ours threads at batch 1", {})[f"t{threads}"] = {  # measured by each runner (fastpath)
+            p.name: fastpath.get_runner(enc, p, searcher.backend or "auto")._threads(1, None) for p in points}
         del st
     full, small = f"ours {points[0].name}", f"ours {points[-1].name}"
     exact = [n for n in res["embed"] if n.startswith("st-") and "qint8" not in n]

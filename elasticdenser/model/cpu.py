@@ -10,7 +10,6 @@ measures whether more threads pay for a small call.
 from __future__ import annotations
 
 import platform
-import statistics
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -70,10 +69,12 @@ def native_bf16() -> bool:
 def faster_threads(run: Callable[[int], object], many: int, probes: int = 9, margin: float = 1.2) -> int:
     """``many`` if ``run(many)`` takes at most ``1 / margin`` of ``run(1)``'s time here, else 1.
 
-    Whether a second thread pays for a small call depends on the CPU (its thread wake-up cost
-    against the call's work), so it is measured, not assumed: one untimed call each (sessions are
-    built), then ``probes`` calls each, alternating which goes first, compared by median. The margin
-    keeps one thread unless more are clearly faster: they take cores other work would use."""
+    Whether more threads pay for a small call depends on the CPU (its thread wake-up cost against
+    the call's work), so it is measured, not assumed: one untimed call each (sessions are built),
+    then ``probes`` calls each, alternating which goes first, compared by their fastest: other work
+    in the process (another pool's threads still spinning) only ever adds time, and it hurts the
+    call on several threads most. The margin keeps one thread unless more are clearly faster: they
+    take cores other work would use."""
     if many <= 1:
         return 1
     times: Dict[int, List[float]] = {1: [], many: []}
@@ -84,4 +85,4 @@ def faster_threads(run: Callable[[int], object], many: int, probes: int = 9, mar
             t0 = time.perf_counter()
             run(n)
             times[n].append(time.perf_counter() - t0)
-    return many if statistics.median(times[many]) * margin <= statistics.median(times[1]) else 1
+    return many if min(times[many]) * margin <= min(times[1]) else 1
