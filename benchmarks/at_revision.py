@@ -8,6 +8,10 @@ package from ``DIR``, then runs ``SCRIPT`` with the arguments that follow it:
 
     git worktree add /tmp/old REV
     python benchmarks/at_revision.py /tmp/old /tmp/old/benchmarks/bench_query_path.py --exp runs/exp-speed ...
+
+``-m elasticdenser`` in place of ``SCRIPT`` runs the old command line (``python -m elasticdenser``):
+
+    python benchmarks/at_revision.py /tmp/old -m elasticdenser index nq-sample --out /tmp/idx-old
 """
 from __future__ import annotations
 
@@ -46,6 +50,10 @@ def main() -> None:
     # exported ONNX graphs are cached by model, not by code: the old side must not reuse the new one's
     os.environ.setdefault("ELASTICDENSER_CACHE", "off")
     load_package(Path(sys.argv[1]).resolve())
+    if sys.argv[2] == "-m":
+        sys.argv = [sys.argv[3]] + sys.argv[4:]
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+        return
     sys.argv = sys.argv[2:]
     sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent))  # the script's own siblings, as `python SCRIPT` would
     runpy.run_path(sys.argv[0], run_name="__main__")

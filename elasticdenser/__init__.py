@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.16.1"
+__version__ = "0.16.2"
 
 #: public name -> the module that owns it
 _EXPORTS = {
