@@ -51,6 +51,8 @@ def main() -> None:
     os.environ.setdefault("ELASTICDENSER_CACHE", "off")
     load_package(Path(sys.argv[1]).resolve())
     if sys.argv[2] == "-m":
+        if len(sys.argv) < 4:
+            raise SystemExit(__doc__)
         sys.argv = [sys.argv[3]] + sys.argv[4:]
         runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
         return

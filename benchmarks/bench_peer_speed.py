@@ -197,7 +197,7 @@ def main(argv=None) -> int:
                     ms = 1e3 * statistics.median(ts)
                     res[table].setdefault(n, {})[f"b{batch}-t{threads}"] = round(ms if batch == 1 else 32e3 / ms, 3)
         res.setdefault("ours threads at batch 1", {})[f"t{threads}"] = {  # measured by each runner (fastpath)
-            p.name: fastpath.get_runner(enc, p, searcher.backend or "auto")._threads(1, None) for p in points}
+            p.name: fastpath.get_runner(enc, p, searcher.backend or "auto").threads_for(1) for p in points}
         del st
     full, small = f"ours {points[0].name}", f"ours {points[-1].name}"
     exact = [n for n in res["embed"] if n.startswith("st-") and "qint8" not in n]

@@ -53,6 +53,7 @@ def stage_functions(searcher, point, batch: int = 1):
     (``batch`` > 1: in ``search_texts`` over that many questions)."""
     from elasticdenser.index import faiss_index as fi
     from elasticdenser.model import fastpath
+    from elasticdenser.model.batch_tokenizer import length_batches
     from elasticdenser.serve.server import _hit_json
 
     enc = searcher.encoder
@@ -66,8 +67,8 @@ def stage_functions(searcher, point, batch: int = 1):
     stored = index.reconstruct_n(0, index.ntotal) if hasattr(index, "reconstruct_n") else None
     _, rows = fi.search(index, vec, 10)
     results = [searcher.search("warm up", k=10, point=point).hits] * batch
-    def tokenise(qs):  # what encode runs, on the batch in the order encode sends it (longest first)
-        return fastpath.tokenize_batch(enc, sorted(qs, key=len, reverse=True), enc.max_length, tensors)
+    def tokenise(qs):  # what encode runs: the batch tokenised, its rows longest first
+        return next(length_batches(enc, qs, enc.max_length, 32, tensors))[1]
 
     batches = {}
 
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
             ms["not the model"] = ms["search"] - ms["model"]
         res["points"][p.name] = {k: round(v, 4) for k, v in ms.items()}
         runner = fastpath.get_runner(searcher.encoder, p, searcher.backend or "auto")
-        res["points"][p.name]["threads at batch 1"] = runner._threads(1, None)  # measured or fixed
+        res["points"][p.name]["threads at batch 1"] = runner.threads_for(1)  # measured or fixed
     full, small = points[0].name, points[-1].name
     for s in ("search", "model"):
         if s in stages:

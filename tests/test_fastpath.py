@@ -330,6 +330,7 @@ def test_small_batches_run_on_the_thread_count_this_cpu_runs_faster(tiny, monkey
     """Up to SMALL_BATCH rows run on one thread or on all, whichever one query runs faster on here:
     measured once per runner and torch thread count, never assumed; a fixed count or ``threads`` wins."""
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     p = tiny.default_points()[-1]
     b = tiny.tokenizer(TEXTS[:5], padding=True, return_tensors="np")
@@ -360,6 +361,11 @@ def test_small_batches_run_on_the_thread_count_this_cpu_runs_faster(tiny, monkey
             runner(*one)
             assert seen == [3 - faster]
             monkeypatch.setattr(fastpath, "small_batch_threads", None)
+        shared, calls = fastpath.FastRunner(tiny, p, "jit"), []
+        monkeypatch.setattr(shared, "_run", lambda n, *inputs, real=shared._run: calls.append(n) or real(n, *inputs))
+        with ThreadPoolExecutor(4) as pool:  # four first calls at once: one measurement
+            list(pool.map(lambda _: shared(*one), range(4)))
+        assert len(calls) == 2 * (fastpath.THREADS_PROBES + 1) + 4 and len(shared._small_threads) == 1
         torch.set_num_threads(1)
         seen.clear()
         runner(*one)  # one thread in all: nothing to measure
@@ -371,7 +377,7 @@ def test_small_batches_run_on_the_thread_count_this_cpu_runs_faster(tiny, monkey
 @pytest.mark.parametrize("rust", [True, False])
 def test_batches_are_cut_by_token_count_and_padded_as_the_transformers_call_pads(tiny, monkeypatch, rust):
     """Texts whose order by characters is not their order by tokens: every batch holds the texts
-    closest in token count (least padding), in positions that cover every text once."""
+    closest in token count within its window (least padding), in positions that cover every text once."""
     from elasticdenser.model import batch_tokenizer as bt
 
     if not rust:
@@ -380,15 +386,19 @@ def test_batches_are_cut_by_token_count_and_padded_as_the_transformers_call_pads
              "hi", "one two"] + TEXTS
     lengths = [len(ids) for ids in tiny.tokenizer(texts, truncation=True, max_length=32)["input_ids"]]
     assert sorted(range(len(texts)), key=lambda i: -lengths[i]) != sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    ranked = sorted(lengths, reverse=True)
-    for bs in (3, 64):  # batches; one batch (a query batch), its rows longest first
+    assert list(bt.length_batches(tiny, [], 32, 3)) == []
+    for bs, window in ((3, 8), (64, 8), (3, 2)):  # batches in one window; one batch (queries); windows of 6 texts
+        monkeypatch.setattr(bt, "WINDOW_BATCHES", window)
         seen, padded, longest = [], 0, []
-        for idx, b in bt.length_batches(tiny, texts, 32, bs):
-            ref = tiny.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=32, return_tensors="np")
+        for idx, b in bt.length_batches(tiny, texts, 32, bs, tensors="pt"):
+            ref = tiny.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=32, return_tensors="pt")
             for key in ("input_ids", "attention_mask", "token_type_ids"):
-                np.testing.assert_array_equal(b[key], ref[key])
+                assert b[key].dtype == torch.int64 and torch.equal(b[key], ref[key])
             seen += idx
-            padded += b["input_ids"].size
+            padded += b["input_ids"].numel()
             longest += b["attention_mask"].sum(1).tolist()
-        assert sorted(seen) == list(range(len(texts))) and longest == ranked
-        assert padded == sum(len(ranked[i : i + bs]) * ranked[i] for i in range(0, len(ranked), bs))  # the least possible
+        assert sorted(seen) == list(range(len(texts)))
+        span = len(texts) if bs >= len(texts) else bs * window
+        ranked = [sorted(lengths[lo : lo + span], reverse=True) for lo in range(0, len(texts), span)]
+        assert longest == [n for r in ranked for n in r]
+        assert padded == sum(len(r[i : i + bs]) * r[i] for r in ranked for i in range(0, len(r), bs))  # the least possible

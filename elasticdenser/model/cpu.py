@@ -66,7 +66,7 @@ def native_bf16() -> bool:
     return bool(flags["avx512_bf16"] or flags["amx_bf16"])
 
 
-def faster_threads(run: Callable[[int], object], many: int, probes: int = 9, margin: float = 1.2) -> int:
+def faster_threads(run: Callable[[int], object], many: int, probes: int, margin: float) -> int:
     """``many`` if ``run(many)`` takes at most ``1 / margin`` of ``run(1)``'s time here, else 1.
 
     Whether more threads pay for a small call depends on the CPU (its thread wake-up cost against

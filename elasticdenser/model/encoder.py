@@ -342,11 +342,8 @@ class ElasticEncoder(CheckpointIO, ImportanceReordering, ServingCache, nn.Module
         use_mat = self.serve_materialized if materialized is None else bool(materialized)
         was_training = self.training
         self.train(False)
-        batches = length_batches(self, texts, int(max_length or self.max_length), batch_size, "pt")
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc=f"encode {p.name}", unit="batch", total=-(-len(texts) // max(1, int(batch_size))))
+        batches = length_batches(self, texts, int(max_length or self.max_length), batch_size, "pt",
+                                 progress=f"encode {p.name}" if progress else None)
         try:
             for idx, batch in batches:
                 batch = self.batch_to_device(batch)

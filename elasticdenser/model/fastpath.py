@@ -39,9 +39,10 @@ export (1-2 s per point, int8 2.5-5 s) once per model; set ``ELASTICDENSER_CACHE
 memory only.
 
 Threads: ``threads`` if given, else ``torch.get_num_threads()`` for batches of more than
-``SMALL_BATCH`` texts and, for smaller ones, whichever of one thread and all runs one query faster
-on this CPU, measured per runner on first use (:meth:`FastRunner.small_batch_thread_count`): a
-second thread bought nothing at batch 1 on one CPU and 1.2-1.3x on another (``BENCHMARKS.md``).
+``SMALL_BATCH`` texts; smaller ones run on all threads only where that runs one query
+``THREADS_MARGIN`` times faster than one thread, measured per runner on first use
+(:meth:`FastRunner.small_batch_thread_count`): a second thread buys nothing at batch 1 on one CPU
+and much on another (``BENCHMARKS.md``).
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ _ORT = ("onnx", "int8")
 _GRAPH = _ORT + ("openvino",)
 #: the precisions a corpus can be encoded in (:func:`document_path`).
 PRECISIONS = ("auto", "fp32", "bf16")
-#: batches up to this size run with ``small_batch_threads`` threads (see module docstring).
+#: batches up to this size run on one thread or on all (see module docstring).
 SMALL_BATCH = 4
 #: on a CPU with bf16 products, ``"auto"`` runs query batches of at least this many rows on
 #: OpenVINO bf16 (faster there, within the correctness bar) and smaller ones on ONNX Runtime fp32
@@ -247,6 +248,7 @@ class FastRunner:
         self.width = point.width
         self._sessions: Dict[int, object] = {}
         self._small_threads: Dict[int, int] = {}  # torch's thread count -> the measured small-batch threads
+        self._measuring = threading.Lock()
         self._onnx: Optional[bytes | str] = None
         self._module = None
         module = encoder.materialize(point).eval()
@@ -312,14 +314,15 @@ class FastRunner:
         if token_type_ids is None:
             token_type_ids = (np.zeros_like(input_ids) if isinstance(input_ids, np.ndarray)
                               else torch.zeros_like(input_ids))
-        return self._run(self._threads(int(input_ids.shape[0]), threads), input_ids, attention_mask, token_type_ids)
+        return self._run(self.threads_for(int(input_ids.shape[0]), threads), input_ids, attention_mask, token_type_ids)
 
-    def _threads(self, batch: int, threads: Optional[int]) -> int:
+    def threads_for(self, batch: int, threads: Optional[int] = None) -> int:
+        """The intra-op threads a call of ``batch`` rows runs on (``threads``, if given, wins)."""
         if threads:
             return max(1, int(threads))
         if batch > SMALL_BATCH:
             return max(1, torch.get_num_threads())
-        if small_batch_threads:
+        if small_batch_threads is not None:
             return max(1, int(small_batch_threads))
         return self.small_batch_thread_count()
 
@@ -332,7 +335,7 @@ class FastRunner:
         known = self._small_threads.get(many)
         if known is not None:
             return known
-        with _lock:
+        with self._measuring:  # a per-runner lock: other points' encodes go on meanwhile
             if many not in self._small_threads:
                 self._small_threads[many] = faster_threads(lambda n: self._run(n, *self._probe), many,
                                                            THREADS_PROBES, THREADS_MARGIN)
@@ -378,12 +381,8 @@ def encode_fast(encoder, texts: Sequence[str], point=None, batch_size: int = 32,
     runner = get_runner(encoder, p, backend)
     bulk = get_runner(encoder, p, "openvino") if _auto_bf16(backend, len(texts), batch_size) else None
     tensors = "np" if runner.backend in _GRAPH else "pt"
-    batches = length_batches(encoder, texts, int(max_length or encoder.max_length), batch_size, tensors)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=f"encode {p.name} [{runner.backend}]", unit="batch",
-                       total=-(-len(texts) // max(1, int(batch_size))))
+    batches = length_batches(encoder, texts, int(max_length or encoder.max_length), batch_size, tensors,
+                             progress=f"encode {p.name} [{runner.backend}]" if progress else None)
     for idx, b in batches:
         run = bulk if bulk is not None and len(idx) >= AUTO_BF16_MIN_BATCH else runner
         out[idx] = run(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), threads=threads)
