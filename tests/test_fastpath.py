@@ -324,6 +324,13 @@ def test_the_backend_tokenizer_gives_the_transformers_ids_masks_and_types(tiny):
             np.testing.assert_array_equal(got[key], ref[key])
     # a configured copy: the shared tokenizer's own backend keeps its settings
     assert tok is not tiny.tokenizer.backend_tokenizer
+    tiny.tokenizer.truncation_side = "left"  # the copy truncates on the right: left is the transformers call's
+    try:
+        assert fastpath.batch_tokenizer(tiny, 16) is None
+        np.testing.assert_array_equal(fastpath.tokenize_batch(tiny, texts, 16)["input_ids"],
+                                      tiny.tokenizer(texts, padding=True, truncation=True, max_length=16)["input_ids"])
+    finally:
+        tiny.tokenizer.truncation_side = "right"
 
 
 def test_small_batches_run_on_the_thread_count_this_cpu_runs_faster(tiny, monkeypatch):
