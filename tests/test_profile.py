@@ -86,6 +86,35 @@ def test_profile_is_stored_in_the_manifest(exp, tiny_encoder):
     from elasticdenser.model import fastpath
 
     assert prof.extra["encoder_backend"] == fastpath.resolve_backend("auto")  # `serve` runs what was measured
+    assert prof.extra["small_batch_threads"] == {name: 1 for name in prof.points}  # one torch thread: one
+
+
+def test_a_routed_searcher_runs_small_batches_on_the_threads_its_profile_measured(exp, monkeypatch):
+    """The server pins each point's small-batch threads to the profile's (measured with as many torch
+    threads as it runs), so the profile's batch-1 times describe it; otherwise it measures its own."""
+    import dataclasses
+
+    import torch
+
+    from elasticdenser.model import fastpath
+    from elasticdenser.searcher import Searcher
+    from elasticdenser.serve.service import RoutedSearcher
+
+    monkeypatch.setattr(fastpath, "faster_threads", lambda *a: pytest.fail("measured instead of pinned"))
+    prof = load_profile(exp)
+    torch.set_num_threads(2)
+    try:
+        for torch_threads, pinned in ((2, True), (4, False)):
+            searcher = Searcher.open(exp)
+            profile = dataclasses.replace(prof, machine={**prof.machine, "torch_threads": torch_threads},
+                                          extra={**prof.extra, "small_batch_threads": {n: 2 for n in prof.points}})
+            RoutedSearcher(searcher, profile)
+            runners = [fastpath.get_runner(searcher.encoder, p, "auto") for p in searcher.points]
+            assert [r._small_threads for r in runners] == [{2: 2} if pinned else {}] * len(runners)
+            if pinned:
+                assert all(r.threads_for(1) == 2 for r in runners)
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_the_opt_in_int8_path_is_profiled_and_served(exp, data_dir, tmp_path, monkeypatch):

@@ -341,6 +341,10 @@ class FastRunner:
                                                            THREADS_PROBES, THREADS_MARGIN)
             return self._small_threads[many]
 
+    def pin_small_batch_threads(self, threads: int) -> None:
+        """Use ``threads`` for small batches at torch's current thread count (what a profile measured)."""
+        self._small_threads[max(1, torch.get_num_threads())] = max(1, int(threads))
+
     def _run(self, n: int, input_ids, attention_mask, token_type_ids) -> np.ndarray:
         if self.backend in _GRAPH:
             feeds = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.int64, copy=False)

@@ -17,7 +17,8 @@ from elasticdenser.eval.answers import has_answer
 from elasticdenser.operating_point import OperatingPoint
 from elasticdenser.serve.profile import DEFAULT_BATCH_SIZES, PointProfile, Profile, mark_pareto
 
-__all__ = ["measure_latency", "measure_profile", "quality_of_hits", "machine_info", "encoder_backend"]
+__all__ = ["measure_latency", "measure_profile", "quality_of_hits", "machine_info", "encoder_backend",
+           "small_batch_threads", "pin_small_batch_threads"]
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -125,6 +126,36 @@ def encoder_backend(searcher: Any) -> Optional[str]:
     return resolve_backend(name)
 
 
+def _runners(searcher: Any, names: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """Each named point's fast-path runner, as ``searcher`` runs it; None on the eager path."""
+    backend, encoder = encoder_backend(searcher), getattr(searcher, "encoder", None)
+    if backend in (None, "eager") or encoder is None:
+        return None
+    from elasticdenser.model.fastpath import get_runner
+
+    return {n: get_runner(encoder, OperatingPoint.parse(n), backend) for n in names}
+
+
+def small_batch_threads(searcher: Any, names: Sequence[str]) -> Optional[Dict[str, int]]:
+    """``{point: threads}`` a batch of one query runs on here (each runner measures it on first use)."""
+    runners = _runners(searcher, names)
+    return None if runners is None else {n: r.threads_for(1) for n, r in runners.items()}
+
+
+def pin_small_batch_threads(searcher: Any, profile: Profile) -> None:
+    """Small batches run on the threads the profile's process measured, if it ran this many torch
+    threads: its batch-1 times then describe this process (measuring again, a noisy host could pick
+    the other count for a point whose gain from more threads is near the margin)."""
+    import sys
+
+    pinned, torch = profile.extra.get("small_batch_threads"), sys.modules.get("torch")
+    if not pinned or torch is None or profile.machine.get("torch_threads") != torch.get_num_threads():
+        return
+    served = {str(p) for p in getattr(searcher, "points", ())}
+    for name, runner in (_runners(searcher, [n for n in pinned if n in served]) or {}).items():
+        runner.pin_small_batch_threads(int(pinned[name]))
+
+
 def measure_profile(
     searcher: Any,
     queries: Sequence[Any],
@@ -188,6 +219,7 @@ def measure_profile(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         extra={"num_queries": len(texts), "repeats": repeats, "seq_len_for_flops": seq_len,
                "encoder_backend": encoder_backend(searcher),
+               "small_batch_threads": small_batch_threads(searcher, names),
                # the profile describes this model only: a router must not use it for another
                **({"model_fingerprint": searcher.encoder.fingerprint()}
                   if hasattr(getattr(searcher, "encoder", None), "fingerprint") else {})},

@@ -19,7 +19,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 from elasticdenser.data.types import check_k, is_blank
 from elasticdenser.errors import InvalidInputError, StateError
 from elasticdenser.operating_point import OperatingPoint, PointLike, ServingConfig
-from elasticdenser.serve.measure import encoder_backend
+from elasticdenser.serve.measure import encoder_backend, pin_small_batch_threads
 from elasticdenser.serve.profile import Profile, load_profile
 from elasticdenser.serve.router import Overloaded, Router, RouterConfig
 
@@ -156,6 +156,7 @@ class RoutedSearcher:
         if router is None:
             profile = profile or _searcher_profile(searcher)
             router = Router(profile, config, clock, points=servable_configs(searcher, profile))
+        pin_small_batch_threads(searcher, router.profile)
         self.router = router
         #: what /metrics counts: the query points and the joint configurations the router may choose
         self.config_names = self.point_names + [p.name for p in router.ladder if p.name not in self.point_names]
