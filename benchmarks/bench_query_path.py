@@ -68,7 +68,7 @@ def stage_functions(searcher, point, batch: int = 1):
     _, rows = fi.search(index, vec, 10)
     results = [searcher.search("warm up", k=10, point=point).hits] * batch
     def tokenise(qs):  # what encode runs: the batch tokenised, its rows longest first
-        return next(length_batches(enc, qs, enc.max_length, 32, tensors))[1]
+        return next(length_batches(enc, qs, enc.max_length, len(qs), tensors))[1]
 
     batches = {}
 
